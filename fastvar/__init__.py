@@ -1,0 +1,5 @@
+"""fastvar: how much run-to-run variance each source of training randomness causes."""
+from .data import load_cifar10
+from .study import Study
+
+__all__ = ["Study", "load_cifar10"]

@@ -1,0 +1,165 @@
+"""CIFAR-10: find it, parse it, check it, move it to the device once as uint8 NHWC.
+
+Accepted in the data folder, first match wins: `cifar10.npz` (x_train N×32×32×3 uint8, y_train,
+x_test, y_test), the official `cifar-10-batches-py/` folder, or `cifar-10-python.tar.gz`.
+"""
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+NPZ, FOLDER, ARCHIVE = "cifar10.npz", "cifar-10-batches-py", "cifar-10-python.tar.gz"
+TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_BATCH = "test_batch"
+NUM_CLASSES = 10
+
+
+class DataError(Exception):
+    """Missing, corrupt or malformed data; the message is one line a user can act on."""
+
+
+@dataclass
+class Dataset:
+    x_train: torch.Tensor  # N×32×32×3 uint8
+    y_train: torch.Tensor  # N int64
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    def to(self, device):
+        return Dataset(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)))
+
+
+def default_data_dir():
+    return Path(os.environ.get("FASTVAR_DATA") or Path.home() / ".cache" / "fastvar")
+
+
+def load_cifar10(data_dir=None, *, download=False, train_subset=None, test_subset=None):
+    """CIFAR-10 from `data_dir` (default: $FASTVAR_DATA, else ~/.cache/fastvar), as CPU tensors."""
+    root = Path(data_dir) if data_dir else default_data_dir()
+    if download and not any((root / name).exists() for name in (NPZ, FOLDER, ARCHIVE)):
+        download_cifar10(root)
+    arrays = read_arrays(root)
+    check_arrays(arrays, root)
+    x_train, y_train = balanced_subset(arrays["x_train"], arrays["y_train"], train_subset, "train")
+    x_test, y_test = balanced_subset(arrays["x_test"], arrays["y_test"], test_subset, "test")
+    return Dataset(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (x_train, y_train, x_test, y_test)))
+
+
+def read_arrays(root):
+    if (root / NPZ).is_file():
+        return read_npz(root / NPZ)
+    if (root / FOLDER).is_dir():
+        return read_official(lambda name: (root / FOLDER / name).read_bytes(), root / FOLDER)
+    if (root / ARCHIVE).is_file():
+        return read_archive(root / ARCHIVE)
+    raise DataError(
+        f"no CIFAR-10 in {root} (looked for {NPZ}, {FOLDER}/, {ARCHIVE}); "
+        f"add --download, or point --data-dir / $FASTVAR_DATA at a folder holding one of them")
+
+
+def read_npz(path):
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise DataError(f"corrupt {path}: {e}; delete it and fetch the data again") from None
+
+
+def read_archive(path):
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            def read(name):
+                member = tar.extractfile(f"{FOLDER}/{name}")
+                if member is None:
+                    raise KeyError(name)
+                return member.read()
+            return read_official(read, path)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"corrupt archive {path}: {e}; delete it and download it again") from None
+
+
+def read_official(read, where):
+    """The official python layout: five training batches and one test batch, each a pickled dict."""
+    try:
+        train = [unpickle_batch(read(name)) for name in TRAIN_BATCHES]
+        test = unpickle_batch(read(TEST_BATCH))
+    except KeyError as e:
+        raise DataError(f"{where} lacks {e.args[0]}: not a complete CIFAR-10 python release") from None
+    except (pickle.UnpicklingError, ValueError, TypeError, EOFError, AttributeError) as e:
+        raise DataError(f"corrupt CIFAR-10 batch in {where}: {e}") from None
+    return {"x_train": np.concatenate([x for x, _ in train]), "y_train": np.concatenate([y for _, y in train]),
+            "x_test": test[0], "y_test": test[1]}
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """Loads only what a CIFAR-10 batch holds (dicts, lists, bytes, numpy arrays): no code runs."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
+def unpickle_batch(raw):
+    batch = BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    # Rows are 3072 bytes: the red plane, then green, then blue, each 32×32 row-major.
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def check_arrays(arrays, root):
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+            raise DataError(f"malformed CIFAR-10 in {root}: x_{split} is {x.dtype} {x.shape}, "
+                            f"expected uint8 N×32×32×3")
+        if y.shape != (len(x),) or len(y) == 0 or y.min() < 0 or y.max() >= NUM_CLASSES:
+            raise DataError(f"malformed CIFAR-10 in {root}: y_{split} must hold {len(x)} labels in 0..9")
+    arrays["y_train"], arrays["y_test"] = arrays["y_train"].astype(np.int64), arrays["y_test"].astype(np.int64)
+
+
+def balanced_subset(x, y, size, split):
+    """The first size/10 examples of each class in dataset order (remainder to the lowest classes)."""
+    if size is None:
+        return x, y
+    per_class = [size // NUM_CLASSES + (c < size % NUM_CLASSES) for c in range(NUM_CLASSES)]
+    picked = []
+    for c, k in enumerate(per_class):
+        where = np.flatnonzero(y == c)
+        if len(where) < k:
+            raise DataError(f"--{split}-subset {size} needs {k} examples of class {c}; the {split} set has {len(where)}")
+        picked.append(where[:k])
+    keep = np.sort(np.concatenate(picked))
+    return x[keep], y[keep]
+
+
+def download_cifar10(root):
+    """Fetch the official archive into `root`, keeping it only if its MD5 is right."""
+    root.mkdir(parents=True, exist_ok=True)
+    partial = root / (ARCHIVE + ".part")
+    try:
+        with urllib.request.urlopen(CIFAR10_URL, timeout=60) as response, open(partial, "wb") as out:
+            md5 = hashlib.md5()
+            while chunk := response.read(1 << 20):
+                md5.update(chunk)
+                out.write(chunk)
+    except OSError as e:
+        partial.unlink(missing_ok=True)
+        raise DataError(f"could not download {CIFAR10_URL}: {e}") from None
+    if md5.hexdigest() != CIFAR10_MD5:
+        partial.unlink()
+        raise DataError(f"downloaded archive has MD5 {md5.hexdigest()}, expected {CIFAR10_MD5}; nothing kept")
+    partial.replace(root / ARCHIVE)

@@ -1,0 +1,120 @@
+"""Results on disk: one SQLite file per results folder, one row per finished run.
+
+Each batch of replicas is committed in one transaction, so a kill loses at most the batch in flight
+and never leaves half a batch. The folder's config is kept in `meta`; a study with another config is
+refused rather than mixed in.
+"""
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DB_NAME = "runs.sqlite"
+
+COLUMNS = {
+    "run_key": "TEXT PRIMARY KEY", "experiment": "TEXT NOT NULL", "run_index": "INTEGER NOT NULL",
+    "init_seed": "INTEGER NOT NULL", "order_seed": "INTEGER NOT NULL", "config_hash": "TEXT NOT NULL",
+    "test_acc": "REAL NOT NULL", "test_loss": "REAL NOT NULL", "train_loss_curve": "TEXT NOT NULL",
+    "train_acc_curve": "TEXT NOT NULL", "test_logits": "BLOB NOT NULL", "n_test": "INTEGER NOT NULL",
+    "strategy": "TEXT NOT NULL", "batch_models": "INTEGER NOT NULL", "precision": "TEXT NOT NULL",
+    "wall_s": "REAL NOT NULL", "device": "TEXT NOT NULL", "created_at": "TEXT NOT NULL",
+}
+JSON_COLUMNS = ("train_loss_curve", "train_acc_curve")
+
+
+class StoreError(Exception):
+    """The folder cannot hold this study; the message is one line a user can act on."""
+
+
+def config_hash(config):
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_key(experiment, run_index):
+    return f"{experiment}-{run_index:06d}"
+
+
+class Store:
+    def __init__(self, folder, config=None):
+        """Open `folder`'s store. With `config`, create it if new and refuse a different config."""
+        self.folder = Path(folder)
+        self.path = self.folder / DB_NAME
+        if config is None and not self.path.is_file():
+            raise StoreError(f"no results in {self.folder} (no {DB_NAME})")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=30)
+            self.db.execute("PRAGMA synchronous=FULL")
+            if config is not None:
+                self._claim(config)
+            self.config = json.loads(self.db.execute("SELECT value FROM meta WHERE key='config'").fetchone()[0])
+        except (sqlite3.DatabaseError, OSError, TypeError) as e:
+            raise StoreError(f"cannot use {self.path}: {e}") from None
+
+    def _claim(self, config):
+        with self.db:
+            columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
+            self.db.execute(f"CREATE TABLE IF NOT EXISTS runs ({columns})")
+            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = self.db.execute("SELECT value FROM meta WHERE key='config'").fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO meta VALUES ('config', ?)", (json.dumps(config, sort_keys=True),))
+                self.db.execute("INSERT INTO meta VALUES ('config_hash', ?)", (config_hash(config),))
+                return
+        stored = json.loads(row[0])
+        if config_hash(stored) != config_hash(config):
+            old, new = flatten(stored), flatten(config)
+            changed = ", ".join(f"{k} {old.get(k)} -> {new.get(k)}"
+                                for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+            raise StoreError(f"{self.folder} holds a study with another config ({changed}); "
+                             f"choose another --out or repeat the stored settings")
+
+    def finished_indices(self):
+        return {i for (i,) in self.db.execute("SELECT run_index FROM runs")}
+
+    def add_runs(self, rows):
+        """Insert finished runs, all or none."""
+        names = list(COLUMNS)
+        records = [tuple(encode(name, row[name]) for name in names) for row in rows]
+        with self.db:
+            self.db.executemany(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                                records)
+
+    def runs(self):
+        """Every finished run as a dict, in run order; logits decoded to float32 n_test×classes arrays."""
+        cursor = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM runs ORDER BY run_index")
+        rows = [dict(zip(COLUMNS, values)) for values in cursor]
+        return [{name: decode(name, value, row) for name, value in row.items()} for row in rows]
+
+    def close(self):
+        self.db.close()
+
+
+def flatten(config, prefix=""):
+    """{"a": {"b": 1}} -> {"a.b": 1}, to name exactly which settings differ."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def encode(name, value):
+    if name in JSON_COLUMNS:
+        return json.dumps(value)
+    if name == "test_logits":
+        return torch.as_tensor(value).to(torch.float16).numpy().tobytes()
+    return value
+
+
+def decode(name, value, row):
+    if name in JSON_COLUMNS:
+        return json.loads(value)
+    if name == "test_logits":
+        return np.frombuffer(value, dtype=np.float16).reshape(row["n_test"], -1).astype(np.float32)
+    return value

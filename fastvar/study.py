@@ -1,0 +1,107 @@
+"""A study: a config, a results folder, and the runs still to train, trained M at a time.
+
+    from fastvar import Study
+    Study(experiment="fixed-init", runs=64, batch_models=16).run("results/fixed-init")
+"""
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+import torch
+
+from .data import load_cifar10
+from .sources import EXPERIMENTS, run_seeds
+from .store import Store, config_hash, run_key
+from .train import RECIPES, train_replicas
+from .models import MODELS
+
+PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+
+
+class ConfigError(ValueError):
+    """An impossible setting; the message is one line a user can act on."""
+
+
+@dataclass
+class Study:
+    experiment: str = "all-random"
+    recipe: str = "seed"
+    runs: int = 1000
+    batch_models: int = 16
+    epochs: int | None = None  # None: the recipe's
+    model: str | None = None  # None: the recipe's
+    width: int = 64
+    seed: int = 0
+    train_subset: int | None = None
+    test_subset: int | None = None
+    precision: str = "float32"
+    strategy: str = "auto"  # auto: loop on CPU, vmap on CUDA (never chosen by a timing)
+    device: str = "auto"
+
+    def __post_init__(self):
+        choices = {"experiment": EXPERIMENTS, "recipe": RECIPES, "precision": PRECISIONS,
+                   "strategy": ("auto", "loop", "vmap"), "device": ("auto", "cpu", "cuda")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
+        if self.model is not None and self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        for name in ("runs", "batch_models", "epochs", "width", "train_subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda, but this machine has no CUDA device")
+
+    def recipe_dict(self):
+        """The recipe with this study's overrides: every hyperparameter a run is trained with."""
+        recipe = dict(RECIPES[self.recipe])
+        recipe["model"] = self.model or recipe["model"]
+        recipe["epochs"] = self.epochs or recipe["epochs"]
+        return recipe
+
+    def config(self):
+        """Everything that changes a run's result; not the run count, batching, strategy or device."""
+        return {"recipe": self.recipe, "hyperparameters": self.recipe_dict(), "width": self.width,
+                "train_subset": self.train_subset, "test_subset": self.test_subset, "seed": self.seed,
+                "experiment": self.experiment, "precision": self.precision}
+
+    def resolved_device(self):
+        return torch.device("cuda" if self.device == "auto" and torch.cuda.is_available() else
+                            self.device if self.device != "auto" else "cpu")
+
+    def resolved_strategy(self, device):
+        return self.strategy if self.strategy != "auto" else ("vmap" if device.type == "cuda" else "loop")
+
+    def run(self, out, *, data_dir=None, download=False, data=None, progress=None):
+        """Train the runs `out` does not hold yet; return the store. `progress(done, todo)` is called
+        as training advances: runs done so far in this call (fractions included) of `todo` left."""
+        device = self.resolved_device()
+        data = data or load_cifar10(data_dir, download=download, train_subset=self.train_subset,
+                                    test_subset=self.test_subset)
+        store = Store(out, self.config())
+        todo = [i for i in range(self.runs) if i not in store.finished_indices()]
+        data = data.to(device)
+        for start in range(0, len(todo), self.batch_models):
+            chunk = todo[start:start + self.batch_models]
+            on_step = progress and (lambda fraction, start=start, n=len(chunk):
+                                    progress(start + fraction * n, len(todo)))
+            self._train_chunk(data, store, chunk, device, on_step)
+        return store
+
+    def _train_chunk(self, data, store, chunk, device, on_step):
+        # Pad with copies of the chunk's last run, trained and thrown away, so every batch has the
+        # same M: static shapes, and a vmap result never depends on how full its batch was.
+        padded = chunk + [chunk[-1]] * (self.batch_models - len(chunk))
+        seeds = [run_seeds(self.experiment, i, self.seed) for i in padded]
+        strategy = self.resolved_strategy(device)
+        started = time.perf_counter()
+        results = train_replicas(data, self.recipe_dict(), seeds, width=self.width, strategy=strategy,
+                                 dtype=PRECISIONS[self.precision], on_step=on_step)
+        wall_s = (time.perf_counter() - started) / len(padded)
+        now, digest = datetime.now(timezone.utc).isoformat(timespec="seconds"), config_hash(self.config())
+        store.add_runs([{**asdict(s), **res, "run_key": run_key(self.experiment, s.run_index),
+                         "experiment": self.experiment, "config_hash": digest, "n_test": len(data.y_test),
+                         "strategy": strategy, "batch_models": self.batch_models, "precision": self.precision,
+                         "wall_s": wall_s, "device": str(device), "created_at": now}
+                        for s, res in zip(seeds[:len(chunk)], results)])

@@ -107,6 +107,8 @@ class BatchUnpickler(pickle.Unpickler):
                ("numpy", "ndarray"), ("numpy", "dtype")}
 
     def find_class(self, module, name):
+        if module == "numpy.core.multiarray" and hasattr(np, "_core"):
+            module = "numpy._core.multiarray"  # the official files predate numpy 2's rename
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR-10 batch")
         return super().find_class(module, name)

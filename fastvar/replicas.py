@@ -27,6 +27,7 @@ class Replicas:
         self.buffers = {n: b.to(device) for n, b in buffers.items()}
         self.template = copy.deepcopy(models[0]).to("meta")  # structure only; state comes from the stacks
         self.size, self.strategy = len(init_seeds), strategy
+        self.channels_last = channels_last_is_safe(self.template, torch.device(device))
         # Leaves share storage with the stacks, so the optimizer's in-place updates reach them. Each
         # replica gets leaves of its own: autograd through slices of one stacked leaf would build a
         # zeroed full-size gradient per slice.
@@ -38,6 +39,7 @@ class Replicas:
     def train_step_grads(self, x, y):
         """x M×B×3×H×W, y M×B → per-replica mean loss [M], correct count [M], stacked grads."""
         self.template.train()
+        x = x if self.channels_last else x.contiguous()
         if self.strategy == "vmap":
             return self._vmap_grads(x, y)
         return self._loop_grads(x, y)
@@ -66,6 +68,7 @@ class Replicas:
     def logits(self, x):
         """Eval-mode logits of every replica on one shared batch x B×3×H×W → M×B×classes."""
         self.template.eval()
+        x = x if self.channels_last else x.contiguous()
         if self.strategy == "vmap":
             return vmap(self._forward, in_dims=(0, 0, None))(self.params, self.buffers, x)
         return torch.stack([self._forward({n: p[r] for n, p in self.params.items()},
@@ -77,6 +80,17 @@ class Replicas:
     def state_dict(self, r):
         """Replica r as an ordinary state dict (copies), loadable into the model it was built from."""
         return {n: t[r].clone() for n, t in {**self.params, **self.buffers}.items()}
+
+
+def channels_last_is_safe(model, device):
+    """False where oneDNN's CPU backward is wrong for channels-last input: a strided 1x1 conv with
+    fewer input channels than its block (8 with AVX2, 16 with AVX-512) gets garbage weight gradients
+    and may corrupt the heap (oneDNN issue 6035, torch 2.13). Narrow models then train on contiguous
+    input; the result is the same function, only slower."""
+    if device.type != "cpu":
+        return True
+    return not any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+                   and m.in_channels < 16 for m in model.modules())
 
 
 def correct_counts(logits, y):

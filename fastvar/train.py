@@ -36,19 +36,26 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None)
     Returns one dict per replica: per-epoch training loss and accuracy, test logits, accuracy, loss.
     `on_step(fraction)` is called after each step with the fraction of this batch's training done.
     """
-    device = data.x_train.device
     replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], width=width,
-                        strategy=strategy, dtype=dtype, device=device)
+                        strategy=strategy, dtype=dtype, device=data.x_train.device)
+    loss_curves, acc_curves = fit(replicas, data, recipe, [s.order_seed for s in seeds], on_step)
+    logits = evaluate(replicas, data, normalize_table(recipe["mean"], recipe["std"], dtype, data.x_train.device))
+    return [result(logits[r], data.y_test, loss_curves[r], acc_curves[r]) for r in range(replicas.size)]
+
+
+def fit(replicas, data, recipe, order_seeds, on_step=None):
+    """Train `replicas` in place for the recipe's epochs; return per-replica loss and accuracy curves."""
+    device = data.x_train.device
     optimizer = make_optimizer(recipe["optimizer"], replicas.params)
-    orders = [DataOrder(s.order_seed) for s in seeds]
-    table = normalize_table(recipe["mean"], recipe["std"], dtype, device)
-    n, batch = len(data.y_train), recipe["batch_size"]
-    steps_per_epoch, epochs = math.ceil(n / batch), recipe["epochs"]
+    orders = [DataOrder(s) for s in order_seeds]
+    table = normalize_table(recipe["mean"], recipe["std"], next(iter(replicas.params.values())).dtype, device)
+    n, batch, epochs = len(data.y_train), recipe["batch_size"], recipe["epochs"]
+    steps_per_epoch = math.ceil(n / batch)
     loss_curves, acc_curves = [], []
     for epoch in range(epochs):
         order = torch.stack([o.epoch(n) for o in orders]).to(device)  # M×N
-        loss_sum = torch.zeros(len(seeds), dtype=torch.float64, device=device)
-        correct = torch.zeros(len(seeds), dtype=torch.int64, device=device)
+        loss_sum = torch.zeros(replicas.size, dtype=torch.float64, device=device)
+        correct = torch.zeros(replicas.size, dtype=torch.int64, device=device)
         for step, start in enumerate(range(0, n, batch)):  # the last, partial batch is kept
             indices = order[:, start:start + batch]
             losses, hits, grads = replicas.train_step_grads(
@@ -60,9 +67,7 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None)
                 on_step((epoch * steps_per_epoch + step + 1) / (epochs * steps_per_epoch))
         loss_curves.append((loss_sum / n).tolist())  # read once per epoch: no sync inside it
         acc_curves.append((correct / n).tolist())
-    logits = evaluate(replicas, data, table)
-    return [result(logits[r], data.y_test, [c[r] for c in loss_curves], [c[r] for c in acc_curves])
-            for r in range(len(seeds))]
+    return [list(c) for c in zip(*loss_curves)], [list(c) for c in zip(*acc_curves)]
 
 
 def evaluate(replicas, data, table):

@@ -1,0 +1,52 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fastvar.data import Dataset, default_data_dir, load_cifar10  # noqa: E402
+
+
+def random_arrays(n_train, n_test, seed=0):
+    """CIFAR-shaped random images with every class present: for mechanics, not accuracy."""
+    rng = np.random.default_rng(seed)
+    return {"x_train": rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
+            "y_train": np.arange(n_train) % 10,
+            "x_test": rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
+            "y_test": np.arange(n_test) % 10}
+
+
+def random_dataset(n_train, n_test, seed=0):
+    arrays = random_arrays(n_train, n_test, seed)
+    return Dataset(*(torch.from_numpy(arrays[k]) for k in ("x_train", "y_train", "x_test", "y_test")))
+
+
+@pytest.fixture
+def synthetic_dir(tmp_path):
+    """A data folder holding a small random cifar10.npz."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    np.savez(folder / "cifar10.npz", **random_arrays(320, 100))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def real_data_dir():
+    """The real CIFAR-10 folder. Missing data skips locally and fails in CI, where it must be fetched."""
+    folder = default_data_dir()
+    if not (folder / "cifar10.npz").is_file():
+        message = f"real CIFAR-10 not found in {folder}; run shared/data/get_cifar10.sh"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def real_subset(real_data_dir):
+    return load_cifar10(real_data_dir, train_subset=200, test_subset=100)

@@ -1,0 +1,105 @@
+"""vmap, loop and a plain, independently trained nn.Module compute the same training runs."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastvar.augment import gather_batch, normalize_table
+from fastvar.models import ResNet18, build_model
+from fastvar.replicas import Replicas
+from fastvar.sources import run_seeds
+from fastvar.train import RECIPES, fit, train_replicas
+from conftest import random_dataset
+
+ADAM = {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
+SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
+
+
+def tiny_recipe(optimizer, epochs=2, batch_size=16):
+    return dict(RECIPES["seed"], epochs=epochs, batch_size=batch_size, optimizer=optimizer)
+
+
+def reference_run(init_seed, order_seed, data, optimizer_spec, epochs, batch_size):
+    """The seed study's loop written from scratch: torch.optim, plain indexing, no fastvar code but
+    the architecture, seeded as torchvision users seed it."""
+    torch.manual_seed(init_seed)
+    model = ResNet18(width=4).double()
+    spec = dict(optimizer_spec)
+    if spec.pop("name") == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), **spec)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), **spec)
+    # ToTensor and Normalize compute in float32; the model then sees the result in its own dtype.
+    images = ((data.x_train.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5).double()
+    order = torch.Generator().manual_seed(order_seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(images), generator=order)
+        for start in range(0, len(images), batch_size):
+            idx = perm[start:start + batch_size]
+            optimizer.zero_grad()
+            F.cross_entropy(model(images[idx]), data.y_train[idx]).backward()
+            optimizer.step()
+    return model
+
+
+@pytest.mark.parametrize("optimizer", [ADAM, SGD], ids=["adam", "sgd"])
+def test_vmap_loop_and_plain_training_agree_in_float64(optimizer):
+    data = random_dataset(56, 10)  # 4 steps an epoch, the last one partial (56 = 3 × 16 + 8)
+    seeds = [run_seeds("all-random", i) for i in range(3)]
+    recipe = tiny_recipe(optimizer, epochs=2)  # 8 optimizer steps
+    trained = {}
+    for strategy in ("loop", "vmap"):
+        replicas = Replicas("resnet18", [s.init_seed for s in seeds], width=4, strategy=strategy, dtype=torch.float64)
+        fit(replicas, data, recipe, [s.order_seed for s in seeds])
+        trained[strategy] = replicas
+    for r, s in enumerate(seeds):
+        reference = reference_run(s.init_seed, s.order_seed, data, optimizer, epochs=2, batch_size=16).state_dict()
+        for strategy, replicas in trained.items():
+            state = replicas.state_dict(r)
+            assert state.keys() == reference.keys()
+            for name, expected in reference.items():
+                assert torch.allclose(state[name], expected, rtol=0, atol=1e-10), (strategy, r, name)
+        initial = Replicas("resnet18", [s.init_seed], width=4, dtype=torch.float64).params["conv1.weight"][0]
+        assert (reference["conv1.weight"] - initial).abs().max() > 1e-4  # training moved the weights
+
+
+def test_loop_run_is_bit_identical_alone_or_in_a_batch():
+    data = random_dataset(64, 20)
+    recipe = tiny_recipe(ADAM, epochs=2)
+    seeds = [run_seeds("all-random", i) for i in range(4)]
+    batch = train_replicas(data, recipe, seeds, width=4, strategy="loop", dtype=torch.float32)
+    for k in (0, 2):
+        alone = train_replicas(data, recipe, [seeds[k]], width=4, strategy="loop", dtype=torch.float32)[0]
+        assert torch.equal(alone["test_logits"], batch[k]["test_logits"])
+        assert alone["train_loss_curve"] == batch[k]["train_loss_curve"]
+    assert not torch.equal(batch[0]["test_logits"], batch[1]["test_logits"])
+
+
+def test_vmap_float32_is_batch_independent_within_tolerance_over_five_steps():
+    data = random_dataset(80, 10)
+    recipe = tiny_recipe(ADAM, epochs=1, batch_size=16)  # 5 steps
+    seeds = [run_seeds("all-random", i) for i in range(4)]
+    batch = Replicas("resnet18", [s.init_seed for s in seeds], width=4, strategy="vmap")
+    fit(batch, data, recipe, [s.order_seed for s in seeds])
+    alone = Replicas("resnet18", [seeds[3].init_seed], width=4, strategy="vmap")
+    fit(alone, data, recipe, [seeds[3].order_seed])
+    for name, value in alone.params.items():
+        assert torch.allclose(batch.params[name][3], value[0], rtol=0, atol=1e-4), name
+
+
+@pytest.mark.parametrize("width", [4, 16])
+def test_float32_gradients_match_a_plain_contiguous_model(width):
+    """Guards the oneDNN channels-last bug (wrong weight gradients of narrow strided 1x1 convs):
+    one step's gradients of every replica equal those of the plain model on a plain NCHW batch."""
+    data = random_dataset(32, 10)
+    seeds = [run_seeds("all-random", i) for i in range(2)]
+    indices = torch.stack([torch.randperm(32, generator=torch.Generator().manual_seed(i))[:16] for i in range(2)])
+    x = gather_batch(data.x_train, indices, normalize_table([0.5] * 3, [0.5] * 3))
+    for strategy in ("loop", "vmap"):
+        replicas = Replicas("resnet18", [s.init_seed for s in seeds], width=width, strategy=strategy)
+        _, _, grads = replicas.train_step_grads(x, data.y_train[indices])
+        for r, s in enumerate(seeds):
+            model = build_model("resnet18", init_seed=s.init_seed, width=width)
+            loss = F.cross_entropy(model(x[r].contiguous()), data.y_train[indices[r]])
+            expected = torch.autograd.grad(loss, list(model.parameters()))
+            for (name, _), g in zip(model.named_parameters(), expected):
+                assert torch.allclose(grads[name][r], g, rtol=1e-3, atol=1e-5), (strategy, width, name)

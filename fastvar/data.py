@@ -9,6 +9,7 @@ import os
 import pickle
 import tarfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def read_npz(path):
     try:
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    except (OSError, ValueError, KeyError, EOFError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"corrupt {path}: {e}; delete it and fetch the data again") from None
 
 
@@ -103,14 +104,15 @@ def read_official(read, where):
 class BatchUnpickler(pickle.Unpickler):
     """Loads only what a CIFAR-10 batch holds (dicts, lists, bytes, numpy arrays): no code runs."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+    ALLOWED = {("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # how protocol 2 spells bytes when Python 3 writes it
 
     def find_class(self, module, name):
-        if module == "numpy.core.multiarray" and hasattr(np, "_core"):
-            module = "numpy._core.multiarray"  # the official files predate numpy 2's rename
-        if (module, name) not in self.ALLOWED:
+        canonical = module.replace("numpy.core.", "numpy._core.")
+        if (canonical, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR-10 batch")
+        if hasattr(np, "_core"):
+            module = canonical  # the official files predate numpy 2's rename of numpy.core
         return super().find_class(module, name)
 
 

@@ -1,0 +1,18 @@
+"""The benchmark runs on a tiny config and ends with its JSON line (timings belong to it, not here)."""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_throughput_benchmark_emits_its_json(synthetic_dir):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--width", "4",
+                             "--batch-models", "1,2", "--steps", "1", "--warmup", "1",
+                             "--data-dir", str(synthetic_dir)], capture_output=True, text=True, check=True)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"baseline_img_s", "best_img_s", "best_strategy", "speedup", "runs_per_hour"} <= set(summary)
+    assert [(r["strategy"], r["batch_models"]) for r in summary["results"]] == [
+        ("baseline", 1), ("loop", 1), ("loop", 2), ("vmap", 1), ("vmap", 2)]
+    assert all(r["img_s"] > 0 for r in summary["results"])
+    assert abs(summary["speedup"] - summary["best_img_s"] / summary["baseline_img_s"]) < 0.01

@@ -1,0 +1,101 @@
+"""A study in a results folder: resume after SIGKILL, refusal of another config, padding."""
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fastvar import cli
+from fastvar.store import Store
+from conftest import ROOT
+
+RUNS = 8
+
+
+def study_args(data_dir, out, epochs=3):
+    return ["--experiment", "all-random", "--runs", str(RUNS), "--batch-models", "2", "--width", "4",
+            "--epochs", str(epochs), "--strategy", "loop", "--data-dir", str(data_dir), "--out", str(out)]
+
+
+def stored_rows(db):
+    with sqlite3.connect(db) as conn:
+        return {row[0]: row for row in conn.execute("SELECT * FROM runs")}
+
+
+def count_rows(db):
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1) as conn:
+            return conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+    except sqlite3.Error:
+        return 0  # not created yet, or busy
+
+
+def test_a_killed_study_resumes_without_losing_or_repeating_runs(synthetic_dir, tmp_path):
+    out, db = tmp_path / "study", tmp_path / "study" / "runs.sqlite"
+    command = [sys.executable, str(ROOT / "run.py"), *study_args(synthetic_dir, out)]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while count_rows(db) < 2 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = stored_rows(db)
+    assert 2 <= len(before) < RUNS, "the kill should land mid-study"
+
+    subprocess.run(command, cwd=tmp_path, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = stored_rows(db)
+    assert sorted(row[2] for row in after.values()) == list(range(RUNS))  # each run exactly once
+    assert all(after[key] == row for key, row in before.items())  # finished rows untouched
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    # With the loop strategy a run is defined by its seeds alone: resumed runs, regrouped into other
+    # batches, equal those of an uninterrupted study bit for bit.
+    assert cli.main(study_args(synthetic_dir, tmp_path / "straight")) == 0
+    straight = {r["run_key"]: r for r in Store(tmp_path / "straight").runs()}
+    for r in Store(out).runs():
+        assert (r["test_logits"] == straight[r["run_key"]]["test_logits"]).all()
+        assert r["train_loss_curve"] == straight[r["run_key"]]["train_loss_curve"]
+
+
+def test_another_config_is_refused_and_the_folder_left_as_it_was(synthetic_dir, tmp_path, capsys):
+    out = tmp_path / "study"
+    args = study_args(synthetic_dir, out, epochs=1)
+    args[args.index("--runs") + 1] = "3"
+    assert cli.main(args) == 0
+    before = (out / "runs.sqlite").read_bytes()
+    capsys.readouterr()
+    assert cli.main(study_args(synthetic_dir, out, epochs=2)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "epochs 1 -> 2" in err[0]
+    assert (out / "runs.sqlite").read_bytes() == before
+    assert cli.main([*args[:args.index("--runs")], "--runs", "5", *args[args.index("--runs") + 2:]]) == 0
+    assert len(Store(out).runs()) == 5  # a larger --runs extends the same study
+
+
+@pytest.mark.parametrize("flag,value", [("--runs", "0"), ("--batch-models", "0"), ("--batch-models", "-2"),
+                                        ("--width", "0")])
+def test_impossible_flags_give_one_line_and_exit_2(synthetic_dir, tmp_path, capsys, flag, value):
+    args = study_args(synthetic_dir, tmp_path / "study")
+    args[args.index(flag) + 1] = value
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0]
+    assert not (tmp_path / "study").exists()
+
+
+def test_study_api_pads_the_last_batch_and_stores_the_seeds(synthetic_dir, tmp_path):
+    from fastvar import Study
+    from fastvar.sources import run_seeds
+    study = Study(experiment="fixed-init", runs=3, batch_models=2, epochs=1, width=4)
+    rows = study.run(tmp_path / "api", data_dir=synthetic_dir).runs()
+    assert [r["run_index"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        seeds = run_seeds("fixed-init", r["run_index"])
+        assert (r["init_seed"], r["order_seed"]) == (seeds.init_seed, seeds.order_seed)
+        assert r["batch_models"] == 2 and r["strategy"] == "loop" and r["precision"] == "float32"
+        assert r["test_logits"].shape == (r["n_test"], 10) and 0 <= r["test_acc"] <= 1
+        assert len(r["train_loss_curve"]) == len(r["train_acc_curve"]) == 1

@@ -67,8 +67,9 @@ class Study:
                 "experiment": self.experiment, "precision": self.precision}
 
     def resolved_device(self):
-        return torch.device("cuda" if self.device == "auto" and torch.cuda.is_available() else
-                            self.device if self.device != "auto" else "cpu")
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
 
     def resolved_strategy(self, device):
         return self.strategy if self.strategy != "auto" else ("vmap" if device.type == "cuda" else "loop")
@@ -77,8 +78,9 @@ class Study:
         """Train the runs `out` does not hold yet; return the store. `progress(done, todo)` is called
         as training advances: runs done so far in this call (fractions included) of `todo` left."""
         device = self.resolved_device()
-        data = data or load_cifar10(data_dir, download=download, train_subset=self.train_subset,
-                                    test_subset=self.test_subset)
+        if data is None:
+            data = load_cifar10(data_dir, download=download, train_subset=self.train_subset,
+                                test_subset=self.test_subset)
         store = Store(out, self.config())
         todo = [i for i in range(self.runs) if i not in store.finished_indices()]
         data = data.to(device)

@@ -68,9 +68,10 @@ def fastvar_img_s(data, width, strategy, m, warmup, steps):
 
     def subset(n):
         return Dataset(data.x_train[:n * BATCH], data.y_train[:n * BATCH], data.x_test, data.y_test)
-    fit(replicas, subset(warmup), recipe, [s.order_seed for s in seeds])
+    order_seeds, aug_seeds = [s.order_seed for s in seeds], [s.aug_seed for s in seeds]
+    fit(replicas, subset(warmup), recipe, order_seeds, aug_seeds)
     started = time.perf_counter()
-    fit(replicas, subset(steps), recipe, [s.order_seed for s in seeds])
+    fit(replicas, subset(steps), recipe, order_seeds, aug_seeds)
     return steps * BATCH * m / (time.perf_counter() - started)
 
 

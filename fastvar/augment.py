@@ -1,9 +1,26 @@
-"""From the device-resident uint8 dataset to a training batch for all replicas.
+"""From the device-resident uint8 dataset to the training batch of all replicas, augmented.
 
-Normalisation goes through a per-channel table of 256 values computed once by torch in the output
-dtype, so a pixel becomes exactly what ToTensor + Normalize would give: (v / 255 - mean) / std.
+`augment` takes the N×32×32×3 uint8 images, the example indices of all replicas (M×B) and each
+replica's augmentation seed, and returns the M×B×3×32×32 batch, channels-last in memory, normalised.
+Two backends compute it bit for bit alike: a Triton kernel (one launch, uint8 read once, output
+written once) on CUDA, and a batched torch reference on the CPU and as the kernel's test oracle.
+
+Every random draw of an example is a counter-based hash of (augmentation seed, epoch, example index,
+draw number), so an example's augmentation depends on nothing else: not on its position in the
+batch, not on the data order, not on the other replicas.
+
+All augmentation happens in pixel space: padding and cutout blank pixels to the value 0, as
+torchvision's RandomCrop pads. Normalisation comes last, through a per-channel table of 256 values
+computed once by torch in the output dtype, so a pixel becomes exactly what ToTensor + Normalize
+give, (v / 255 - mean) / std, on every backend (no arithmetic left to round differently).
 """
 import torch
+import torch.nn.functional as F
+
+# Draw numbers: which random value of an example is used for what.
+DRAW_FLIP, DRAW_SHIFT_Y, DRAW_SHIFT_X, DRAW_CUT_Y, DRAW_CUT_X = range(5)
+MIX = 0x45D9F3B  # below 2**27, so that a 32-bit value times MIX fits an int64 exactly
+MASK32 = 0xFFFFFFFF
 
 
 def normalize_table(mean, std, dtype=torch.float32, device="cpu"):
@@ -13,12 +30,90 @@ def normalize_table(mean, std, dtype=torch.float32, device="cpu"):
     return table.to(dtype=dtype, device=device)
 
 
-def gather_batch(images, indices, table):
-    """images N×32×32×3 uint8, indices (...)×B → (...)×B×3×32×32, channels-last in memory.
+def mix32(x):
+    """A 32-bit integer hash (two multiply-xorshift rounds), on int64 tensors holding 32-bit values."""
+    x = (((x >> 16) ^ x) * MIX) & MASK32
+    x = (((x >> 16) ^ x) * MIX) & MASK32
+    return (x >> 16) ^ x
 
-    The gather keeps the NHWC layout, so each replica's slice is channels-last without a copy.
+
+def draw(seeds, epoch, indices, number):
+    """Uniform 32-bit draws: seeds, indices int64 tensors (broadcast), epoch and number ints."""
+    h = mix32(seeds & MASK32)
+    h = mix32(h ^ (seeds >> 32))
+    h = mix32(h ^ epoch)
+    h = mix32(h ^ indices)
+    return mix32(h ^ number)
+
+
+def check_options(flip, pad, translate, cutout, pad_mode):
+    if pad and translate:
+        raise ValueError("pad and translate both shift the image; choose one")
+    if pad_mode not in ("zeros", "reflect"):
+        raise ValueError(f"pad_mode must be 'zeros' or 'reflect', not {pad_mode!r}")
+    if not 0 <= max(pad, translate) < 32 or not 0 <= cutout <= 32:
+        raise ValueError("pad and translate must be in [0, 32), cutout in [0, 32]")
+
+
+def augment(images, indices, seeds, epoch, *, flip=False, pad=0, translate=0, cutout=0, pad_mode="zeros",
+            mean, std, dtype=torch.float32, backend="auto"):
+    """images N×32×32×3 uint8; indices M×B int64; seeds M int64 → M×B×3×32×32 in `dtype`.
+
+    flip: horizontal flip with probability 0.5. pad: random crop after padding by `pad` pixels,
+    zeros as torchvision's RandomCrop (or `pad_mode="reflect"`). translate: airbench's random
+    translation, i.e. a crop after reflect padding. cutout: a k×k square, inside the image, blanked.
+    mean, std: 3 floats in the [0, 1] pixel scale. backend: "auto" (Triton on CUDA), "triton", "torch".
     """
-    pixels = images[indices].long()  # (...)×B×32×32×3
-    channel = torch.arange(3, device=images.device)
-    normalized = table[channel, pixels]
-    return normalized.movedim(-1, -3)
+    check_options(flip, pad, translate, cutout, pad_mode)
+    shift, reflect = max(pad, translate), bool(translate) or pad_mode == "reflect"
+    if backend == "auto":
+        backend = "triton" if images.is_cuda else "torch"
+    if backend == "triton":
+        from .augment_triton import augment_triton
+        table = normalize_table(mean, std, dtype, images.device)
+        out = augment_triton(images, indices, seeds, epoch, table, flip, shift, reflect, cutout)
+    elif backend == "torch":
+        out = augment_torch(images, indices, seeds, epoch, mean, std, dtype, flip, shift, reflect, cutout)
+    else:
+        raise ValueError(f"unknown backend {backend!r}; choose from auto, triton, torch")
+    return out.movedim(-1, -3)  # M×B×32×32×3 in memory, M×B×3×32×32 in shape: channels-last
+
+
+def pad_images(x, shift, reflect):
+    """E×32×32×3 → E×(32+2s)×(32+2s)×3, zeros (torchvision's RandomCrop) or reflected (airbench)."""
+    if not reflect or not shift:
+        return F.pad(x, (0, 0, shift, shift, shift, shift))
+    source = torch.arange(-shift, 32 + shift, device=x.device).abs()
+    source = torch.where(source > 31, 62 - source, source)
+    return x[:, source][:, :, source]
+
+
+def augment_torch(images, indices, seeds, epoch, mean, std, dtype, flip, shift, reflect, cutout):
+    """The reference: all M×B examples at once in block copies, no per-example Python or per-pixel
+    index arithmetic. Returns M×B×32×32×3."""
+    m, b = indices.shape
+    example = indices.reshape(-1)
+    seed = seeds.to(indices.device).repeat_interleave(b)
+
+    def uniform(number, n):  # one integer draw in [0, n) per example
+        return draw(seed, epoch, example, number) % n
+    x = images.index_select(0, example)  # E×32×32×3 uint8
+    if shift:
+        windows = pad_images(x, shift, reflect).unfold(1, 32, 1).unfold(2, 32, 1)  # E×(2s+1)²×3×32×32
+        every = torch.arange(len(example), device=x.device)
+        x = windows.permute(0, 1, 2, 4, 5, 3)[every, uniform(DRAW_SHIFT_Y, 2 * shift + 1),
+                                             uniform(DRAW_SHIFT_X, 2 * shift + 1)]
+    if flip:  # of the crop, as RandomHorizontalFlip after RandomCrop
+        flipped = uniform(DRAW_FLIP, 2).bool()
+        x[flipped] = x[flipped].flip(2)
+    if cutout:
+        pos = torch.arange(32, device=x.device)
+        top, left = uniform(DRAW_CUT_Y, 33 - cutout)[:, None], uniform(DRAW_CUT_X, 33 - cutout)[:, None]
+        rows, cols = (pos >= top) & (pos < top + cutout), (pos >= left) & (pos < left + cutout)
+        x = x.masked_fill((rows[:, :, None] & cols[:, None, :])[..., None], 0)
+    # The float32 operations that build normalize_table, elementwise, so each pixel equals its table
+    # entry. Mean and std as whole 3072-value rows: a broadcast over an inner dimension of 3 is slow.
+    mean_row = torch.tensor(mean, device=x.device).repeat(32 * 32)
+    std_row = torch.tensor(std, device=x.device).repeat(32 * 32)
+    out = (x.reshape(-1, 3072).float() / 255 - mean_row) / std_row
+    return out.to(dtype).view(m, b, 32, 32, 3)

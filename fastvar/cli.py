@@ -24,11 +24,12 @@ def build_parser():
     train = commands.add_parser("train", help="train a study's runs into a results folder (resumable)")
     train.add_argument("--experiment", default="all-random", choices=EXPERIMENTS)
     train.add_argument("--recipe", default="seed", choices=RECIPES)
+    train.add_argument("--list-recipes", action="store_true", help="print the recipes and exit")
     train.add_argument("--runs", type=int, default=1000)
     train.add_argument("--batch-models", type=int, default=16, help="replicas trained in one batched step")
     train.add_argument("--epochs", type=int, help="default: the recipe's")
     train.add_argument("--model", choices=MODELS, help="default: the recipe's")
-    train.add_argument("--width", type=int, default=64, help="channels of the first stage")
+    train.add_argument("--width", type=int, help="channels of the first stage (default: the model's)")
     train.add_argument("--seed", type=int, default=0, help="base seed every run's seeds derive from")
     train.add_argument("--train-subset", type=int, help="a fixed class-balanced subset of N training images")
     train.add_argument("--test-subset", type=int, help="a fixed class-balanced subset of N test images")
@@ -58,6 +59,9 @@ def main(argv=None):
 
 
 def train(args):
+    if args.list_recipes:
+        print(recipe_table())
+        return 0
     study = Study(experiment=args.experiment, recipe=args.recipe, runs=args.runs, batch_models=args.batch_models,
                   epochs=args.epochs, model=args.model, width=args.width, seed=args.seed,
                   train_subset=args.train_subset, test_subset=args.test_subset, precision=args.precision,
@@ -83,6 +87,16 @@ def plot(args):
     paths = plot_study(rows, args.folder / "plots")
     print(f"{len(paths)} plots of {len(rows)} runs in {args.folder / 'plots'}")
     return 0
+
+
+def recipe_table():
+    lines = []
+    for name, r in RECIPES.items():
+        opt = r["optimizer"]
+        augment = ", ".join(f"{k} {v}" for k, v in r["augment"].items()) or "none"
+        lines.append(f"{name:<15} {r['model']:<15} {opt['name']} lr {opt['lr']:g} ({r['schedule']['name']}), "
+                     f"batch {r['batch_size']}, {r['epochs']} epochs, augmentation: {augment}")
+    return "\n".join(lines)
 
 
 def summary_line(rows, out):

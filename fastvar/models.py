@@ -81,13 +81,88 @@ def init_like_torchvision(model):
             nn.init.constant_(m.bias, 0)
 
 
+class SubsampleShortcut(nn.Module):
+    """Summers & Dinneen's shortcut: stride-2 subsampling, BatchNorm, then zero channels appended."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(c_in)
+        self.extra = c_out - c_in
+
+    def forward(self, x):
+        x = self.bn(x[:, :, ::2, ::2])
+        return torch.cat([x, x.new_zeros(x.shape[0], self.extra, *x.shape[2:])], dim=1)
+
+
+class ResNet14(nn.Module):
+    """Summers & Dinneen's ResNet-14: 3x3 stem, three stages of two basic blocks (16/32/64), the last
+    BatchNorm of each residual branch initialised to zero."""
+
+    def __init__(self, num_classes=10, width=16):
+        super().__init__()
+        widths = [width, 2 * width, 4 * width]
+        self.conv1 = conv3x3(3, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        stages = []
+        for i, c_out in enumerate(widths):
+            c_in = widths[max(i - 1, 0)]
+            shortcut = SubsampleShortcut(c_in, c_out) if i else None
+            stages.append(nn.Sequential(BasicBlock(c_in, c_out, 2 if i else 1, shortcut),
+                                        BasicBlock(c_out, c_out, 1, None)))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(widths[-1], num_classes)
+        init_like_torchvision(self)
+        for m in self.modules():
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def conv_bn_relu(c_in, c_out, kernel=3, stride=1, padding=1):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class Residual(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn_relu(channels, channels), conv_bn_relu(channels, channels))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class ResNet9(nn.Module):
+    """The small ResNet of Jordan's 60k-run study; PyTorch's default init, output scaled by 0.2."""
+
+    def __init__(self, num_classes=10, width=64):
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(
+            conv_bn_relu(3, w), conv_bn_relu(w, 2 * w, kernel=5, stride=2, padding=2), Residual(2 * w),
+            conv_bn_relu(2 * w, 4 * w), nn.MaxPool2d(2), Residual(4 * w),
+            conv_bn_relu(4 * w, 2 * w, padding=0), nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(2 * w, num_classes, bias=False)
+
+    def forward(self, x):
+        return 0.2 * self.fc(self.net(x))
+
+
 MODELS = {
     "resnet18": lambda width, num_classes: ResNet18(num_classes, width),
     "resnet18-cifar": lambda width, num_classes: ResNet18(num_classes, width, cifar_stem=True),
+    "resnet14": lambda width, num_classes: ResNet14(num_classes, width),
+    "resnet9": lambda width, num_classes: ResNet9(num_classes, width),
 }
+DEFAULT_WIDTH = {"resnet18": 64, "resnet18-cifar": 64, "resnet14": 16, "resnet9": 64}
 
 
-def build_model(name, *, init_seed, width=64, num_classes=10, dtype=torch.float32):
+def build_model(name, *, init_seed, width=None, num_classes=10, dtype=torch.float32):
     """Model `name` initialised from `init_seed` alone, on the CPU (same weights on every device).
 
     The global generator is forked, so building a model never disturbs any other source of randomness.
@@ -96,5 +171,5 @@ def build_model(name, *, init_seed, width=64, num_classes=10, dtype=torch.float3
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        model = MODELS[name](width, num_classes)
+        model = MODELS[name](width or DEFAULT_WIDTH[name], num_classes)
     return model.to(dtype)

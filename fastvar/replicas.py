@@ -18,7 +18,7 @@ STRATEGIES = ("loop", "vmap")
 
 
 class Replicas:
-    def __init__(self, model, init_seeds, *, width=64, strategy="loop", dtype=torch.float32, device="cpu"):
+    def __init__(self, model, init_seeds, *, width=None, strategy="loop", dtype=torch.float32, device="cpu"):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
         models = [build_model(model, init_seed=s, width=width, dtype=dtype) for s in init_seeds]

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 
 import torch
 
-SOURCES = ("init", "order")
+SOURCES = ("init", "order", "aug")
 
+# A preset's name says what is fixed; every other source varies (augmentation only where the recipe
+# augments: without it, its seed changes nothing).
 EXPERIMENTS = {
-    "all-random": {"init", "order"},
-    "fixed-order": {"init"},
-    "fixed-init": {"order"},
+    "all-random": {"init", "order", "aug"},
+    "fixed-order": {"init", "aug"},
+    "fixed-init": {"order", "aug"},
 }
 
 FIXED = "fixed"
@@ -31,6 +33,7 @@ class RunSeeds:
     run_index: int
     init_seed: int
     order_seed: int
+    aug_seed: int
 
 
 def run_seeds(experiment, run_index, base_seed=0):
@@ -39,7 +42,7 @@ def run_seeds(experiment, run_index, base_seed=0):
     varied = EXPERIMENTS[experiment]
     seeds = {source: derive_seed(base_seed, source, run_index if source in varied else FIXED)
              for source in SOURCES}
-    return RunSeeds(run_index, seeds["init"], seeds["order"])
+    return RunSeeds(run_index, seeds["init"], seeds["order"], seeds["aug"])
 
 
 class DataOrder:

@@ -16,7 +16,7 @@ DB_NAME = "runs.sqlite"
 
 COLUMNS = {
     "run_key": "TEXT PRIMARY KEY", "experiment": "TEXT NOT NULL", "run_index": "INTEGER NOT NULL",
-    "init_seed": "INTEGER NOT NULL", "order_seed": "INTEGER NOT NULL", "config_hash": "TEXT NOT NULL",
+    "init_seed": "INTEGER NOT NULL", "order_seed": "INTEGER NOT NULL", "aug_seed": "INTEGER", "config_hash": "TEXT NOT NULL",
     "test_acc": "REAL NOT NULL", "test_loss": "REAL NOT NULL", "train_loss_curve": "TEXT NOT NULL",
     "train_acc_curve": "TEXT NOT NULL", "test_logits": "BLOB NOT NULL", "n_test": "INTEGER NOT NULL",
     "strategy": "TEXT NOT NULL", "batch_models": "INTEGER NOT NULL", "precision": "TEXT NOT NULL",

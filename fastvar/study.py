@@ -13,7 +13,7 @@ from .data import load_cifar10
 from .sources import EXPERIMENTS, run_seeds
 from .store import Store, config_hash, run_key
 from .train import RECIPES, train_replicas
-from .models import MODELS
+from .models import DEFAULT_WIDTH, MODELS
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 
@@ -30,7 +30,7 @@ class Study:
     batch_models: int = 16
     epochs: int | None = None  # None: the recipe's
     model: str | None = None  # None: the recipe's
-    width: int = 64
+    width: int | None = None  # None: the model's (64 for the ResNet-18s)
     seed: int = 0
     train_subset: int | None = None
     test_subset: int | None = None
@@ -60,9 +60,12 @@ class Study:
         recipe["epochs"] = self.epochs or recipe["epochs"]
         return recipe
 
+    def resolved_width(self):
+        return self.width or DEFAULT_WIDTH[self.recipe_dict()["model"]]
+
     def config(self):
         """Everything that changes a run's result; not the run count, batching, strategy or device."""
-        return {"recipe": self.recipe, "hyperparameters": self.recipe_dict(), "width": self.width,
+        return {"recipe": self.recipe, "hyperparameters": self.recipe_dict(), "width": self.resolved_width(),
                 "train_subset": self.train_subset, "test_subset": self.test_subset, "seed": self.seed,
                 "experiment": self.experiment, "precision": self.precision}
 
@@ -98,11 +101,13 @@ class Study:
         seeds = [run_seeds(self.experiment, i, self.seed) for i in padded]
         strategy = self.resolved_strategy(device)
         started = time.perf_counter()
-        results = train_replicas(data, self.recipe_dict(), seeds, width=self.width, strategy=strategy,
+        recipe = self.recipe_dict()
+        results = train_replicas(data, recipe, seeds, width=self.resolved_width(), strategy=strategy,
                                  dtype=PRECISIONS[self.precision], on_step=on_step)
         wall_s = (time.perf_counter() - started) / len(padded)
         now, digest = datetime.now(timezone.utc).isoformat(timespec="seconds"), config_hash(self.config())
         store.add_runs([{**asdict(s), **res, "run_key": run_key(self.experiment, s.run_index),
+                         "aug_seed": s.aug_seed if recipe["augment"] else None,  # no augmentation, no seed
                          "experiment": self.experiment, "config_hash": digest, "n_test": len(data.y_test),
                          "strategy": strategy, "batch_models": self.batch_models, "precision": self.precision,
                          "wall_s": wall_s, "device": str(device), "created_at": now}

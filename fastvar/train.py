@@ -4,30 +4,74 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .augment import gather_batch, normalize_table
+from .augment import augment
 from .optim import OPTIMIZERS
 from .replicas import Replicas
 from .sources import DataOrder
 
-# Each recipe is every hyperparameter of a run in one place (airbench's `hyp`).
+CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+
+# Each recipe is every hyperparameter of a run in one place (airbench's `hyp`). Learning rates are
+# peaks; `schedule` shapes them over the run; `augment` holds the options of fastvar.augment.augment.
 RECIPES = {
     # The seed study: torchvision ResNet-18, Adam 1e-3, batch 128, 10 epochs, no augmentation.
     "seed": {
-        "model": "resnet18",
-        "epochs": 10,
-        "batch_size": 128,
+        "model": "resnet18", "epochs": 10, "batch_size": 128,
         "optimizer": {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},
-        "mean": [0.5, 0.5, 0.5],
-        "std": [0.5, 0.5, 0.5],
+        "schedule": {"name": "constant"},
+        "augment": {},
+        "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+    },
+    # Summers & Dinneen: ResNet-14, SGD, cosine after a warm-up, biases and BatchNorm at 0.1 × LR.
+    "summers": {
+        "model": "resnet14", "epochs": 500, "batch_size": 512,
+        "optimizer": {"name": "sgd", "lr": 0.4, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4},
+        "schedule": {"name": "cosine", "warmup_epochs": 3, "warmup_fraction": 0.2},
+        "lr_scale_1d": 0.1,
+        "augment": {"flip": True, "pad": 4},
+        "mean": CIFAR_MEAN, "std": CIFAR_STD,
+    },
+    # Jordan's 60k-run study: ResNet-9, SGD, learning rate decayed linearly to zero.
+    "jordan": {
+        "model": "resnet9", "epochs": 64, "batch_size": 500,
+        "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4},
+        "schedule": {"name": "linear"},
+        "augment": {"flip": True, "translate": 2, "cutout": 12},
+        "mean": CIFAR_MEAN, "std": CIFAR_STD,
+    },
+    # The usual CIFAR ResNet-18 (3x3 stem), SGD with a cosine schedule.
+    "resnet18-cifar": {
+        "model": "resnet18-cifar", "epochs": 30, "batch_size": 128,
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4},
+        "schedule": {"name": "cosine"},
+        "augment": {"flip": True, "pad": 4},
+        "mean": CIFAR_MEAN, "std": CIFAR_STD,
     },
 }
 
 EVAL_BATCH = 1000
 
 
-def make_optimizer(spec, params):
-    kwargs = dict(spec)
-    return OPTIMIZERS[kwargs.pop("name")](params, **kwargs)
+def lr_factor(schedule, step, steps_per_epoch, total_steps):
+    """The schedule's multiplier of the peak learning rate at `step` (0-based)."""
+    name = schedule["name"]
+    if name == "constant":
+        return 1.0
+    if name == "linear":
+        return 1 - step / total_steps
+    warmup = min(schedule.get("warmup_epochs", 0) * steps_per_epoch,
+                 int(schedule.get("warmup_fraction", 0) * total_steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total_steps - warmup)))
+
+
+def make_optimizer(recipe, params):
+    kwargs = dict(recipe["optimizer"])
+    name = kwargs.pop("name")
+    if "lr_scale_1d" in recipe:  # biases and BatchNorm parameters: one dimension, plus the replicas'
+        kwargs["lr_scale"] = {n: recipe["lr_scale_1d"] for n, p in params.items() if p.dim() == 2}
+    return OPTIMIZERS[name](params, **kwargs)
 
 
 def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None):
@@ -38,19 +82,22 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None)
     """
     replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], width=width,
                         strategy=strategy, dtype=dtype, device=data.x_train.device)
-    loss_curves, acc_curves = fit(replicas, data, recipe, [s.order_seed for s in seeds], on_step)
-    logits = evaluate(replicas, data, normalize_table(recipe["mean"], recipe["std"], dtype, data.x_train.device))
+    loss_curves, acc_curves = fit(replicas, data, recipe, [s.order_seed for s in seeds],
+                                  [s.aug_seed for s in seeds], on_step)
+    logits = evaluate(replicas, data, recipe, dtype)
     return [result(logits[r], data.y_test, loss_curves[r], acc_curves[r]) for r in range(replicas.size)]
 
 
-def fit(replicas, data, recipe, order_seeds, on_step=None):
+def fit(replicas, data, recipe, order_seeds, aug_seeds, on_step=None):
     """Train `replicas` in place for the recipe's epochs; return per-replica loss and accuracy curves."""
     device = data.x_train.device
-    optimizer = make_optimizer(recipe["optimizer"], replicas.params)
+    optimizer = make_optimizer(recipe, replicas.params)
     orders = [DataOrder(s) for s in order_seeds]
-    table = normalize_table(recipe["mean"], recipe["std"], next(iter(replicas.params.values())).dtype, device)
+    aug_seeds = torch.tensor(aug_seeds, dtype=torch.int64, device=device)
+    dtype = next(iter(replicas.params.values())).dtype
     n, batch, epochs = len(data.y_train), recipe["batch_size"], recipe["epochs"]
     steps_per_epoch = math.ceil(n / batch)
+    total_steps = epochs * steps_per_epoch
     loss_curves, acc_curves = [], []
     for epoch in range(epochs):
         order = torch.stack([o.epoch(n) for o in orders]).to(device)  # M×N
@@ -58,23 +105,29 @@ def fit(replicas, data, recipe, order_seeds, on_step=None):
         correct = torch.zeros(replicas.size, dtype=torch.int64, device=device)
         for step, start in enumerate(range(0, n, batch)):  # the last, partial batch is kept
             indices = order[:, start:start + batch]
-            losses, hits, grads = replicas.train_step_grads(
-                gather_batch(data.x_train, indices, table), data.y_train[indices])
-            optimizer.step(grads)
+            x = augment(data.x_train, indices, aug_seeds, epoch, **recipe["augment"],
+                        mean=recipe["mean"], std=recipe["std"], dtype=dtype)
+            losses, hits, grads = replicas.train_step_grads(x, data.y_train[indices])
+            done = epoch * steps_per_epoch + step
+            optimizer.step(grads, lr_factor(recipe["schedule"], done, steps_per_epoch, total_steps))
             loss_sum += losses * indices.shape[1]
             correct += hits
             if on_step:
-                on_step((epoch * steps_per_epoch + step + 1) / (epochs * steps_per_epoch))
+                on_step((done + 1) / total_steps)
         loss_curves.append((loss_sum / n).tolist())  # read once per epoch: no sync inside it
         acc_curves.append((correct / n).tolist())
     return [list(c) for c in zip(*loss_curves)], [list(c) for c in zip(*acc_curves)]
 
 
-def evaluate(replicas, data, table):
+def evaluate(replicas, data, recipe, dtype):
     """Eval-mode test logits of all replicas, M×n_test×classes, one pass over the test set."""
-    n = len(data.y_test)
-    chunks = [replicas.logits(gather_batch(data.x_test, torch.arange(i, min(i + EVAL_BATCH, n), device=data.x_test.device), table))
-              for i in range(0, n, EVAL_BATCH)]
+    n, device = len(data.y_test), data.x_test.device
+    chunks = []
+    for start in range(0, n, EVAL_BATCH):
+        indices = torch.arange(start, min(start + EVAL_BATCH, n), device=device)[None]
+        x = augment(data.x_test, indices, torch.zeros(1, dtype=torch.int64), 0,
+                    mean=recipe["mean"], std=recipe["std"], dtype=dtype)[0]
+        chunks.append(replicas.logits(x))
     return torch.cat(chunks, dim=1)
 
 

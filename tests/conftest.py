@@ -8,6 +8,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # Triton kernels run on the CPU, through numpy; read at import
 
 from fastvar.data import Dataset, default_data_dir, load_cifar10  # noqa: E402
 

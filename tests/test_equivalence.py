@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastvar.augment import gather_batch, normalize_table
+from fastvar.augment import augment
 from fastvar.models import ResNet18, build_model
 from fastvar.replicas import Replicas
 from fastvar.sources import run_seeds
@@ -49,7 +49,7 @@ def test_vmap_loop_and_plain_training_agree_in_float64(optimizer):
     trained = {}
     for strategy in ("loop", "vmap"):
         replicas = Replicas("resnet18", [s.init_seed for s in seeds], width=4, strategy=strategy, dtype=torch.float64)
-        fit(replicas, data, recipe, [s.order_seed for s in seeds])
+        fit(replicas, data, recipe, [s.order_seed for s in seeds], [s.aug_seed for s in seeds])
         trained[strategy] = replicas
     for r, s in enumerate(seeds):
         reference = reference_run(s.init_seed, s.order_seed, data, optimizer, epochs=2, batch_size=16).state_dict()
@@ -62,9 +62,10 @@ def test_vmap_loop_and_plain_training_agree_in_float64(optimizer):
         assert (reference["conv1.weight"] - initial).abs().max() > 1e-4  # training moved the weights
 
 
-def test_loop_run_is_bit_identical_alone_or_in_a_batch():
+@pytest.mark.parametrize("augmentation", [{}, {"flip": True, "pad": 4, "cutout": 8}], ids=["plain", "augmented"])
+def test_loop_run_is_bit_identical_alone_or_in_a_batch(augmentation):
     data = random_dataset(64, 20)
-    recipe = tiny_recipe(ADAM, epochs=2)
+    recipe = dict(tiny_recipe(ADAM, epochs=2), augment=augmentation)
     seeds = [run_seeds("all-random", i) for i in range(4)]
     batch = train_replicas(data, recipe, seeds, width=4, strategy="loop", dtype=torch.float32)
     for k in (0, 2):
@@ -79,9 +80,9 @@ def test_vmap_float32_is_batch_independent_within_tolerance_over_five_steps():
     recipe = tiny_recipe(ADAM, epochs=1, batch_size=16)  # 5 steps
     seeds = [run_seeds("all-random", i) for i in range(4)]
     batch = Replicas("resnet18", [s.init_seed for s in seeds], width=4, strategy="vmap")
-    fit(batch, data, recipe, [s.order_seed for s in seeds])
+    fit(batch, data, recipe, [s.order_seed for s in seeds], [s.aug_seed for s in seeds])
     alone = Replicas("resnet18", [seeds[3].init_seed], width=4, strategy="vmap")
-    fit(alone, data, recipe, [seeds[3].order_seed])
+    fit(alone, data, recipe, [seeds[3].order_seed], [seeds[3].aug_seed])
     for name, value in alone.params.items():
         assert torch.allclose(batch.params[name][3], value[0], rtol=0, atol=1e-4), name
 
@@ -93,7 +94,7 @@ def test_float32_gradients_match_a_plain_contiguous_model(width):
     data = random_dataset(32, 10)
     seeds = [run_seeds("all-random", i) for i in range(2)]
     indices = torch.stack([torch.randperm(32, generator=torch.Generator().manual_seed(i))[:16] for i in range(2)])
-    x = gather_batch(data.x_train, indices, normalize_table([0.5] * 3, [0.5] * 3))
+    x = augment(data.x_train, indices, torch.zeros(2, dtype=torch.int64), 0, mean=[0.5] * 3, std=[0.5] * 3)
     for strategy in ("loop", "vmap"):
         replicas = Replicas("resnet18", [s.init_seed for s in seeds], width=width, strategy=strategy)
         _, _, grads = replicas.train_step_grads(x, data.y_train[indices])

@@ -96,6 +96,7 @@ def test_study_api_pads_the_last_batch_and_stores_the_seeds(synthetic_dir, tmp_p
     for r in rows:
         seeds = run_seeds("fixed-init", r["run_index"])
         assert (r["init_seed"], r["order_seed"]) == (seeds.init_seed, seeds.order_seed)
+        assert r["aug_seed"] is None  # the seed recipe does not augment: no augmentation seed
         assert r["batch_models"] == 2 and r["strategy"] == "loop" and r["precision"] == "float32"
         assert r["test_logits"].shape == (r["n_test"], 10) and 0 <= r["test_acc"] <= 1
         assert len(r["train_loss_curve"]) == len(r["train_acc_curve"]) == 1

@@ -1,0 +1,69 @@
+"""Recipes: each trains end to end; schedules, per-parameter learning rates and models as specified."""
+import math
+
+import pytest
+import torch
+
+from fastvar.models import BasicBlock, build_model
+from fastvar.sources import run_seeds
+from fastvar.train import RECIPES, lr_factor, make_optimizer, train_replicas
+from conftest import random_dataset
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_each_recipe_trains_end_to_end(name):
+    recipe = dict(RECIPES[name], epochs=2, batch_size=32)
+    data = random_dataset(64, 20)
+    results = train_replicas(data, recipe, [run_seeds("all-random", i) for i in range(2)], width=4,
+                             strategy="loop", dtype=torch.float32)
+    for r in results:
+        assert len(r["train_loss_curve"]) == 2 and math.isfinite(r["test_loss"])
+        assert r["test_logits"].shape == (20, 10)
+    assert not torch.equal(results[0]["test_logits"], results[1]["test_logits"])
+
+
+def test_augmenting_recipe_varies_with_the_aug_seed_alone():
+    recipe = dict(RECIPES["resnet18-cifar"], epochs=1, batch_size=32)
+    data = random_dataset(64, 20)
+    seeds = run_seeds("fixed-init", 0)
+    same = seeds.__class__(0, seeds.init_seed, seeds.order_seed, seeds.aug_seed)
+    other_aug = seeds.__class__(0, seeds.init_seed, seeds.order_seed, seeds.aug_seed + 1)
+    a, b, c = (train_replicas(data, recipe, [s], width=4, strategy="loop", dtype=torch.float32)[0]
+               for s in (seeds, same, other_aug))
+    assert torch.equal(a["test_logits"], b["test_logits"])
+    assert not torch.equal(a["test_logits"], c["test_logits"])
+
+
+def test_schedules():
+    cosine = RECIPES["summers"]["schedule"]
+    # 10 epochs of 5 steps: warm-up is min(3 epochs, 20 % of 50 steps) = 10 steps.
+    factors = [lr_factor(cosine, t, 5, 50) for t in range(50)]
+    assert factors[:10] == [pytest.approx((t + 1) / 10) for t in range(10)]
+    assert factors[10] == 1.0 and all(a > b for a, b in zip(factors[10:], factors[11:])) and factors[-1] < 0.01
+    linear = [lr_factor(RECIPES["jordan"]["schedule"], t, 5, 50) for t in (0, 25, 49)]
+    assert linear == [1.0, 0.5, pytest.approx(0.02)]
+    assert lr_factor(RECIPES["seed"]["schedule"], 30, 5, 50) == 1.0
+
+
+def test_summers_trains_biases_and_batchnorm_at_a_tenth_of_the_rate():
+    params = {n: p.detach()[None] for n, p in build_model("resnet14", init_seed=0).named_parameters()}
+    scale = make_optimizer(RECIPES["summers"], params).lr_scale
+    assert scale["bn1.weight"] == scale["fc.bias"] == scale["layer2.0.downsample.bn.bias"] == 0.1
+    assert "conv1.weight" not in scale and "fc.weight" not in scale
+
+
+def test_resnet14_and_resnet9_as_specified():
+    resnet14 = build_model("resnet14", init_seed=0)
+    assert resnet14.conv1.out_channels == 16 and resnet14.fc.in_features == 64
+    blocks = [m for m in resnet14.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 6 and all(torch.count_nonzero(b.bn2.weight) == 0 for b in blocks)
+    shortcut = resnet14.layer2[0].downsample
+    x = torch.randn(2, 16, 8, 8)
+    shortcut.eval()
+    y = shortcut(x)
+    assert y.shape == (2, 32, 4, 4) and torch.count_nonzero(y[:, 16:]) == 0  # zero channels appended
+    resnet9 = build_model("resnet9", init_seed=0)
+    assert resnet9.fc.bias is None and resnet9.fc.in_features == 128
+    resnet9.eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(resnet9(x), 0.2 * resnet9.fc(resnet9.net(x)))

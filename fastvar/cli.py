@@ -67,7 +67,7 @@ def train(args):
                   train_subset=args.train_subset, test_subset=args.test_subset, precision=args.precision,
                   strategy=args.strategy, device=args.device)
     out = args.out or Path("results") / args.experiment
-    bar = ProgressBar()
+    bar = ProgressBar(study.runs)
     try:
         store = study.run(out, data_dir=args.data_dir, download=args.download, progress=bar.update)
     except KeyboardInterrupt:
@@ -106,16 +106,16 @@ def summary_line(rows, out):
 
 
 class ProgressBar:
-    """Runs done of runs left, runs per hour and ETA; created on the first report."""
+    """Runs in the folder of the study's total, runs per hour and ETA; created on the first report."""
 
-    def __init__(self):
-        self.bar, self.started = None, time.perf_counter()
+    def __init__(self, total):
+        self.total, self.bar, self.started = total, None, time.perf_counter()
 
     def update(self, done, todo):
         if self.bar is None:
-            self.bar = tqdm(total=todo, unit="run", dynamic_ncols=True,
+            self.bar = tqdm(total=self.total, initial=self.total - todo, unit="run", dynamic_ncols=True,
                             bar_format="{l_bar}{bar}| {n:.1f}/{total} runs [{elapsed}<{remaining}{postfix}]")
-        self.bar.update(done - self.bar.n)
+        self.bar.update(self.total - todo + done - self.bar.n)
         self.bar.set_postfix_str(f"{done / (time.perf_counter() - self.started) * 3600:.1f} runs/h", refresh=False)
 
     def close(self):

@@ -6,6 +6,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 PLOTS = ("train_loss", "train_acc", "test_acc", "test_loss")
 
@@ -34,6 +35,7 @@ def histogram_figure(values, xlabel, title):
     ax.axvline(mean, color="black", label=f"mean {mean:.4g}")
     for edge in (mean - sd, mean + sd):
         ax.axvline(edge, color="black", linestyle="--")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel=xlabel, ylabel="runs", title=f"{title} (SD {sd:.3g}, {len(values)} runs)")
     ax.legend()
     return fig

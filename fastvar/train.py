@@ -66,8 +66,8 @@ def lr_factor(schedule, step, steps_per_epoch, total_steps):
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total_steps - warmup)))
 
 
-def make_optimizer(recipe, params):
-    kwargs = dict(recipe["optimizer"])
+def make_optimizer(recipe, params, by_replica=False):
+    kwargs = dict(recipe["optimizer"], by_replica=by_replica)
     name = kwargs.pop("name")
     if "lr_scale_1d" in recipe:  # biases and BatchNorm parameters: one dimension, plus the replicas'
         kwargs["lr_scale"] = {n: recipe["lr_scale_1d"] for n, p in params.items() if p.dim() == 2}
@@ -91,7 +91,8 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None)
 def fit(replicas, data, recipe, order_seeds, aug_seeds, on_step=None):
     """Train `replicas` in place for the recipe's epochs; return per-replica loss and accuracy curves."""
     device = data.x_train.device
-    optimizer = make_optimizer(recipe, replicas.params)
+    # The loop strategy updates replica by replica too: its slices stay in cache (CPUs).
+    optimizer = make_optimizer(recipe, replicas.params, by_replica=replicas.strategy == "loop")
     orders = [DataOrder(s) for s in order_seeds]
     aug_seeds = torch.tensor(aug_seeds, dtype=torch.int64, device=device)
     dtype = next(iter(replicas.params.values())).dtype

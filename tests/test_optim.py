@@ -14,15 +14,16 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("by_replica", [False, True], ids=["stacked", "by-replica"])
 @pytest.mark.parametrize("case", CASES)
-def test_each_replica_steps_as_torch_optim_with_its_own_lr_and_decay(case):
+def test_each_replica_steps_as_torch_optim_with_its_own_lr_and_decay(case, by_replica):
     batched_cls, kwargs, torch_optim = CASES[case]
     g = torch.Generator().manual_seed(0)
     shapes = {"w": (4, 3, 2), "b": (4,)}
     start = {n: torch.randn(3, *s, generator=g, dtype=torch.float64) for n, s in shapes.items()}
     grads = [{n: torch.randn(3, *s, generator=g, dtype=torch.float64) for n, s in shapes.items()} for _ in range(6)]
     stacked = {n: t.clone() for n, t in start.items()}
-    optimizer = batched_cls(stacked, LRS, DECAYS, **kwargs)
+    optimizer = batched_cls(stacked, LRS, DECAYS, by_replica=by_replica, **kwargs)
     for step_grads in grads:
         optimizer.step(step_grads)
     for r in range(3):

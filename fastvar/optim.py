@@ -39,13 +39,15 @@ class BatchedOptimizer:
         """One update; the learning rate of this step is lr × lr_factor (the schedule) × lr_scale."""
         self.steps += 1
         for name, param in self.params.items():
-            lr, state = self.lr * (lr_factor * self.lr_scale.get(name, 1.0)), self.state[name]
+            # Per-replica coefficients in float64, rounded once to the parameters' dtype either way.
+            coefficients = self.coefficients(self.lr * (lr_factor * self.lr_scale.get(name, 1.0)))
+            state = self.state[name]
             if self.by_replica:
                 for r in range(self.size):
                     self.update(param[r], grads[name][r], {s: t[r] for s, t in state.items()},
-                                lr[r].item(), self.weight_decay[r].item())
+                                {k: v[r].item() for k, v in coefficients.items()})
             else:
-                self.update(param, grads[name], state, per_replica(lr, param), per_replica(self.weight_decay, param))
+                self.update(param, grads[name], state, {k: per_replica(v, param) for k, v in coefficients.items()})
 
 
 class BatchedAdam(BatchedOptimizer):
@@ -58,17 +60,20 @@ class BatchedAdam(BatchedOptimizer):
         self.beta1, self.beta2 = betas
         self.eps, self.decoupled = eps, decoupled
 
-    def update(self, param, grad, state, lr, weight_decay):
+    def coefficients(self, lr):
+        return {"step_size": lr / (1 - self.beta1 ** self.steps),
+                "decay": 1 - lr * self.weight_decay if self.decoupled else self.weight_decay}
+
+    def update(self, param, grad, state, c):
         if self.decay and self.decoupled:
-            param.mul_(1 - lr * weight_decay)
+            param.mul_(c["decay"])
         elif self.decay:
-            grad = grad + param * weight_decay
+            grad = grad + param * c["decay"]
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         exp_avg.mul_(self.beta1).add_(grad * (1 - self.beta1))
         exp_avg_sq.mul_(self.beta2).add_(grad * grad * (1 - self.beta2))
-        step_size = lr / (1 - self.beta1 ** self.steps)
         denom = (exp_avg_sq.sqrt() / math.sqrt(1 - self.beta2 ** self.steps)).add_(self.eps)
-        param.sub_(exp_avg / denom * step_size)
+        param.sub_(exp_avg / denom * c["step_size"])
 
 
 class BatchedSGD(BatchedOptimizer):
@@ -79,9 +84,12 @@ class BatchedSGD(BatchedOptimizer):
         super().__init__(params, lr, weight_decay, **kwargs)
         self.momentum, self.nesterov = momentum, nesterov
 
-    def update(self, param, grad, state, lr, weight_decay):
+    def coefficients(self, lr):
+        return {"lr": lr, "weight_decay": self.weight_decay}
+
+    def update(self, param, grad, state, c):
         if self.decay:
-            grad = grad + param * weight_decay
+            grad = grad + param * c["weight_decay"]
         if self.momentum:
             buf = state["momentum_buffer"]
             if self.steps == 1:
@@ -89,7 +97,7 @@ class BatchedSGD(BatchedOptimizer):
             else:
                 buf.mul_(self.momentum).add_(grad)
             grad = grad + buf * self.momentum if self.nesterov else buf
-        param.sub_(grad * lr)
+        param.sub_(grad * c["lr"])
 
 
 OPTIMIZERS = {"adam": BatchedAdam, "sgd": BatchedSGD}

@@ -36,3 +36,20 @@ def test_each_replica_steps_as_torch_optim_with_its_own_lr_and_decay(case, by_re
         for n in shapes:
             assert torch.allclose(stacked[n][r], lone[n].detach(), rtol=0, atol=1e-12), (case, r, n)
             assert not torch.allclose(stacked[n][r], start[n][r])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_by_replica_and_stacked_updates_are_bit_identical_in_float32(case):
+    batched_cls, kwargs, _ = CASES[case]
+    g = torch.Generator().manual_seed(1)
+    start = {"w": torch.randn(3, 37, 5, generator=g), "b": torch.randn(3, 7, generator=g)}
+    grads = [{n: torch.randn(t.shape, generator=g) for n, t in start.items()} for _ in range(5)]
+    finals = []
+    for by_replica in (False, True):
+        params = {n: t.clone() for n, t in start.items()}
+        optimizer = batched_cls(params, LRS, DECAYS, by_replica=by_replica, **kwargs)
+        for step, step_grads in enumerate(grads):
+            optimizer.step(step_grads, lr_factor=1 - step / 10)
+        finals.append(params)
+    for n in start:
+        assert torch.equal(finals[0][n], finals[1][n]), (case, n)

@@ -10,9 +10,11 @@ draw number), so an example's augmentation depends on nothing else: not on its p
 batch, not on the data order, not on the other replicas.
 
 All augmentation happens in pixel space: padding and cutout blank pixels to the value 0, as
-torchvision's RandomCrop pads. Normalisation comes last, through a per-channel table of 256 values
-computed once by torch in the output dtype, so a pixel becomes exactly what ToTensor + Normalize
-give, (v / 255 - mean) / std, on every backend (no arithmetic left to round differently).
+torchvision's RandomCrop pads. Normalisation comes last and gives exactly what ToTensor + Normalize
+give, (v / 255 - mean) / std in float32, rounded once to the output dtype: the kernel gathers it from
+a per-channel table of 256 values that torch computes (no arithmetic left in Triton to round
+differently, e.g. the interpreter's truncating bfloat16 downcast); the reference computes the same
+float32 operations elementwise, which is faster on a CPU than a gather and equal by construction.
 """
 import torch
 import torch.nn.functional as F

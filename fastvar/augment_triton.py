@@ -37,10 +37,11 @@ def _augment_kernel(images, indices, seeds, table, out, epoch, per_replica, shif
     ep, ex = epoch.to(tl.uint32), example.to(tl.uint32)
     lane = tl.arange(0, BLOCK)
     live = lane < 32 * 32 * 3
-    row, col, channel = lane // 96, (lane // 3) % 32, lane % 3
-    if FLIP:
+    row, out_col, channel = lane // 96, (lane // 3) % 32, lane % 3
+    col = out_col
+    if FLIP:  # of the crop: the output column reads from the mirrored column
         flip = _uniform(seed_lo, seed_hi, ep, ex, DRAW_FLIP, 2)
-        col = tl.where(flip == 1, 31 - col, col)
+        col = tl.where(flip == 1, 31 - out_col, out_col)
     src_row = row + _uniform(seed_lo, seed_hi, ep, ex, DRAW_SHIFT_Y, 2 * shift + 1) - shift
     src_col = col + _uniform(seed_lo, seed_hi, ep, ex, DRAW_SHIFT_X, 2 * shift + 1) - shift
     if REFLECT:
@@ -53,7 +54,7 @@ def _augment_kernel(images, indices, seeds, table, out, epoch, per_replica, shif
     if CUTOUT:
         top = _uniform(seed_lo, seed_hi, ep, ex, DRAW_CUT_Y, 33 - cutout)
         left = _uniform(seed_lo, seed_hi, ep, ex, DRAW_CUT_X, 33 - cutout)
-        blank = (row >= top) & (row < top + cutout) & (lane // 3 % 32 >= left) & (lane // 3 % 32 < left + cutout)
+        blank = (row >= top) & (row < top + cutout) & (out_col >= left) & (out_col < left + cutout)
         pixel = tl.where(blank, 0, pixel)
     value = tl.load(table + channel * 256 + pixel.to(tl.int32), mask=live)
     tl.store(out + pid * 3072 + lane, value, mask=live)

@@ -1,5 +1,6 @@
 """fastvar: how much run-to-run variance each source of training randomness causes."""
 from .data import load_cifar10
+from .report import analyze
 from .study import Study
 
-__all__ = ["Study", "load_cifar10"]
+__all__ = ["Study", "analyze", "load_cifar10"]

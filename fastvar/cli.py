@@ -1,5 +1,7 @@
-"""The command line: `train` (the default subcommand) and `plot`. A thin layer over fastvar.Study."""
+"""The command line: `train` (the default subcommand), `plot`, `analyze`, `compare`, `export`.
+A thin layer over fastvar.Study and fastvar.report."""
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -8,24 +10,29 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import DataError
+from .export import FORMATS, export
 from .models import MODELS
 from .plots import plot_study
+from .report import (AnalysisError, analyze, compare_folders, comparison_lines, default_report_path, json_line,
+                     pairwise_note, tables, write_report)
 from .sources import EXPERIMENTS
 from .store import Store, StoreError
 from .study import PRECISIONS, ConfigError, Study
 from .train import RECIPES
 
-COMMANDS = ("train", "plot")
+COMMANDS = ("train", "plot", "analyze", "compare", "export")
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="run.py", description="Measure run-to-run variance of training.")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a study's runs into a results folder (resumable)")
-    train.add_argument("--experiment", default="all-random", choices=EXPERIMENTS)
+    train.add_argument("--experiment", choices=EXPERIMENTS, help="default: all-random (grid with --grid)")
+    train.add_argument("--grid", type=grid_shape, metavar="IxJ",
+                       help="the grid experiment: I init seeds crossed with J order seeds, I×J runs")
     train.add_argument("--recipe", default="seed", choices=RECIPES)
     train.add_argument("--list-recipes", action="store_true", help="print the recipes and exit")
-    train.add_argument("--runs", type=int, default=1000)
+    train.add_argument("--runs", type=int, help="default: 1000 (I×J for a grid)")
     train.add_argument("--batch-models", type=int, default=16, help="replicas trained in one batched step")
     train.add_argument("--epochs", type=int, help="default: the recipe's")
     train.add_argument("--model", choices=MODELS, help="default: the recipe's")
@@ -41,9 +48,32 @@ def build_parser():
     train.add_argument("--data-dir", type=Path, help="default: $FASTVAR_DATA, else ~/.cache/fastvar")
     train.add_argument("--download", action="store_true", help="fetch the official CIFAR-10 archive if absent")
     train.add_argument("--plot", action="store_true", help="draw the study's plots into OUT/plots")
+    train.add_argument("--save-weights", type=int, default=0, metavar="K",
+                       help="keep the final weights of the first K runs in OUT/weights (for analyze --cka)")
     plot = commands.add_parser("plot", help="draw the plots of an existing results folder")
     plot.add_argument("folder", type=Path)
+    analyze = commands.add_parser("analyze", help="the spread metrics of results folders, and report.md")
+    analyze.add_argument("folders", type=Path, nargs="+")
+    analyze.add_argument("--json", action="store_true", help="print one JSON object per folder instead")
+    analyze.add_argument("--cka", action="store_true", help="linear CKA between runs with saved weights")
+    analyze.add_argument("--report", type=Path, help="default: report.md in the folders' common parent")
+    analyze.add_argument("--data-dir", type=Path, help="CIFAR-10, for --cka and for folders without labels")
+    compare = commands.add_parser("compare", help="is B's mean test accuracy different from A's?")
+    compare.add_argument("folder_a", type=Path)
+    compare.add_argument("folder_b", type=Path)
+    export = commands.add_parser("export", help="write a folder's runs as numpy files")
+    export.add_argument("folder", type=Path)
+    export.add_argument("--format", choices=FORMATS, default="npz")
+    export.add_argument("--out", type=Path, help="default: FOLDER/logits.npz or FOLDER/seed-npy/")
+    export.add_argument("--data-dir", type=Path, help="CIFAR-10, for folders without stored labels")
     return parser
+
+
+def grid_shape(text):
+    rows, sep, columns = text.lower().partition("x")
+    if not (sep and rows.isdigit() and columns.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected IxJ such as 16x16, not {text!r}")
+    return int(rows), int(columns)
 
 
 def main(argv=None):
@@ -51,9 +81,11 @@ def main(argv=None):
     if not argv or argv[0] not in COMMANDS + ("-h", "--help"):
         argv.insert(0, "train")  # `run.py --experiment X` means `run.py train --experiment X`
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded in what it writes
     try:
-        return {"train": train, "plot": plot}[args.command](args)
-    except (DataError, StoreError, ConfigError) as e:
+        return {"train": train, "plot": plot, "analyze": analyze_command, "compare": compare_command,
+                "export": export_command}[args.command](args)
+    except (DataError, StoreError, ConfigError, AnalysisError) as e:
         print(f"fastvar: error: {e}", file=sys.stderr)
         return 2
 
@@ -62,11 +94,12 @@ def train(args):
     if args.list_recipes:
         print(recipe_table())
         return 0
-    study = Study(experiment=args.experiment, recipe=args.recipe, runs=args.runs, batch_models=args.batch_models,
+    experiment = args.experiment or ("grid" if args.grid else "all-random")
+    study = Study(experiment=experiment, recipe=args.recipe, runs=args.runs, batch_models=args.batch_models,
                   epochs=args.epochs, model=args.model, width=args.width, seed=args.seed,
                   train_subset=args.train_subset, test_subset=args.test_subset, precision=args.precision,
-                  strategy=args.strategy, device=args.device)
-    out = args.out or Path("results") / args.experiment
+                  strategy=args.strategy, device=args.device, grid=args.grid, save_weights=args.save_weights)
+    out = args.out or Path("results") / experiment
     bar = ProgressBar(study.runs)
     try:
         store = study.run(out, data_dir=args.data_dir, download=args.download, progress=bar.update)
@@ -86,6 +119,32 @@ def plot(args):
     rows = Store(args.folder).runs()
     paths = plot_study(rows, args.folder / "plots")
     print(f"{len(paths)} plots of {len(rows)} runs in {args.folder / 'plots'}")
+    return 0
+
+
+def analyze_command(args):
+    analyses = analyze(*args.folders, data_dir=args.data_dir, cka=args.cka)
+    if args.json:
+        print("\n".join(json_line(a) for a in analyses))
+    else:
+        print(pairwise_note(analyses))
+        for title, table in tables(analyses):
+            print(f"\n{title}\n{table}")
+    path = write_report(analyses, args.report or default_report_path(args.folders),
+                        "python run.py " + shlex.join(args.argv))
+    print(f"report: {path}", file=sys.stderr)
+    return 0
+
+
+def compare_command(args):
+    acc_a, acc_b, results = compare_folders(args.folder_a, args.folder_b)
+    print("\n".join(comparison_lines(args.folder_a, args.folder_b, acc_a, acc_b, results)))
+    return 0
+
+
+def export_command(args):
+    paths = export(args.folder, args.format, args.out, args.data_dir)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
 
 

@@ -160,6 +160,14 @@ MODELS = {
     "resnet9": lambda width, num_classes: ResNet9(num_classes, width),
 }
 DEFAULT_WIDTH = {"resnet18": 64, "resnet18-cifar": 64, "resnet14": 16, "resnet9": 64}
+# Where representations are read for CKA: the stem's output and each stage's (module paths); the
+# pooled features (the classifier's input) and the logits are read at `fc`, which every model has.
+FEATURE_LAYERS = {
+    "resnet18": {"stem": "maxpool", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4"},
+    "resnet14": {"stem": "relu", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3"},
+    "resnet9": {"stem": "net.0", "stage1": "net.2", "stage2": "net.5", "stage3": "net.6"},
+}
+FEATURE_LAYERS["resnet18-cifar"] = FEATURE_LAYERS["resnet18"]
 
 
 def build_model(name, *, init_seed, width=None, num_classes=10, dtype=torch.float32):

@@ -1,4 +1,4 @@
-"""The seed study's four plots, from a results folder's rows."""
+"""The seed study's four plots of one results folder, and the analysis plots of several."""
 from pathlib import Path
 
 import matplotlib
@@ -43,17 +43,103 @@ def histogram_figure(values, xlabel, title):
 
 def plot_study(rows, out_dir):
     """Write the four PNGs into `out_dir`; return their paths by plot name."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     figures = {
         "train_loss": curves_figure([r["train_loss_curve"] for r in rows], "training loss", "Training loss"),
         "train_acc": curves_figure([r["train_acc_curve"] for r in rows], "training accuracy", "Training accuracy"),
         "test_acc": histogram_figure([r["test_acc"] for r in rows], "test accuracy", "Test accuracy"),
         "test_loss": histogram_figure([r["test_loss"] for r in rows], "test loss", "Test loss"),
     }
+    return save_figures(figures, out_dir)
+
+
+def save_figures(figures, out_dir):
+    """Write each figure as `out_dir/<name>.png` and close it; return the paths by name."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, fig in figures.items():
         paths[name] = out_dir / f"{name}.png"
         fig.savefig(paths[name], dpi=120, bbox_inches="tight")
         plt.close(fig)
     return paths
+
+
+def folder_axis(ax, analyses):
+    ax.set_xticks(range(len(analyses)), [a.folder.name for a in analyses], rotation=20, ha="right")
+
+
+def accuracy_figure(analyses):
+    """Every run's test accuracy, one column of points (and a box) per folder."""
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(analyses), 4))
+    jitter = np.random.default_rng(0)
+    for i, a in enumerate(analyses):
+        acc = np.array([r["test_acc"] for r in a.rows]) * 100
+        ax.boxplot(acc, positions=[i], widths=0.5, showfliers=False)
+        ax.plot(i + jitter.uniform(-0.15, 0.15, len(acc)), acc, ".", alpha=0.6, gid=f"runs-{i}")
+    folder_axis(ax, analyses)
+    ax.set(ylabel="test accuracy (%)", title="Test accuracy of every run")
+    return fig
+
+
+def sd_figure(analyses, setting=None):
+    """Accuracy SD ± its bootstrap error per folder, or against the one setting the folders differ in."""
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(analyses), 4))
+    x = setting[1] if setting else range(len(analyses))
+    sd = [a.metrics["acc_sd"] * 100 for a in analyses]
+    err = [a.metrics["acc_sd_err"] * 100 for a in analyses]
+    ax.errorbar(x, sd, yerr=err, fmt="o-" if setting else "o", capsize=4, gid="sd")
+    if setting:
+        ax.set_xlabel(setting[0])
+    else:
+        folder_axis(ax, analyses)
+    ax.set(ylabel="SD of test accuracy (pp)", title="Run-to-run SD (± bootstrap SD)")
+    return fig
+
+
+def ensemble_figure(analyses):
+    """Accuracy of ensembles of disjoint groups of runs against the ensemble's size."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for a in analyses:
+        sizes = sorted(a.metrics["ensembles"], key=int)
+        ax.plot([int(s) for s in sizes], [a.metrics["ensembles"][s]["acc"] * 100 for s in sizes], "o-",
+                label=a.folder.name, gid=a.name)
+    ax.set_xscale("log")
+    ax.set(xlabel="runs in the ensemble", ylabel="test accuracy (%)", title="Ensemble accuracy by size")
+    ax.legend()
+    return fig
+
+
+def per_example_figure(analyses):
+    """Histogram of per-example accuracy p_i: how many test images every run gets right, none, some."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for a in analyses:
+        ax.hist(a.correct().mean(0), bins=min(20, len(a.rows) + 1), range=(0, 1), histtype="step",
+                label=a.folder.name)
+    ax.set_yscale("log")
+    ax.set(xlabel="fraction of runs that get the example right", ylabel="test examples",
+           title="Per-example accuracy")
+    ax.legend()
+    return fig
+
+
+def binomial_figure(analyses):
+    """Observed accuracy SD against the binomial model's, and the distribution SD left over."""
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(analyses), 4))
+    x = np.arange(len(analyses))
+    for k, (key, label) in enumerate((("acc_sd", "observed"), ("binomial_sd", "binomial"),
+                                      ("distribution_sd", "distribution"))):
+        ax.bar(x + (k - 1) * 0.27, [a.metrics[key] * 100 for a in analyses], 0.27, label=label, gid=key)
+    folder_axis(ax, analyses)
+    ax.set(ylabel="SD of test accuracy (pp)", title="Observed vs binomial SD")
+    ax.legend()
+    return fig
+
+
+def analysis_figures(analyses, setting=None):
+    """The report's figures by name; `setting` (name, values) where the folders differ in one number."""
+    figures = {"accuracy": accuracy_figure(analyses), "sd": sd_figure(analyses),
+               "ensembles": ensemble_figure(analyses), "per_example": per_example_figure(analyses),
+               "binomial": binomial_figure(analyses)}
+    if setting:
+        figures["sd_by_setting"] = sd_figure(analyses, setting)
+    return figures

@@ -17,6 +17,9 @@ EXPERIMENTS = {
     "all-random": {"init", "order", "aug"},
     "fixed-order": {"init", "aug"},
     "fixed-init": {"order", "aug"},
+    # I init seeds crossed with J order seeds (run i·J + j), everything else fixed: for a two-way
+    # ANOVA of the variance due to each.
+    "grid": {"init", "order"},
 }
 
 FIXED = "fixed"
@@ -36,12 +39,22 @@ class RunSeeds:
     aug_seed: int
 
 
-def run_seeds(experiment, run_index, base_seed=0):
+def seed_keys(experiment, run_index, grid_columns=None):
+    """What each source's seed derives from: the run index if varied, FIXED if not; in a grid, the
+    row (init) and column (order) of the run, so row i shares its init seed with run i elsewhere."""
+    if experiment == "grid":
+        row, column = divmod(run_index, grid_columns)
+        return {"init": row, "order": column, "aug": FIXED}
+    return {source: run_index if source in EXPERIMENTS[experiment] else FIXED for source in SOURCES}
+
+
+def run_seeds(experiment, run_index, base_seed=0, grid_columns=None):
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; choose from {', '.join(EXPERIMENTS)}")
-    varied = EXPERIMENTS[experiment]
-    seeds = {source: derive_seed(base_seed, source, run_index if source in varied else FIXED)
-             for source in SOURCES}
+    if (experiment == "grid") != (grid_columns is not None):
+        raise ValueError("the grid experiment, and only it, needs the grid's number of columns")
+    seeds = {source: derive_seed(base_seed, source, key)
+             for source, key in seed_keys(experiment, run_index, grid_columns).items()}
     return RunSeeds(run_index, seeds["init"], seeds["order"], seeds["aug"])
 
 

@@ -72,6 +72,21 @@ class Store:
             raise StoreError(f"{self.folder} holds a study with another config ({changed}); "
                              f"choose another --out or repeat the stored settings")
 
+    def check_labels(self, labels):
+        """Keep the test labels the logits are scored against; refuse data whose labels differ."""
+        labels = [int(v) for v in labels]
+        stored = self.labels()
+        if stored is None:
+            with self.db:
+                self.db.execute("INSERT INTO meta VALUES ('test_labels', ?)", (json.dumps(labels),))
+        elif stored.tolist() != labels:
+            raise StoreError(f"{self.folder} was trained on a test set with other labels; is this the same data?")
+
+    def labels(self):
+        """The test labels, or None for a folder made before fastvar stored them."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='test_labels'").fetchone()
+        return None if row is None else np.array(json.loads(row[0]), dtype=np.int64)
+
     def finished_indices(self):
         return {i for (i,) in self.db.execute("SELECT run_index FROM runs")}
 

@@ -6,6 +6,7 @@
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 
@@ -26,7 +27,7 @@ class ConfigError(ValueError):
 class Study:
     experiment: str = "all-random"
     recipe: str = "seed"
-    runs: int = 1000
+    runs: int | None = None  # None: 1000, or rows × columns for a grid
     batch_models: int = 16
     epochs: int | None = None  # None: the recipe's
     model: str | None = None  # None: the recipe's
@@ -37,6 +38,8 @@ class Study:
     precision: str = "float32"
     strategy: str = "auto"  # auto: loop on CPU, vmap on CUDA (never chosen by a timing)
     device: str = "auto"
+    grid: tuple[int, int] | None = None  # (init seeds, order seeds) of the `grid` experiment
+    save_weights: int = 0  # keep the final weights of runs 0 .. save_weights-1 (for CKA)
 
     def __post_init__(self):
         choices = {"experiment": EXPERIMENTS, "recipe": RECIPES, "precision": PRECISIONS,
@@ -46,12 +49,28 @@ class Study:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
         if self.model is not None and self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        self._check_grid()
         for name in ("runs", "batch_models", "epochs", "width", "train_subset", "test_subset"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda, but this machine has no CUDA device")
+        if self.save_weights < 0:
+            raise ConfigError(f"--save-weights must be at least 0, not {self.save_weights}")
+
+    def _check_grid(self):
+        if (self.experiment == "grid") != (self.grid is not None):
+            raise ConfigError("the grid experiment takes its shape from --grid IxJ, and only it does")
+        if self.grid is None:
+            self.runs = 1000 if self.runs is None else self.runs
+            return
+        if len(self.grid) != 2 or min(self.grid) < 2:
+            raise ConfigError(f"--grid needs at least 2 init seeds and 2 order seeds, not {self.grid}")
+        cells = self.grid[0] * self.grid[1]
+        if self.runs not in (None, cells):
+            raise ConfigError(f"a {self.grid[0]}x{self.grid[1]} grid has {cells} runs, not --runs {self.runs}")
+        self.runs = cells
 
     def recipe_dict(self):
         """The recipe with this study's overrides: every hyperparameter a run is trained with."""
@@ -65,9 +84,12 @@ class Study:
 
     def config(self):
         """Everything that changes a run's result; not the run count, batching, strategy or device."""
-        return {"recipe": self.recipe, "hyperparameters": self.recipe_dict(), "width": self.resolved_width(),
-                "train_subset": self.train_subset, "test_subset": self.test_subset, "seed": self.seed,
-                "experiment": self.experiment, "precision": self.precision}
+        config = {"recipe": self.recipe, "hyperparameters": self.recipe_dict(), "width": self.resolved_width(),
+                  "train_subset": self.train_subset, "test_subset": self.test_subset, "seed": self.seed,
+                  "experiment": self.experiment, "precision": self.precision}
+        if self.grid:  # only where set, so that older folders keep their config hash
+            config["grid"] = list(self.grid)
+        return config
 
     def resolved_device(self):
         if self.device == "auto":
@@ -85,6 +107,7 @@ class Study:
             data = load_cifar10(data_dir, download=download, train_subset=self.train_subset,
                                 test_subset=self.test_subset)
         store = Store(out, self.config())
+        store.check_labels(data.y_test)
         todo = [i for i in range(self.runs) if i not in store.finished_indices()]
         data = data.to(device)
         for start in range(0, len(todo), self.batch_models):
@@ -98,13 +121,16 @@ class Study:
         # Pad with copies of the chunk's last run, trained and thrown away, so every batch has the
         # same M: static shapes, and a vmap result never depends on how full its batch was.
         padded = chunk + [chunk[-1]] * (self.batch_models - len(chunk))
-        seeds = [run_seeds(self.experiment, i, self.seed) for i in padded]
+        seeds = [run_seeds(self.experiment, i, self.seed, self.grid and self.grid[1]) for i in padded]
         strategy = self.resolved_strategy(device)
         started = time.perf_counter()
         recipe = self.recipe_dict()
+        keep = [r for r, i in enumerate(chunk) if i < self.save_weights]
         results = train_replicas(data, recipe, seeds, width=self.resolved_width(), strategy=strategy,
-                                 dtype=PRECISIONS[self.precision], on_step=on_step)
+                                 dtype=PRECISIONS[self.precision], on_step=on_step, keep_weights=keep)
         wall_s = (time.perf_counter() - started) / len(padded)
+        for r in keep:  # before the rows: a stored run with saved weights always has its file
+            save_weights(results[r].pop("weights"), weights_path(store.folder, self.experiment, chunk[r]))
         now, digest = datetime.now(timezone.utc).isoformat(timespec="seconds"), config_hash(self.config())
         store.add_runs([{**asdict(s), **res, "run_key": run_key(self.experiment, s.run_index),
                          "aug_seed": s.aug_seed if recipe["augment"] else None,  # no augmentation, no seed
@@ -112,3 +138,14 @@ class Study:
                          "strategy": strategy, "batch_models": self.batch_models, "precision": self.precision,
                          "wall_s": wall_s, "device": str(device), "created_at": now}
                         for s, res in zip(seeds[:len(chunk)], results)])
+
+
+def weights_path(folder, experiment, run_index):
+    return Path(folder) / "weights" / f"{run_key(experiment, run_index)}.pt"
+
+
+def save_weights(state_dict, path):
+    path.parent.mkdir(exist_ok=True)
+    partial = path.with_suffix(".part")
+    torch.save(state_dict, partial)
+    partial.replace(path)  # atomic: a kill never leaves a half-written file under the final name

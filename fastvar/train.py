@@ -74,10 +74,11 @@ def make_optimizer(recipe, params, by_replica=False):
     return OPTIMIZERS[name](params, **kwargs)
 
 
-def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None):
+def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None, keep_weights=()):
     """Train one replica per entry of `seeds` (RunSeeds) on `data` (already on its device).
 
-    Returns one dict per replica: per-epoch training loss and accuracy, test logits, accuracy, loss.
+    Returns one dict per replica: per-epoch training loss and accuracy, test logits, accuracy, loss,
+    and for the replicas listed in `keep_weights` their final state dict (`weights`, on the CPU).
     `on_step(fraction)` is called after each step with the fraction of this batch's training done.
     """
     replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], width=width,
@@ -85,7 +86,10 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None)
     loss_curves, acc_curves = fit(replicas, data, recipe, [s.order_seed for s in seeds],
                                   [s.aug_seed for s in seeds], on_step)
     logits = evaluate(replicas, data, recipe, dtype)
-    return [result(logits[r], data.y_test, loss_curves[r], acc_curves[r]) for r in range(replicas.size)]
+    results = [result(logits[r], data.y_test, loss_curves[r], acc_curves[r]) for r in range(replicas.size)]
+    for r in keep_weights:
+        results[r]["weights"] = {n: t.cpu() for n, t in replicas.state_dict(r).items()}
+    return results
 
 
 def fit(replicas, data, recipe, order_seeds, aug_seeds, on_step=None):

@@ -2,7 +2,7 @@
 import torch
 
 from fastvar.replicas import Replicas
-from fastvar.sources import EXPERIMENTS, DataOrder, run_seeds
+from fastvar.sources import EXPERIMENTS, FIXED, DataOrder, derive_seed, run_seeds
 
 
 def inits_and_orders(experiment, runs=3):
@@ -35,5 +35,17 @@ def test_seeds_are_paired_across_experiments_and_follow_the_base_seed():
         assert run_seeds("fixed-init", i).order_seed == every.order_seed
         assert run_seeds("all-random", i, base_seed=1) != run_seeds("all-random", i)
         assert run_seeds("fixed-init", i).aug_seed == run_seeds("fixed-order", i).aug_seed == every.aug_seed
-    assert set(EXPERIMENTS) == {"all-random", "fixed-order", "fixed-init"}
+    assert set(EXPERIMENTS) == {"all-random", "fixed-order", "fixed-init", "grid"}
     assert run_seeds("fixed-init", 0).aug_seed != run_seeds("fixed-init", 1).aug_seed  # aug varies in all three
+
+
+def test_a_grid_crosses_init_rows_with_order_columns():
+    rows, columns = 3, 4
+    seeds = [run_seeds("grid", i, grid_columns=columns) for i in range(rows * columns)]
+    for i in range(rows):
+        for j in range(columns):
+            s = seeds[i * columns + j]
+            assert s.init_seed == run_seeds("all-random", i).init_seed  # row i: init seed of run i
+            assert s.order_seed == run_seeds("all-random", j).order_seed  # column j: order seed of run j
+            assert s.aug_seed == derive_seed(0, "aug", FIXED)  # every other source fixed
+    assert len({s.init_seed for s in seeds}) == rows and len({s.order_seed for s in seeds}) == columns

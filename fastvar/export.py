@@ -1,0 +1,38 @@
+"""A results folder in the layouts other tools read.
+
+- `npz`: one file with `logits` (runs × n_test × 10, float16, the layout of Jordan's public 60k-run
+  logits), `labels`, and the seeds table (`run_index`, `init_seed`, `order_seed`, `aug_seed` with -1
+  where the recipe does not augment, `test_acc`, `test_loss`), plus the config as JSON text.
+- `seed-npy`: the original study's four arrays, `test_accs.npy` and `train_acc_curves.npy` in %,
+  `test_losses.npy`, `train_loss_curves.npy` (runs × epochs).
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .report import read_runs, test_labels
+
+FORMATS = ("npz", "seed-npy")
+
+
+def export(folder, fmt, out=None, data_dir=None):
+    """Write `folder`'s runs in format `fmt` to `out` (default: inside the folder); return the paths."""
+    store, rows = read_runs(folder)
+    if fmt == "npz":
+        out = Path(out or Path(folder) / "logits.npz")
+        np.savez(out, logits=np.stack([r["test_logits"] for r in rows]).astype(np.float16),
+                 labels=test_labels(store, rows, data_dir),
+                 **{k: np.array([r[k] for r in rows], dtype=np.int64) for k in ("run_index", "init_seed", "order_seed")},
+                 aug_seed=np.array([-1 if r["aug_seed"] is None else r["aug_seed"] for r in rows], dtype=np.int64),
+                 test_acc=np.array([r["test_acc"] for r in rows]), test_loss=np.array([r["test_loss"] for r in rows]),
+                 config=np.array(json.dumps(store.config, sort_keys=True)))
+        return [out]
+    out = Path(out or Path(folder) / "seed-npy")
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {"test_accs": [r["test_acc"] * 100 for r in rows], "test_losses": [r["test_loss"] for r in rows],
+              "train_loss_curves": [r["train_loss_curve"] for r in rows],
+              "train_acc_curves": [np.array(r["train_acc_curve"]) * 100 for r in rows]}
+    for name, values in arrays.items():
+        np.save(out / f"{name}.npy", np.array(values, dtype=np.float64))
+    return [out / f"{name}.npy" for name in arrays]

@@ -1,0 +1,174 @@
+"""The spread of a study, from its runs' test accuracies, losses and logits: Summers & Dinneen's
+metrics (SDs with bootstrap errors, disagreement, Spearman correlation, ensemble gain) and Jordan's
+split of test-set variance into what a binomial model predicts and what is left for the distribution.
+
+Inputs are numpy arrays: `acc`, `loss` (one per run), `logits` R×n×C, `labels` n. Pairwise means
+that are sums of dot products (disagreement, Spearman) are exact over all pairs at any R; ensemble
+gain, which is not, uses every pair up to MAX_PAIRS and a seeded sample of that many beyond.
+"""
+import numpy as np
+
+RESAMPLES = 10_000
+MAX_PAIRS = 19_900  # every pair of 200 runs
+ECE_BINS = 15
+ENSEMBLE_SIZES = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+def softmax(logits):
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def resample_counts(runs, resamples=RESAMPLES, seed=0):
+    """Bootstrap resamples of runs as counts: row b says how often each run was drawn."""
+    return np.random.default_rng(seed).multinomial(runs, np.full(runs, 1 / runs), size=resamples)
+
+
+def weighted_sd(values, counts):
+    """The sample SD (ddof 1) of each resample given as counts over `values`."""
+    r = counts.sum(1)
+    mean = counts @ values / r
+    return np.sqrt(np.maximum(counts @ values ** 2 - r * mean ** 2, 0) / (r - 1))
+
+
+def sd_with_error(values, counts):
+    """Sample SD of `values` and the SD of that SD over the bootstrap resamples `counts`."""
+    values = np.asarray(values, float)
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    return float(values.std(ddof=1)), float(weighted_sd(values, counts).std(ddof=1))
+
+
+def disagreement(predictions, classes):
+    """Mean over pairs of runs of the fraction of examples whose predicted class differs (exact:
+    the agreeing pairs of example i are sum over classes of count·(count - 1) / 2)."""
+    runs, n = predictions.shape
+    counts = np.stack([(predictions == c).sum(0) for c in range(classes)]).astype(float)
+    agreeing = (counts * (counts - 1)).sum() / 2
+    return float(1 - agreeing / (n * runs * (runs - 1) / 2))
+
+
+def average_ranks(x):
+    """Ranks 1..len(x), ties sharing the mean of their ranks (as Spearman's rho needs)."""
+    order = np.argsort(x, kind="stable")
+    ordered = x[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(x)]
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)
+    return ranks
+
+
+def spearman(logits):
+    """Mean over pairs of runs of Spearman's rho between their flattened logits: exact, since the
+    sum over pairs of z_a·z_b (standardised ranks) is (|sum z|² - sum |z|²) / 2."""
+    runs = len(logits)
+    total, squares, length = 0.0, 0.0, logits[0].size
+    for run in logits:
+        ranks = average_ranks(run.ravel())
+        z = (ranks - ranks.mean()) / ranks.std()
+        total, squares = total + z, squares + z @ z
+    return float((total @ total - squares) / (length * runs * (runs - 1)))
+
+
+def run_pairs(runs, max_pairs=MAX_PAIRS, seed=0):
+    """Every pair of distinct runs if there are at most `max_pairs`, else a seeded sample of that many."""
+    if runs * (runs - 1) // 2 <= max_pairs:
+        return np.stack(np.triu_indices(runs, k=1), axis=1)
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, runs, max_pairs)
+    second = (first + rng.integers(1, runs, max_pairs)) % runs  # never the same run
+    return np.stack([first, second], axis=1)
+
+
+def ensemble_gain(probs, correct, labels, pairs, chunk=256):
+    """Mean over pairs of the accuracy of the pair's averaged softmax minus their mean accuracy."""
+    gains = []
+    for start in range(0, len(pairs), chunk):
+        a, b = pairs[start:start + chunk].T
+        together = ((probs[a] + probs[b]).argmax(-1) == labels).mean(-1)
+        gains.append(together - (correct[a].mean(-1) + correct[b].mean(-1)) / 2)
+    return float(np.concatenate(gains).mean())
+
+
+def binomial_sd(correct):
+    """The test-accuracy SD that independent per-example coin flips with the observed per-example
+    accuracies p_i would give: sqrt(sum p_i (1 - p_i)) / n (Jordan)."""
+    p = correct.mean(0)
+    return float(np.sqrt((p * (1 - p)).sum()) / correct.shape[1])
+
+
+def distribution_sd(acc, correct, counts):
+    """sqrt(max(0, acc SD² - binomial SD²)) and its 95 % bootstrap percentile interval. Each resample's
+    binomial variance comes from the Gram matrix of the runs' correctness, so no resample touches the
+    R×n matrix: sum_i p_i² = wᵀ G w / R² for resample counts w."""
+    runs, n = correct.shape
+    estimate = np.sqrt(max(0.0, np.var(acc, ddof=1) - binomial_sd(correct) ** 2))
+    c = correct.astype(np.float64)
+    gram, per_run = c @ c.T, c.sum(1)
+    r = counts.sum(1)
+    sum_p = counts @ per_run / r
+    sum_p2 = np.einsum("br,rs,bs->b", counts, gram, counts, optimize=True) / r ** 2
+    binomial_var = (sum_p - sum_p2) / n ** 2
+    draws = np.sqrt(np.maximum(0, weighted_sd(acc, counts) ** 2 - binomial_var))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return float(estimate), float(low), float(high)
+
+
+def expected_calibration_error(probs, labels, bins=ECE_BINS):
+    """Confidence-binned |accuracy - confidence|, weighted by the bins' shares of examples."""
+    confidence, hit = probs.max(-1), probs.argmax(-1) == labels
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            error += members.mean() * abs(hit[members].mean() - confidence[members].mean())
+    return float(error)
+
+
+def ensembles(probs, labels, size, seed=0):
+    """Accuracies of disjoint ensembles of `size` runs (softmax averaged), from a seeded shuffle."""
+    order = np.random.default_rng(seed).permutation(len(probs))
+    groups = order[:len(order) // size * size].reshape(-1, size)
+    return np.array([(probs[g].mean(0).argmax(-1) == labels).mean() for g in groups])
+
+
+def summarize(acc, loss, logits, labels, seed=0):
+    """Every metric of one study, as a flat dict of plain floats (see the README for the keys)."""
+    acc, loss, labels = np.asarray(acc, float), np.asarray(loss, float), np.asarray(labels)
+    logits = np.asarray(logits, np.float32)
+    runs = len(acc)
+    probs, correct = softmax(logits), logits.argmax(-1) == labels
+    counts = resample_counts(runs, seed=seed)
+    out = {"n": runs, "acc_mean": float(acc.mean()), "ce_mean": float(loss.mean())}
+    out["acc_sd"], out["acc_sd_err"] = sd_with_error(acc, counts)
+    out["ce_sd"], out["ce_sd_err"] = sd_with_error(loss, counts)
+    out["binomial_sd"] = binomial_sd(correct)
+    ensemble = probs.mean(0)
+    out["ensemble_acc"] = float((ensemble.argmax(-1) == labels).mean())
+    out["ece"] = expected_calibration_error(ensemble, labels)
+    if runs < 2:
+        nan = float("nan")
+        return {**out, "disagreement": nan, "spearman": nan, "ensemble_gain": nan, "pairs": 0,
+                "distribution_sd": nan, "distribution_sd_low": nan, "distribution_sd_high": nan,
+                "ensembles": ensembles_by_size(probs, labels, seed)}
+    pairs = run_pairs(runs, seed=seed)
+    out["disagreement"] = disagreement(logits.argmax(-1), logits.shape[-1])
+    out["spearman"] = spearman(logits)
+    out["ensemble_gain"] = ensemble_gain(probs, correct, labels, pairs)
+    out["pairs"] = len(pairs)
+    out["distribution_sd"], out["distribution_sd_low"], out["distribution_sd_high"] = \
+        distribution_sd(acc, correct, counts)
+    out["ensembles"] = ensembles_by_size(probs, labels, seed)
+    return out
+
+
+def ensembles_by_size(probs, labels, seed=0):
+    """For each size up to the number of runs: mean and SD of the accuracy of disjoint ensembles."""
+    table = {}
+    for size in (s for s in ENSEMBLE_SIZES if s <= len(probs)):
+        accs = ensembles(probs, labels, size, seed)
+        table[str(size)] = {"groups": len(accs), "acc": float(accs.mean()),
+                            "sd": float(accs.std(ddof=1)) if len(accs) > 1 else float("nan")}
+    return table

@@ -1,0 +1,267 @@
+"""Reading studies back: each results folder's metrics, the tables `analyze` prints, `compare`, and
+report.md with its plots."""
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import cka as cka_module
+from .augment import augment
+from .data import balanced_subset, load_cifar10
+from .metrics import summarize
+from .plots import analysis_figures, save_figures
+from .stats import paired, runs_per_arm, variance_components, welch
+from .store import Store, StoreError, flatten
+from .study import weights_path
+
+DIFFERENCES_PP = (0.05, 0.1, 0.2, 0.5)  # accuracy differences the power table plans for
+
+
+class AnalysisError(Exception):
+    """Folders that cannot give the asked-for analysis; the message is one line a user can act on."""
+
+
+@dataclass
+class Analysis:
+    folder: Path
+    config: dict
+    rows: list
+    labels: np.ndarray
+    metrics: dict
+    components: list = field(default_factory=list)  # variance components, for a grid
+    cka: dict = field(default_factory=dict)  # layer -> {"mean", "sd", "pairs"}, with --cka
+
+    @property
+    def name(self):
+        return str(self.folder)
+
+    def correct(self):
+        """R×n: which test examples each run gets right."""
+        return np.stack([r["test_logits"].argmax(-1) for r in self.rows]) == self.labels
+
+    def to_json(self):
+        return {"folder": self.name, **self.metrics,
+                "components": [{"name": c.name, "variance": c.variance, "low": c.low, "high": c.high}
+                               for c in self.components], "cka": self.cka}
+
+
+def read_runs(folder):
+    store = Store(folder)
+    rows = store.runs()
+    if not rows:
+        raise StoreError(f"{folder} holds no finished runs yet")
+    return store, rows
+
+
+def test_labels(store, rows, data_dir=None):
+    labels = store.labels()
+    if labels is None:  # a folder from before the labels were stored: read them from the data
+        labels = load_cifar10(data_dir, test_subset=store.config["test_subset"]).y_test.numpy()
+    if len(labels) != rows[0]["n_test"]:
+        raise StoreError(f"{store.folder}: {len(labels)} test labels for logits of {rows[0]['n_test']} examples")
+    return labels
+
+
+def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
+    store, rows = read_runs(folder)
+    labels = test_labels(store, rows, data_dir)
+    metrics = summarize([r["test_acc"] for r in rows], [r["test_loss"] for r in rows],
+                        np.stack([r["test_logits"] for r in rows]), labels, seed=seed)
+    metrics["runs_per_arm"] = {f"{d:g}": runs_per_arm(metrics["acc_sd"], d / 100) if metrics["n"] > 1 else None
+                               for d in DIFFERENCES_PP}
+    analysis = Analysis(Path(folder), store.config, rows, labels, metrics)
+    if store.config["experiment"] == "grid":
+        analysis.components = grid_components(store.config["grid"], rows, folder)
+    if with_cka:
+        analysis.cka = folder_cka(folder, store.config, rows, data_dir)
+    return analysis
+
+
+def analyze(*folders, data_dir=None, cka=False, seed=0):
+    """The analysis of each results folder, as `python run.py analyze` computes it."""
+    return [analyze_folder(f, data_dir=data_dir, with_cka=cka, seed=seed) for f in folders]
+
+
+def grid_components(shape, rows, folder):
+    """Variance components of test accuracy over an init × order grid, in accuracy² (fraction)."""
+    rows_n, columns = shape
+    if len(rows) != rows_n * columns:
+        raise AnalysisError(f"{folder}: the {rows_n}x{columns} grid is not finished ({len(rows)} runs); "
+                         f"run its training command again to complete it")
+    table = np.array([r["test_acc"] for r in sorted(rows, key=lambda r: r["run_index"])])
+    return variance_components(table.reshape(rows_n, columns))
+
+
+def folder_cka(folder, config, rows, data_dir):
+    paths = [weights_path(folder, config["experiment"], r["run_index"]) for r in rows]
+    paths = [p for p in paths if p.is_file()]
+    if len(paths) < 2:
+        raise AnalysisError(f"{folder} keeps the weights of {len(paths)} runs; CKA needs 2 "
+                         f"(train with --save-weights K)")
+    data = load_cifar10(data_dir)
+    x, _ = balanced_subset(data.x_test.numpy(), data.y_test.numpy(), cka_module.PROBE_SIZE, "test")
+    hyp = config["hyperparameters"]
+    dtype = torch.float64 if config["precision"] == "float64" else torch.float32
+    images = augment(torch.from_numpy(x), torch.arange(len(x))[None], torch.zeros(1, dtype=torch.int64), 0,
+                     mean=hyp["mean"], std=hyp["std"], dtype=dtype)[0].contiguous()
+    grams = [cka_module.layer_grams(hyp["model"], config["width"], torch.load(p, weights_only=True), images)
+             for p in paths]
+    return cka_module.cka_by_layer(grams)
+
+
+def fmt(value, scale=1.0, digits=2):
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * scale:.{digits}f}"
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def spread_table(analyses):
+    header = ["folder", "runs", "acc. mean (%)", "acc. SD (pp)", "CE mean", "CE SD", "disagreement (%)",
+              "Spearman ρ", "ens. gain (pp)", "binomial SD (pp)", "distribution SD (pp) [95 %]",
+              "ensemble acc. (%)", "ECE"]
+    rows = []
+    for a in analyses:
+        m = a.metrics
+        distribution = (f"{fmt(m['distribution_sd'], 100)} [{fmt(m['distribution_sd_low'], 100)}, "
+                        f"{fmt(m['distribution_sd_high'], 100)}]")
+        rows.append([a.name, m["n"], fmt(m["acc_mean"], 100), f"{fmt(m['acc_sd'], 100)} ± {fmt(m['acc_sd_err'], 100)}",
+                     fmt(m["ce_mean"], digits=3), f"{fmt(m['ce_sd'], digits=3)} ± {fmt(m['ce_sd_err'], digits=3)}",
+                     fmt(m["disagreement"], 100), fmt(m["spearman"], digits=3), fmt(m["ensemble_gain"], 100),
+                     fmt(m["binomial_sd"], 100), distribution, fmt(m["ensemble_acc"], 100), fmt(m["ece"], digits=3)])
+    return markdown_table(header, rows)
+
+
+def power_table(analyses):
+    header = ["folder", "acc. SD (pp)"] + [f"runs per arm for {d:g} pp" for d in DIFFERENCES_PP]
+    return markdown_table(header, [[a.name, fmt(a.metrics["acc_sd"], 100)]
+                                   + [a.metrics["runs_per_arm"][f"{d:g}"] or "–" for d in DIFFERENCES_PP]
+                                   for a in analyses])
+
+
+def ensemble_table(analyses):
+    sizes = ("1", "2", "3", "5")
+    header = ["folder"] + [f"{s} model{'s' if s != '1' else ''}: acc. (%), SD (pp), groups" for s in sizes]
+    rows = []
+    for a in analyses:
+        cells = [a.name]
+        for s in sizes:
+            e = a.metrics["ensembles"].get(s)
+            cells.append(f"{fmt(e['acc'], 100)}, {fmt(e['sd'], 100)}, {e['groups']}" if e else "–")
+        rows.append(cells)
+    return markdown_table(header, rows)
+
+
+def components_table(analyses):
+    rows = []
+    for a in analyses:
+        total = sum(max(c.variance, 0) for c in a.components)
+        for c in a.components:
+            rows.append([a.name, c.name, f"{c.variance * 1e4:.4f} [{c.low * 1e4:.4f}, {c.high * 1e4:.4f}]",
+                         fmt(c.sd, 100), fmt(max(c.variance, 0) / total if total else float("nan"), 100, 0)])
+    return markdown_table(["folder", "component", "variance (pp²) [95 %]", "SD (pp)", "share (%)"], rows)
+
+
+def cka_table(analyses):
+    return markdown_table(["folder", "layer", "linear CKA (mean ± SD over pairs)", "pairs"],
+                          [[a.name, layer, f"{v['mean']:.4f} ± {fmt(v['sd'], digits=4)}", v["pairs"]]
+                           for a in analyses for layer, v in a.cka.items()])
+
+
+def tables(analyses):
+    """The tables of `analyze`, as (title, markdown) pairs; the optional ones only where they apply."""
+    out = [("Spread of test accuracy and cross-entropy", spread_table(analyses)),
+           ("Runs needed per arm (two-sided t-test, alpha 0.05, power 0.8, at the measured SD)",
+            power_table(analyses)),
+           ("Ensembles of disjoint groups of runs", ensemble_table(analyses))]
+    if any(a.components for a in analyses):
+        out.append(("Variance components of test accuracy (init × order grid)",
+                    components_table([a for a in analyses if a.components])))
+    if any(a.cka for a in analyses):
+        out.append(("Linear CKA between runs (1000-image test probe)", cka_table([a for a in analyses if a.cka])))
+    return out
+
+
+def pairwise_note(analyses):
+    sampled = [a for a in analyses if a.metrics["n"] * (a.metrics["n"] - 1) // 2 > a.metrics["pairs"]]
+    note = ("SDs are sample SDs (ddof 1), ± the SD of the SD over 10,000 seeded bootstrap resamples of runs. "
+            "Disagreement and Spearman ρ are exact means over all pairs of runs.")
+    if sampled:
+        note += " Ensemble gain uses a seeded sample of " + ", ".join(
+            f"{a.metrics['pairs']} pairs ({a.name})" for a in sampled) + "; elsewhere all pairs."
+    return note
+
+
+def differing_setting(analyses):
+    """The one config setting in which the folders differ, if it is one and numeric, else None."""
+    configs = [flatten(a.config) for a in analyses]
+    keys = {k for c in configs for k in c if any(c.get(k) != d.get(k) for d in configs)}
+    if len(analyses) < 2 or len(keys) != 1:
+        return None
+    key = keys.pop()
+    values = [c.get(key) for c in configs]
+    return (key, values) if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) else None
+
+
+def write_report(analyses, path, command):
+    path = Path(path)
+    plot_dir = path.parent / f"{path.stem}_plots"
+    paths = save_figures(analysis_figures(analyses, differing_setting(analyses)), plot_dir)
+    parts = [f"# fastvar report\n\n`{command}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.\n",
+             pairwise_note(analyses) + "\n"]
+    parts += [f"## {title}\n\n{table}\n" for title, table in tables(analyses)]
+    parts += ["## Plots\n"] + [f"![{name}]({p.relative_to(path.parent).as_posix()})\n" for name, p in paths.items()]
+    path.write_text("\n".join(parts))
+    return path
+
+
+def default_report_path(folders):
+    """report.md in the folder, or in the folders' closest common parent."""
+    return Path(os.path.commonpath([Path(f).resolve() for f in folders])) / "report.md"
+
+
+def compare_folders(folder_a, folder_b):
+    """B minus A in test accuracy: Welch's test, and the paired test over runs with the same seeds."""
+    (_, rows_a), (_, rows_b) = read_runs(folder_a), read_runs(folder_b)
+    acc_a, acc_b = [r["test_acc"] for r in rows_a], [r["test_acc"] for r in rows_b]
+    if min(len(acc_a), len(acc_b)) < 2:
+        raise AnalysisError(f"compare needs at least 2 runs in each folder ({len(acc_a)} and {len(acc_b)})")
+    results = [welch(acc_a, acc_b)]
+    seeds = lambda r: (r["init_seed"], r["order_seed"], r["aug_seed"])  # noqa: E731
+    by_seeds = {seeds(r): r["test_acc"] for r in rows_a}
+    pairs = [(by_seeds[seeds(r)], r["test_acc"]) for r in rows_b if seeds(r) in by_seeds]
+    if len(pairs) >= 2:
+        results.append(paired(*zip(*pairs)))
+    return acc_a, acc_b, results
+
+
+def comparison_lines(folder_a, folder_b, acc_a, acc_b, results):
+    def describe(folder, acc):
+        acc = np.asarray(acc) * 100
+        return f"{folder}: {len(acc)} runs, {acc.mean():.2f} % ± {acc.std(ddof=1):.2f}"
+    lines = [f"A  {describe(folder_a, acc_a)}", f"B  {describe(folder_b, acc_b)}"]
+    for c in results:
+        what = "Welch's t-test" if c.test == "welch" else f"paired t-test over {c.n} runs with the same seeds"
+        lines.append(f"B - A: {c.difference * 100:+.3f} pp, 95 % interval [{c.low * 100:+.3f}, {c.high * 100:+.3f}], "
+                     f"{what}: p = {c.p_value:.3g} (df {c.df:.1f})")
+    if len(results) == 1:
+        lines.append("no runs with the same seeds in both folders: no paired test")
+    return lines
+
+
+def json_line(analysis):
+    """One folder's metrics as one line of strict JSON (NaN, where a metric needs 2 runs, is null)."""
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return None if isinstance(value, float) and math.isnan(value) else value
+    return json.dumps(clean(analysis.to_json()))

@@ -1,0 +1,124 @@
+"""analyze, compare and export on folders made by tiny real studies; grids and their variance components."""
+import json
+
+import numpy as np
+import pytest
+
+from fastvar import cli
+from fastvar.report import analyze_folder
+from fastvar.plots import analysis_figures
+from fastvar.store import Store
+
+TINY = ["--runs", "4", "--batch-models", "2", "--width", "8", "--epochs", "1", "--train-subset", "1000",
+        "--test-subset", "200"]
+
+
+@pytest.fixture(scope="module")
+def folders(real_data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("studies")
+    for experiment in ("all-random", "fixed-init"):
+        keep = ["--save-weights", "2"] if experiment == "all-random" else []
+        assert cli.main(["--experiment", experiment, *TINY, *keep, "--data-dir", str(real_data_dir),
+                         "--out", str(root / experiment)]) == 0
+    return root
+
+
+def test_analyze_json_agrees_with_the_stored_runs(folders, capsys):
+    capsys.readouterr()
+    assert cli.main(["analyze", str(folders / "all-random"), str(folders / "fixed-init"), "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    for line, name in zip(lines, ("all-random", "fixed-init")):
+        result = json.loads(line)
+        rows = Store(folders / name).runs()
+        assert result["n"] == len(rows) == 4
+        assert result["acc_mean"] == pytest.approx(np.mean([r["test_acc"] for r in rows]))
+        assert result["acc_sd"] == pytest.approx(np.std([r["test_acc"] for r in rows], ddof=1))
+        for key in ("acc_sd_err", "ce_mean", "ce_sd", "ce_sd_err", "disagreement", "spearman", "ensemble_gain",
+                    "binomial_sd", "distribution_sd", "ensemble_acc", "ece"):
+            assert isinstance(result[key], float), key
+        assert 0 < result["disagreement"] < 1 and 0 < result["spearman"] < 1
+        assert set(result["runs_per_arm"]) == {"0.05", "0.1", "0.2", "0.5"}
+    report = folders / "report.md"  # the folders' common parent
+    text = report.read_text()
+    assert f"| {folders / 'all-random'} |" in text and "Runs needed per arm" in text
+    assert "`python run.py analyze " in text
+    for name in ("accuracy", "sd", "ensembles", "per_example", "binomial"):
+        assert (folders / "report_plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plots_draw_what_was_measured(folders):
+    analyses = [analyze_folder(folders / name) for name in ("all-random", "fixed-init")]
+    figures = analysis_figures(analyses)
+    points = [line for line in figures["accuracy"].axes[0].lines if line.get_gid() == "runs-1"]
+    assert np.allclose(sorted(points[0].get_ydata()), sorted(r["test_acc"] * 100 for r in analyses[1].rows))
+    bars = [p for p in figures["binomial"].axes[0].patches if p.get_gid() == "binomial_sd"]
+    assert [b.get_height() for b in bars] == pytest.approx([a.metrics["binomial_sd"] * 100 for a in analyses])
+
+
+def test_cka_of_runs_with_saved_weights(folders, real_data_dir, capsys):
+    assert sorted(p.name for p in (folders / "all-random" / "weights").iterdir()) == \
+        ["all-random-000000.pt", "all-random-000001.pt"]
+    assert cli.main(["analyze", str(folders / "all-random"), "--cka", "--data-dir", str(real_data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "Linear CKA" in out and "| stage3 |" in out and "| logits |" in out
+
+
+def test_compare_gives_welch_and_the_paired_test(folders, capsys):
+    capsys.readouterr()
+    assert cli.main(["compare", str(folders / "all-random"), str(folders / "all-random")]) == 0
+    out = capsys.readouterr().out
+    assert "Welch's t-test" in out and "paired t-test over 4 runs with the same seeds: p = 1" in out
+    assert cli.main(["compare", str(folders / "all-random"), str(folders / "fixed-init")]) == 0
+    assert "no paired test" in capsys.readouterr().out  # no run shares all its seeds across the two
+
+
+def test_export_npz_and_seed_npy(folders):
+    folder = folders / "fixed-init"
+    rows = Store(folder).runs()
+    assert cli.main(["export", str(folder)]) == 0
+    npz = np.load(folder / "logits.npz")
+    assert npz["logits"].shape == (4, 200, 10) and npz["logits"].dtype == np.float16
+    assert (npz["logits"].astype(np.float32) == np.stack([r["test_logits"] for r in rows])).all()
+    assert (npz["labels"] == Store(folder).labels()).all() and (npz["aug_seed"] == -1).all()
+    assert (npz["init_seed"] == rows[0]["init_seed"]).all()  # fixed-init
+    assert cli.main(["export", str(folder), "--format", "seed-npy", "--out", str(folders / "npy")]) == 0
+    accs = np.load(folders / "npy" / "test_accs.npy")
+    assert accs == pytest.approx([r["test_acc"] * 100 for r in rows])
+    assert np.load(folders / "npy" / "train_acc_curves.npy").shape == (4, 1)
+
+
+def test_a_grid_study_gives_variance_components(synthetic_dir, tmp_path, capsys):
+    out = tmp_path / "grid"
+    args = ["--grid", "3x2", "--batch-models", "3", "--width", "4", "--epochs", "1", "--data-dir", str(synthetic_dir),
+            "--out", str(out)]
+    assert cli.main(args) == 0
+    rows = Store(out).runs()
+    assert len(rows) == 6 and rows[0]["experiment"] == "grid"
+    assert len({r["init_seed"] for r in rows}) == 3 and len({r["order_seed"] for r in rows}) == 2
+    capsys.readouterr()
+    assert cli.main(["analyze", str(out), "--json"]) == 0
+    components = json.loads(capsys.readouterr().out)["components"]
+    assert [c["name"] for c in components] == ["init", "order", "rest"]
+    assert all(c["low"] <= c["high"] for c in components)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--grid", "3x2", "--runs", "5"], "has 6 runs"),
+    (["--experiment", "grid"], "--grid"),
+    (["--grid", "1x4"], "at least 2"),
+    (["--experiment", "fixed-init", "--save-weights", "-1"], "--save-weights"),
+])
+def test_impossible_grids_give_one_line_and_exit_2(synthetic_dir, tmp_path, capsys, args, message):
+    assert cli.main([*args, "--data-dir", str(synthetic_dir), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_analyze_and_compare_refuse_what_they_cannot_read(tmp_path, folders, capsys):
+    assert cli.main(["analyze", str(tmp_path / "nothing")]) == 2
+    assert cli.main(["analyze", str(folders / "fixed-init"), "--cka"]) == 2  # no weights kept there
+    assert cli.main(["compare", str(folders / "fixed-init"), str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "no results" in err[0] and "--save-weights" in err[1]

@@ -129,7 +129,7 @@ def analyze_command(args):
     else:
         print(pairwise_note(analyses))
         for title, table in tables(analyses):
-            print(f"\n{title}\n{table}")
+            print(f"\n{title}\n\n{table}")
     path = write_report(analyses, args.report or default_report_path(args.folders),
                         "python run.py " + shlex.join(args.argv))
     print(f"report: {path}", file=sys.stderr)

@@ -58,6 +58,8 @@ class Store:
         with self.db:
             columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
             self.db.execute(f"CREATE TABLE IF NOT EXISTS runs ({columns})")
+            for name in set(COLUMNS) - self._columns():  # a folder from an older fastvar: nullable ones only
+                self.db.execute(f"ALTER TABLE runs ADD COLUMN {name} {COLUMNS[name]}")
             self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = self.db.execute("SELECT value FROM meta WHERE key='config'").fetchone()
             if row is None:
@@ -98,10 +100,15 @@ class Store:
             self.db.executemany(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                                 records)
 
+    def _columns(self):
+        return {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
+
     def runs(self):
-        """Every finished run as a dict, in run order; logits decoded to float32 n_test×classes arrays."""
-        cursor = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM runs ORDER BY run_index")
-        rows = [dict(zip(COLUMNS, values)) for values in cursor]
+        """Every finished run as a dict, in run order; logits decoded to float32 n_test×classes arrays.
+        A column that a folder from an older fastvar lacks reads as None."""
+        present = [name for name in COLUMNS if name in self._columns()]
+        cursor = self.db.execute(f"SELECT {', '.join(present)} FROM runs ORDER BY run_index")
+        rows = [{**dict.fromkeys(COLUMNS), **dict(zip(present, values))} for values in cursor]
         return [{name: decode(name, value, row) for name, value in row.items()} for row in rows]
 
     def close(self):

@@ -50,6 +50,8 @@ def build_parser():
     train.add_argument("--plot", action="store_true", help="draw the study's plots into OUT/plots")
     train.add_argument("--save-weights", type=int, default=0, metavar="K",
                        help="keep the final weights of the first K runs in OUT/weights (for analyze --cka)")
+    train.add_argument("--eval-every-epoch", action="store_true",
+                       help="store test accuracy and loss after every epoch (test_acc_curve, test_loss_curve)")
     plot = commands.add_parser("plot", help="draw the plots of an existing results folder")
     plot.add_argument("folder", type=Path)
     analyze = commands.add_parser("analyze", help="the spread metrics of results folders, and report.md")
@@ -98,7 +100,8 @@ def train(args):
     study = Study(experiment=experiment, recipe=args.recipe, runs=args.runs, batch_models=args.batch_models,
                   epochs=args.epochs, model=args.model, width=args.width, seed=args.seed,
                   train_subset=args.train_subset, test_subset=args.test_subset, precision=args.precision,
-                  strategy=args.strategy, device=args.device, grid=args.grid, save_weights=args.save_weights)
+                  strategy=args.strategy, device=args.device, grid=args.grid, save_weights=args.save_weights,
+                  eval_every_epoch=args.eval_every_epoch)
     out = args.out or Path("results") / experiment
     bar = ProgressBar(study.runs)
     try:

@@ -135,6 +135,32 @@ def binomial_figure(analyses):
     return fig
 
 
+def test_loss_curves(analysis):
+    """Runs × epochs test cross-entropy of the runs evaluated every epoch, or None."""
+    curves = [r["test_loss_curve"] for r in analysis.rows if r.get("test_loss_curve")]
+    return np.array(curves) if len(curves) > 1 else None
+
+
+def divergence_figure(analyses):
+    """How runs drift apart over training: the SD of test cross-entropy per epoch (left) and the
+    middle 95 % of it with the median (right), for folders evaluated every epoch."""
+    fig, (sd_ax, range_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for a in analyses:
+        curves = test_loss_curves(a)
+        if curves is None:
+            continue
+        epochs = np.arange(1, curves.shape[1] + 1)
+        sd_ax.plot(epochs, curves.std(0, ddof=1), "o-", label=a.folder.name, gid=a.name)
+        low, median, high = np.percentile(curves, [2.5, 50, 97.5], axis=0)
+        range_ax.fill_between(epochs, low, high, alpha=0.25)
+        range_ax.plot(epochs, median, label=a.folder.name)
+    sd_ax.set_yscale("log")
+    sd_ax.set(xlabel="epoch", ylabel="SD of test cross-entropy", title="Divergence over training")
+    range_ax.set(xlabel="epoch", ylabel="test cross-entropy", title="Median and middle 95 % of runs")
+    sd_ax.legend()
+    return fig
+
+
 def analysis_figures(analyses, setting=None):
     """The report's figures by name; `setting` (name, values) where the folders differ in one number."""
     figures = {"accuracy": accuracy_figure(analyses), "sd": sd_figure(analyses),
@@ -142,4 +168,6 @@ def analysis_figures(analyses, setting=None):
                "binomial": binomial_figure(analyses)}
     if setting:
         figures["sd_by_setting"] = sd_figure(analyses, setting)
+    if any(test_loss_curves(a) is not None for a in analyses):
+        figures["divergence"] = divergence_figure(analyses)
     return figures

@@ -21,8 +21,9 @@ COLUMNS = {
     "train_acc_curve": "TEXT NOT NULL", "test_logits": "BLOB NOT NULL", "n_test": "INTEGER NOT NULL",
     "strategy": "TEXT NOT NULL", "batch_models": "INTEGER NOT NULL", "precision": "TEXT NOT NULL",
     "wall_s": "REAL NOT NULL", "device": "TEXT NOT NULL", "created_at": "TEXT NOT NULL",
+    "test_acc_curve": "TEXT", "test_loss_curve": "TEXT",  # per epoch, with --eval-every-epoch
 }
-JSON_COLUMNS = ("train_loss_curve", "train_acc_curve")
+JSON_COLUMNS = ("train_loss_curve", "train_acc_curve", "test_acc_curve", "test_loss_curve")
 
 
 class StoreError(Exception):
@@ -127,6 +128,8 @@ def flatten(config, prefix=""):
 
 
 def encode(name, value):
+    if value is None:
+        return None
     if name in JSON_COLUMNS:
         return json.dumps(value)
     if name == "test_logits":
@@ -135,6 +138,8 @@ def encode(name, value):
 
 
 def decode(name, value, row):
+    if value is None:
+        return None
     if name in JSON_COLUMNS:
         return json.loads(value)
     if name == "test_logits":

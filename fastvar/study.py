@@ -40,6 +40,7 @@ class Study:
     device: str = "auto"
     grid: tuple[int, int] | None = None  # (init seeds, order seeds) of the `grid` experiment
     save_weights: int = 0  # keep the final weights of runs 0 .. save_weights-1 (for CKA)
+    eval_every_epoch: bool = False  # test accuracy and loss after every epoch (changes no result)
 
     def __post_init__(self):
         choices = {"experiment": EXPERIMENTS, "recipe": RECIPES, "precision": PRECISIONS,
@@ -127,7 +128,8 @@ class Study:
         recipe = self.recipe_dict()
         keep = [r for r, i in enumerate(chunk) if i < self.save_weights]
         results = train_replicas(data, recipe, seeds, width=self.resolved_width(), strategy=strategy,
-                                 dtype=PRECISIONS[self.precision], on_step=on_step, keep_weights=keep)
+                                 dtype=PRECISIONS[self.precision], on_step=on_step, keep_weights=keep,
+                                 eval_every_epoch=self.eval_every_epoch)
         wall_s = (time.perf_counter() - started) / len(padded)
         for r in keep:  # before the rows: a stored run with saved weights always has its file
             save_weights(results[r].pop("weights"), weights_path(store.folder, self.experiment, chunk[r]))

@@ -74,26 +74,35 @@ def make_optimizer(recipe, params, by_replica=False):
     return OPTIMIZERS[name](params, **kwargs)
 
 
-def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None, keep_weights=()):
+def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None, keep_weights=(),
+                   eval_every_epoch=False):
     """Train one replica per entry of `seeds` (RunSeeds) on `data` (already on its device).
 
     Returns one dict per replica: per-epoch training loss and accuracy, test logits, accuracy, loss,
-    and for the replicas listed in `keep_weights` their final state dict (`weights`, on the CPU).
+    with `eval_every_epoch` per-epoch test accuracy and loss (else None), and for the replicas listed
+    in `keep_weights` their final state dict (`weights`, on the CPU).
     `on_step(fraction)` is called after each step with the fraction of this batch's training done.
     """
     replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], width=width,
                         strategy=strategy, dtype=dtype, device=data.x_train.device)
+    test_scores = []  # per epoch: (accuracies [M], losses [M]); evaluation draws no randomness
+    on_epoch = eval_every_epoch and (lambda: test_scores.append(
+        scores(evaluate(replicas, data, recipe, dtype), data.y_test)))
     loss_curves, acc_curves = fit(replicas, data, recipe, [s.order_seed for s in seeds],
-                                  [s.aug_seed for s in seeds], on_step)
+                                  [s.aug_seed for s in seeds], on_step, on_epoch or None)
     logits = evaluate(replicas, data, recipe, dtype)
     results = [result(logits[r], data.y_test, loss_curves[r], acc_curves[r]) for r in range(replicas.size)]
+    for r, row in enumerate(results):
+        row["test_acc_curve"] = [acc[r].item() for acc, _ in test_scores] if eval_every_epoch else None
+        row["test_loss_curve"] = [loss[r].item() for _, loss in test_scores] if eval_every_epoch else None
     for r in keep_weights:
         results[r]["weights"] = {n: t.cpu() for n, t in replicas.state_dict(r).items()}
     return results
 
 
-def fit(replicas, data, recipe, order_seeds, aug_seeds, on_step=None):
-    """Train `replicas` in place for the recipe's epochs; return per-replica loss and accuracy curves."""
+def fit(replicas, data, recipe, order_seeds, aug_seeds, on_step=None, on_epoch=None):
+    """Train `replicas` in place for the recipe's epochs; return per-replica loss and accuracy curves.
+    `on_epoch()` is called after each epoch."""
     device = data.x_train.device
     # The loop strategy updates replica by replica too: its slices stay in cache (CPUs).
     optimizer = make_optimizer(recipe, replicas.params, by_replica=replicas.strategy == "loop")
@@ -121,6 +130,8 @@ def fit(replicas, data, recipe, order_seeds, aug_seeds, on_step=None):
                 on_step((done + 1) / total_steps)
         loss_curves.append((loss_sum / n).tolist())  # read once per epoch: no sync inside it
         acc_curves.append((correct / n).tolist())
+        if on_epoch:
+            on_epoch()
     return [list(c) for c in zip(*loss_curves)], [list(c) for c in zip(*acc_curves)]
 
 
@@ -136,11 +147,20 @@ def evaluate(replicas, data, recipe, dtype):
     return torch.cat(chunks, dim=1)
 
 
+def scores(logits, labels):
+    """Test accuracy and mean cross-entropy of each replica's logits (...×n×classes), as float64."""
+    logits = logits.float()
+    accuracy = (logits.argmax(-1) == labels).double().mean(-1)
+    loss = F.cross_entropy(logits.flatten(0, -2), labels.expand(logits.shape[:-1]).flatten(), reduction="none")
+    return accuracy, loss.view(logits.shape[:-1]).double().mean(-1)
+
+
 def result(logits, labels, loss_curve, acc_curve):
     logits = logits.float()
+    accuracy, loss = scores(logits, labels)
     return {
-        "test_acc": (logits.argmax(-1) == labels).double().mean().item(),
-        "test_loss": F.cross_entropy(logits, labels).item(),
+        "test_acc": accuracy.item(),
+        "test_loss": loss.item(),
         "train_loss_curve": loss_curve,
         "train_acc_curve": acc_curve,
         "test_logits": logits.cpu(),

@@ -122,3 +122,18 @@ def test_analyze_and_compare_refuse_what_they_cannot_read(tmp_path, folders, cap
     assert cli.main(["compare", str(folders / "fixed-init"), str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "no results" in err[0] and "--save-weights" in err[1]
+
+
+def test_eval_every_epoch_stores_test_curves_and_changes_no_result(synthetic_dir, tmp_path):
+    common = ["--runs", "3", "--batch-models", "3", "--width", "4", "--epochs", "2", "--data-dir", str(synthetic_dir)]
+    assert cli.main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert cli.main([*common, "--eval-every-epoch", "--out", str(tmp_path / "curves")]) == 0
+    plain, curves = Store(tmp_path / "plain").runs(), Store(tmp_path / "curves").runs()
+    for p, c in zip(plain, curves):
+        assert (p["test_logits"] == c["test_logits"]).all() and p["train_loss_curve"] == c["train_loss_curve"]
+        assert p["test_acc_curve"] is None and len(c["test_acc_curve"]) == len(c["test_loss_curve"]) == 2
+        assert c["test_acc_curve"][-1] == c["test_acc"] and c["test_loss_curve"][-1] == c["test_loss"]
+    figures = analysis_figures([analyze_folder(tmp_path / "curves")])
+    sd_line = figures["divergence"].axes[0].lines[0]
+    assert np.allclose(sd_line.get_ydata(), np.std([c["test_loss_curve"] for c in curves], axis=0, ddof=1))
+    assert "divergence" not in analysis_figures([analyze_folder(tmp_path / "plain")])

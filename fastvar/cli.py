@@ -52,6 +52,8 @@ def build_parser():
                        help="keep the final weights of the first K runs in OUT/weights (for analyze --cka)")
     train.add_argument("--eval-every-epoch", action="store_true",
                        help="store test accuracy and loss after every epoch (test_acc_curve, test_loss_curve)")
+    train.add_argument("--snapshots", type=int, metavar="C",
+                       help="cosine schedule restarted C times; test logits kept at the end of each cycle")
     plot = commands.add_parser("plot", help="draw the plots of an existing results folder")
     plot.add_argument("folder", type=Path)
     analyze = commands.add_parser("analyze", help="the spread metrics of results folders, and report.md")
@@ -101,7 +103,7 @@ def train(args):
                   epochs=args.epochs, model=args.model, width=args.width, seed=args.seed,
                   train_subset=args.train_subset, test_subset=args.test_subset, precision=args.precision,
                   strategy=args.strategy, device=args.device, grid=args.grid, save_weights=args.save_weights,
-                  eval_every_epoch=args.eval_every_epoch)
+                  eval_every_epoch=args.eval_every_epoch, snapshots=args.snapshots)
     out = args.out or Path("results") / experiment
     bar = ProgressBar(study.runs)
     try:

@@ -172,3 +172,17 @@ def ensembles_by_size(probs, labels, seed=0):
         table[str(size)] = {"groups": len(accs), "acc": float(accs.mean()),
                             "sd": float(accs.std(ddof=1)) if len(accs) > 1 else float("nan")}
     return table
+
+
+def snapshot_ensembles(snapshot_logits, labels, seed=0):
+    """Summers & Dinneen's snapshot ensembles, from runs × cycles × n × C logits: each run's ensemble of
+    its cycles' snapshots, its accuracy (mean, SD and the SD's bootstrap error over runs), the
+    disagreement between runs' snapshot ensembles, and the gain over the run's last snapshot."""
+    runs, cycles, _, classes = snapshot_logits.shape
+    predictions = softmax(snapshot_logits).mean(1).argmax(-1)
+    accuracy = (predictions == labels).mean(1)
+    last = (snapshot_logits[:, -1].argmax(-1) == labels).mean(1)
+    sd, sd_err = sd_with_error(accuracy, resample_counts(runs, seed=seed))
+    return {"cycles": cycles, "runs": runs, "acc": float(accuracy.mean()), "sd": sd, "sd_err": sd_err,
+            "disagreement": disagreement(predictions, classes) if runs > 1 else float("nan"),
+            "gain": float((accuracy - last).mean())}

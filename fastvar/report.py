@@ -13,7 +13,7 @@ import torch
 from . import cka as cka_module
 from .augment import augment
 from .data import balanced_subset, load_cifar10
-from .metrics import summarize
+from .metrics import snapshot_ensembles, summarize
 from .plots import analysis_figures, save_figures
 from .stats import paired, runs_per_arm, variance_components, welch
 from .store import Store, StoreError, flatten
@@ -72,6 +72,10 @@ def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
     labels = test_labels(store, rows, data_dir)
     metrics = summarize([r["test_acc"] for r in rows], [r["test_loss"] for r in rows],
                         np.stack([r["test_logits"] for r in rows]), labels, seed=seed)
+    snapshots = store.snapshots()
+    if snapshots:
+        metrics["snapshots"] = snapshot_ensembles(
+            np.stack([snapshots[r["run_key"]] for r in rows if r["run_key"] in snapshots]), labels, seed)
     metrics["runs_per_arm"] = {f"{d:g}": runs_per_arm(metrics["acc_sd"], d / 100) if metrics["n"] > 1 else None
                                for d in DIFFERENCES_PP}
     analysis = Analysis(Path(folder), store.config, rows, labels, metrics)
@@ -159,6 +163,21 @@ def ensemble_table(analyses):
     return markdown_table(header, rows)
 
 
+def snapshot_table(analyses):
+    header = ["folder", "cycles", "single model: acc. (%), SD (pp)", "snapshot ensemble: acc. (%), SD (pp)",
+              "disagreement, single / snapshot ens. (%)", "gain over last snapshot (pp)"] + \
+             [f"{n} runs: acc. (%), SD (pp)" for n in ("2", "3", "5")]
+    rows = []
+    for a in analyses:
+        m, s = a.metrics, a.metrics["snapshots"]
+        ordinary = [a.metrics["ensembles"].get(n) for n in ("2", "3", "5")]
+        rows.append([a.name, s["cycles"], f"{fmt(m['acc_mean'], 100)}, {fmt(m['acc_sd'], 100)}",
+                     f"{fmt(s['acc'], 100)}, {fmt(s['sd'], 100)} ± {fmt(s['sd_err'], 100)}",
+                     f"{fmt(m['disagreement'], 100)} / {fmt(s['disagreement'], 100)}", fmt(s["gain"], 100)]
+                    + [f"{fmt(e['acc'], 100)}, {fmt(e['sd'], 100)}" if e else "–" for e in ordinary])
+    return markdown_table(header, rows)
+
+
 def components_table(analyses):
     rows = []
     for a in analyses:
@@ -181,6 +200,10 @@ def tables(analyses):
            ("Runs needed per arm (two-sided t-test, alpha 0.05, power 0.8, at the measured SD)",
             power_table(analyses)),
            ("Ensembles of disjoint groups of runs", ensemble_table(analyses))]
+    with_snapshots = [a for a in analyses if "snapshots" in a.metrics]
+    if with_snapshots:
+        out.append(("Snapshot ensembles (each run's cycles) next to single runs and ensembles of runs",
+                    snapshot_table(with_snapshots)))
     if any(a.components for a in analyses):
         out.append(("Variance components of test accuracy (init × order grid)",
                     components_table([a for a in analyses if a.components])))

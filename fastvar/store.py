@@ -62,6 +62,8 @@ class Store:
             for name in set(COLUMNS) - self._columns():  # a folder from an older fastvar: nullable ones only
                 self.db.execute(f"ALTER TABLE runs ADD COLUMN {name} {COLUMNS[name]}")
             self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS snapshots (run_key TEXT NOT NULL, cycle INTEGER NOT NULL, "
+                            "test_logits BLOB NOT NULL, PRIMARY KEY (run_key, cycle))")
             row = self.db.execute("SELECT value FROM meta WHERE key='config'").fetchone()
             if row is None:
                 self.db.execute("INSERT INTO meta VALUES ('config', ?)", (json.dumps(config, sort_keys=True),))
@@ -94,12 +96,26 @@ class Store:
         return {i for (i,) in self.db.execute("SELECT run_index FROM runs")}
 
     def add_runs(self, rows):
-        """Insert finished runs, all or none."""
+        """Insert finished runs with their snapshots (`snapshot_logits`, one per cycle), all or none."""
         names = list(COLUMNS)
         records = [tuple(encode(name, row[name]) for name in names) for row in rows]
+        snapshots = [(row["run_key"], cycle, encode("test_logits", logits))
+                     for row in rows for cycle, logits in enumerate(row.get("snapshot_logits", ()))]
         with self.db:
             self.db.executemany(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                                 records)
+            self.db.executemany("INSERT INTO snapshots VALUES (?, ?, ?)", snapshots)
+
+    def snapshots(self):
+        """run_key -> cycles × n_test × classes float32 logits, for runs trained with snapshots."""
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name='snapshots'").fetchone():
+            return {}  # a folder from an older fastvar
+        found = {}
+        for key, blob, n_test in self.db.execute(
+                "SELECT s.run_key, s.test_logits, r.n_test FROM snapshots s JOIN runs r USING (run_key) "
+                "ORDER BY s.run_key, s.cycle"):
+            found.setdefault(key, []).append(decode("test_logits", blob, {"n_test": n_test}))
+        return {key: np.stack(logits) for key, logits in found.items()}
 
     def _columns(self):
         return {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}

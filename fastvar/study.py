@@ -41,6 +41,7 @@ class Study:
     grid: tuple[int, int] | None = None  # (init seeds, order seeds) of the `grid` experiment
     save_weights: int = 0  # keep the final weights of runs 0 .. save_weights-1 (for CKA)
     eval_every_epoch: bool = False  # test accuracy and loss after every epoch (changes no result)
+    snapshots: int | None = None  # a cosine schedule restarted this many times, logits kept per cycle
 
     def __post_init__(self):
         choices = {"experiment": EXPERIMENTS, "recipe": RECIPES, "precision": PRECISIONS,
@@ -57,6 +58,9 @@ class Study:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda, but this machine has no CUDA device")
+        epochs = self.recipe_dict()["epochs"]
+        if self.snapshots is not None and (self.snapshots < 1 or epochs % self.snapshots):
+            raise ConfigError(f"--snapshots {self.snapshots} must divide the {epochs} epochs into whole cycles")
         if self.save_weights < 0:
             raise ConfigError(f"--save-weights must be at least 0, not {self.save_weights}")
 
@@ -78,6 +82,9 @@ class Study:
         recipe = dict(RECIPES[self.recipe])
         recipe["model"] = self.model or recipe["model"]
         recipe["epochs"] = self.epochs or recipe["epochs"]
+        if self.snapshots:  # the recipe's cosine (warm-up included) or a plain one, in cycles
+            cosine = recipe["schedule"] if recipe["schedule"]["name"] == "cosine" else {"name": "cosine"}
+            recipe["schedule"] = {**cosine, "cycles": self.snapshots}
         return recipe
 
     def resolved_width(self):

@@ -59,11 +59,23 @@ def lr_factor(schedule, step, steps_per_epoch, total_steps):
         return 1.0
     if name == "linear":
         return 1 - step / total_steps
+    # Cosine, restarted `cycles` times (snapshot ensembles); the warm-up belongs to the first cycle.
+    cycle_steps = total_steps // schedule.get("cycles", 1)
     warmup = min(schedule.get("warmup_epochs", 0) * steps_per_epoch,
-                 int(schedule.get("warmup_fraction", 0) * total_steps))
+                 int(schedule.get("warmup_fraction", 0) * cycle_steps))
     if step < warmup:
         return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total_steps - warmup)))
+    start = step // cycle_steps * cycle_steps
+    offset = warmup if start == 0 else 0
+    return 0.5 * (1 + math.cos(math.pi * (step - start - offset) / (cycle_steps - offset)))
+
+
+def snapshot_epochs(recipe):
+    """The epochs (0-based) after which a cyclic schedule ends a cycle; empty without cycles."""
+    cycles = recipe["schedule"].get("cycles")
+    if not cycles:
+        return []
+    return [(k + 1) * recipe["epochs"] // cycles - 1 for k in range(cycles)]
 
 
 def make_optimizer(recipe, params, by_replica=False):
@@ -79,22 +91,31 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None,
     """Train one replica per entry of `seeds` (RunSeeds) on `data` (already on its device).
 
     Returns one dict per replica: per-epoch training loss and accuracy, test logits, accuracy, loss,
-    with `eval_every_epoch` per-epoch test accuracy and loss (else None), and for the replicas listed
-    in `keep_weights` their final state dict (`weights`, on the CPU).
+    with `eval_every_epoch` per-epoch test accuracy and loss (else None), with a cyclic schedule the
+    test logits at the end of each cycle (`snapshot_logits`), and for the replicas listed in
+    `keep_weights` their final state dict (`weights`, on the CPU).
     `on_step(fraction)` is called after each step with the fraction of this batch's training done.
     """
     replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], width=width,
                         strategy=strategy, dtype=dtype, device=data.x_train.device)
-    test_scores = []  # per epoch: (accuracies [M], losses [M]); evaluation draws no randomness
-    on_epoch = eval_every_epoch and (lambda: test_scores.append(
-        scores(evaluate(replicas, data, recipe, dtype), data.y_test)))
+    test_scores, snapshots = [], []  # evaluation draws no randomness: it changes no result
+    snapshot_at = snapshot_epochs(recipe)
+
+    def on_epoch(epoch):
+        if eval_every_epoch or epoch in snapshot_at:
+            logits = evaluate(replicas, data, recipe, dtype)
+            if eval_every_epoch:
+                test_scores.append(scores(logits, data.y_test))
+            if epoch in snapshot_at:
+                snapshots.append(logits.cpu())
     loss_curves, acc_curves = fit(replicas, data, recipe, [s.order_seed for s in seeds],
-                                  [s.aug_seed for s in seeds], on_step, on_epoch or None)
+                                  [s.aug_seed for s in seeds], on_step, on_epoch)
     logits = evaluate(replicas, data, recipe, dtype)
     results = [result(logits[r], data.y_test, loss_curves[r], acc_curves[r]) for r in range(replicas.size)]
     for r, row in enumerate(results):
         row["test_acc_curve"] = [acc[r].item() for acc, _ in test_scores] if eval_every_epoch else None
         row["test_loss_curve"] = [loss[r].item() for _, loss in test_scores] if eval_every_epoch else None
+        row["snapshot_logits"] = [s[r] for s in snapshots]
     for r in keep_weights:
         results[r]["weights"] = {n: t.cpu() for n, t in replicas.state_dict(r).items()}
     return results
@@ -102,7 +123,7 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None,
 
 def fit(replicas, data, recipe, order_seeds, aug_seeds, on_step=None, on_epoch=None):
     """Train `replicas` in place for the recipe's epochs; return per-replica loss and accuracy curves.
-    `on_epoch()` is called after each epoch."""
+    `on_epoch(epoch)` is called after each epoch."""
     device = data.x_train.device
     # The loop strategy updates replica by replica too: its slices stay in cache (CPUs).
     optimizer = make_optimizer(recipe, replicas.params, by_replica=replicas.strategy == "loop")
@@ -131,7 +152,7 @@ def fit(replicas, data, recipe, order_seeds, aug_seeds, on_step=None, on_epoch=N
         loss_curves.append((loss_sum / n).tolist())  # read once per epoch: no sync inside it
         acc_curves.append((correct / n).tolist())
         if on_epoch:
-            on_epoch()
+            on_epoch(epoch)
     return [list(c) for c in zip(*loss_curves)], [list(c) for c in zip(*acc_curves)]
 
 

@@ -101,3 +101,17 @@ def test_ensembles_are_disjoint_groups():
     assert [table[s]["groups"] for s in ("1", "2", "3", "5")] == [7, 3, 2, 1]
     single = (logits.argmax(-1) == labels).mean(1)
     assert table["1"]["acc"] == pytest.approx(single.mean()) and table["1"]["sd"] == pytest.approx(single.std(ddof=1))
+
+
+def test_snapshot_ensembles():
+    logits, labels = random_logits(runs=5)
+    repeated = np.repeat(logits[:, None], 3, axis=1)  # three identical snapshots: nothing to gain
+    s = metrics.snapshot_ensembles(repeated, labels)
+    single = (logits.argmax(-1) == labels).mean(1)
+    assert s["cycles"] == 3 and s["gain"] == 0 and s["acc"] == pytest.approx(single.mean())
+    assert s["sd"] == pytest.approx(single.std(ddof=1))
+    assert s["disagreement"] == pytest.approx(metrics.disagreement(logits.argmax(-1), 10))
+    other, _ = random_logits(runs=5, seed=9)
+    mixed = metrics.snapshot_ensembles(np.stack([other, logits], axis=1), labels)
+    ensemble = (metrics.softmax(np.stack([other, logits], axis=1)).mean(1).argmax(-1) == labels).mean(1)
+    assert mixed["gain"] == pytest.approx((ensemble - single).mean())

@@ -67,3 +67,13 @@ def test_resnet14_and_resnet9_as_specified():
     resnet9.eval()
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(resnet9(x), 0.2 * resnet9.fc(resnet9.net(x)))
+
+
+def test_a_cyclic_cosine_restarts_and_one_cycle_is_the_plain_cosine():
+    from fastvar.train import lr_factor
+    plain = {"name": "cosine", "warmup_epochs": 1, "warmup_fraction": 0.2}
+    factors = [lr_factor(plain, step, 10, 100) for step in range(100)]
+    assert factors == [lr_factor({**plain, "cycles": 1}, step, 10, 100) for step in range(100)]
+    cycled = [lr_factor({**plain, "cycles": 2}, step, 10, 100) for step in range(100)]
+    assert cycled[50] == 1.0 and cycled[49] < 0.01 and cycled[99] < 0.01  # restart, two troughs
+    assert cycled[:10] == factors[:10]  # the warm-up belongs to the first cycle only

@@ -1,6 +1,7 @@
 """analyze, compare and export on folders made by tiny real studies; grids and their variance components."""
 import json
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -11,6 +12,12 @@ from fastvar.store import Store
 
 TINY = ["--runs", "4", "--batch-models", "2", "--width", "8", "--epochs", "1", "--train-subset", "1000",
         "--test-subset", "200"]
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")  # figures built by the tests themselves
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +144,25 @@ def test_eval_every_epoch_stores_test_curves_and_changes_no_result(synthetic_dir
     sd_line = figures["divergence"].axes[0].lines[0]
     assert np.allclose(sd_line.get_ydata(), np.std([c["test_loss_curve"] for c in curves], axis=0, ddof=1))
     assert "divergence" not in analysis_figures([analyze_folder(tmp_path / "plain")])
+
+
+def test_snapshots_store_every_cycle_and_one_cycle_is_the_plain_cosine(synthetic_dir, tmp_path, capsys):
+    common = ["--recipe", "resnet18-cifar", "--runs", "2", "--batch-models", "2", "--width", "4", "--epochs", "2",
+              "--data-dir", str(synthetic_dir)]
+    assert cli.main([*common, "--out", str(tmp_path / "cosine")]) == 0
+    assert cli.main([*common, "--snapshots", "1", "--out", str(tmp_path / "one")]) == 0
+    assert cli.main([*common, "--snapshots", "2", "--out", str(tmp_path / "two")]) == 0
+    cosine, one = Store(tmp_path / "cosine").runs(), Store(tmp_path / "one")
+    for plain, cycled in zip(cosine, one.runs()):
+        assert (plain["test_logits"] == cycled["test_logits"]).all()
+    two = Store(tmp_path / "two")
+    snapshots = two.snapshots()
+    for row in two.runs():
+        assert snapshots[row["run_key"]].shape == (2, row["n_test"], 10)
+        assert (snapshots[row["run_key"]][-1] == row["test_logits"]).all()  # the last cycle ends the run
+    assert not (snapshots[two.runs()[0]["run_key"]][0] == two.runs()[0]["test_logits"]).all()
+    capsys.readouterr()
+    assert cli.main(["analyze", str(tmp_path / "two")]) == 0
+    assert "Snapshot ensembles" in capsys.readouterr().out
+    assert cli.main([*common, "--snapshots", "3", "--out", str(tmp_path / "three")]) == 2  # 2 epochs, 3 cycles
+    assert "whole cycles" in capsys.readouterr().err

@@ -68,10 +68,9 @@ def fastvar_img_s(data, width, strategy, m, warmup, steps):
 
     def subset(n):
         return Dataset(data.x_train[:n * BATCH], data.y_train[:n * BATCH], data.x_test, data.y_test)
-    order_seeds, aug_seeds = [s.order_seed for s in seeds], [s.aug_seed for s in seeds]
-    fit(replicas, subset(warmup), recipe, order_seeds, aug_seeds)
+    fit(replicas, subset(warmup), recipe, seeds)
     started = time.perf_counter()
-    fit(replicas, subset(steps), recipe, order_seeds, aug_seeds)
+    fit(replicas, subset(steps), recipe, seeds)
     return steps * BATCH * m / (time.perf_counter() - started)
 
 

@@ -15,7 +15,7 @@ from .models import MODELS
 from .plots import plot_study
 from .report import (AnalysisError, analyze, compare_folders, comparison_lines, default_report_path, json_line,
                      pairwise_note, tables, write_report)
-from .sources import EXPERIMENTS
+from .sources import EXPERIMENTS, SOURCES
 from .store import Store, StoreError
 from .study import PRECISIONS, ConfigError, Study
 from .train import RECIPES
@@ -28,6 +28,13 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a study's runs into a results folder (resumable)")
     train.add_argument("--experiment", choices=EXPERIMENTS, help="default: all-random (grid with --grid)")
+    train.add_argument("--vary", type=lambda text: tuple(text.split(",")), metavar="SOURCES",
+                       help=f"vary these sources (comma-separated: {','.join(SOURCES)}) and fix the rest")
+    train.add_argument("--list-experiments", action="store_true",
+                       help="print the presets with what they vary under --recipe, and exit")
+    train.add_argument("--fixed-seed", type=int, default=0, help="the constant fixed sources draw from")
+    train.add_argument("--onset-epoch", type=int, metavar="K",
+                       help="varied sources follow the fixed ones before epoch K (0-based), their own from K on")
     train.add_argument("--grid", type=grid_shape, metavar="IxJ",
                        help="the grid experiment: I init seeds crossed with J order seeds, I×J runs")
     train.add_argument("--recipe", default="seed", choices=RECIPES)
@@ -98,12 +105,18 @@ def train(args):
     if args.list_recipes:
         print(recipe_table())
         return 0
-    experiment = args.experiment or ("grid" if args.grid else "all-random")
+    if args.list_experiments:
+        print(experiment_table(args.recipe))
+        return 0
+    experiment = args.experiment or ("grid" if args.grid else None if args.vary else "all-random")
     study = Study(experiment=experiment, recipe=args.recipe, runs=args.runs, batch_models=args.batch_models,
                   epochs=args.epochs, model=args.model, width=args.width, seed=args.seed,
                   train_subset=args.train_subset, test_subset=args.test_subset, precision=args.precision,
                   strategy=args.strategy, device=args.device, grid=args.grid, save_weights=args.save_weights,
-                  eval_every_epoch=args.eval_every_epoch, snapshots=args.snapshots)
+                  eval_every_epoch=args.eval_every_epoch, snapshots=args.snapshots, vary=args.vary,
+                  fixed_seed=args.fixed_seed, onset_epoch=args.onset_epoch)
+    for note in study.notes():
+        print(f"fastvar: note: {note}", file=sys.stderr)
     out = args.out or Path("results") / experiment
     bar = ProgressBar(study.runs)
     try:
@@ -160,6 +173,18 @@ def recipe_table():
         augment = ", ".join(f"{k} {v}" for k, v in r["augment"].items()) or "none"
         lines.append(f"{name:<15} {r['model']:<15} {opt['name']} lr {opt['lr']:g} ({r['schedule']['name']}), "
                      f"batch {r['batch_size']}, {r['epochs']} epochs, augmentation: {augment}")
+    return "\n".join(lines)
+
+
+def experiment_table(recipe):
+    present = Study(recipe=recipe).present_sources()
+    lines = [f"sources of the {recipe} recipe: {', '.join(s for s in SOURCES if s in present)}"]
+    for name, varied in EXPERIMENTS.items():
+        varies = ", ".join(s for s in SOURCES if s in varied & present) or "nothing"
+        if varied and not varied & present:
+            varies = f"(not with this recipe: it has no {', '.join(sorted(varied))})"
+        fixed = ", ".join(s for s in SOURCES if s in present - varied) or "nothing"
+        lines.append(f"{name:<15} varies: {varies:<44} fixed: {fixed}")
     return "\n".join(lines)
 
 

@@ -5,18 +5,24 @@ never fixes another. Seeds do not depend on the experiment's name: run k draws t
 every experiment where init varies, which makes experiments paired and comparable run by run.
 """
 import hashlib
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-SOURCES = ("init", "order", "aug")
+SOURCES = ("init", "order", "aug", "dropout", "perturb", "kernels")
+EVERYDAY = {"init", "order", "aug", "dropout", "kernels"}  # what an ordinary training run varies
 
-# A preset's name says what is fixed; every other source varies (augmentation only where the recipe
-# augments: without it, its seed changes nothing).
+# A preset's name says what is fixed (the rest of EVERYDAY varies) or what alone varies.
 EXPERIMENTS = {
-    "all-random": {"init", "order", "aug"},
-    "fixed-order": {"init", "aug"},
-    "fixed-init": {"order", "aug"},
+    "all-random": EVERYDAY,
+    "fixed-init": EVERYDAY - {"init"},
+    "fixed-order": EVERYDAY - {"order"},
+    "fixed-aug": EVERYDAY - {"aug"},
+    **{f"vary-{source}": {source} for source in ("init", "order", "aug", "dropout", "kernels")},
+    "one-ulp": {"perturb"},  # everything fixed but one weight of the first layer, moved by one ulp
+    "deterministic": set(),  # a self-check: every run must come out identical
     # I init seeds crossed with J order seeds (run i·J + j), everything else fixed: for a two-way
     # ANOVA of the variance due to each.
     "grid": {"init", "order"},
@@ -25,10 +31,26 @@ EXPERIMENTS = {
 FIXED = "fixed"
 
 
+def experiment_sources(name):
+    """The sources experiment `name` varies: a preset's, or those of `vary-a+b` (from --vary a,b)."""
+    if name in EXPERIMENTS:
+        return EXPERIMENTS[name]
+    named = set(name.removeprefix("vary-").split("+")) if name.startswith("vary-") else {None}
+    if not named <= set(SOURCES):
+        raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}, "
+                         f"or --vary a subset of {', '.join(SOURCES)}")
+    return named
+
+
 def derive_seed(base_seed, source, key):
     """A 63-bit seed that is a stable hash of its inputs (same on every machine and Python)."""
     digest = hashlib.blake2b(f"fastvar/{base_seed}/{source}/{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
+
+
+def fixed_key(fixed_seed):
+    # Constant 0 keeps the key that folders made before --fixed-seed existed used.
+    return FIXED if fixed_seed == 0 else f"{FIXED}/{fixed_seed}"
 
 
 @dataclass(frozen=True)
@@ -37,33 +59,80 @@ class RunSeeds:
     init_seed: int
     order_seed: int
     aug_seed: int
+    dropout_seed: int
+    perturb_seed: int | None  # None: no perturbation (the source is fixed)
+    kernels_nondeterministic: int  # 1: fast nondeterministic GPU kernels allowed; 0: deterministic ones
 
 
-def seed_keys(experiment, run_index, grid_columns=None):
-    """What each source's seed derives from: the run index if varied, FIXED if not; in a grid, the
-    row (init) and column (order) of the run, so row i shares its init seed with run i elsewhere."""
-    if experiment == "grid":
-        row, column = divmod(run_index, grid_columns)
-        return {"init": row, "order": column, "aug": FIXED}
-    return {source: run_index if source in EXPERIMENTS[experiment] else FIXED for source in SOURCES}
+def seed_keys(varied, run_index, fixed_seed=0, grid_columns=None):
+    """What each source's seed derives from: the run index if varied, the fixed key if not; in a grid,
+    the row (init) and column (order) of the run, so row i shares its init seed with run i elsewhere."""
+    keys = {source: run_index if source in varied else fixed_key(fixed_seed) for source in SOURCES}
+    if grid_columns is not None:
+        keys["init"], keys["order"] = divmod(run_index, grid_columns)
+    return keys
 
 
-def run_seeds(experiment, run_index, base_seed=0, grid_columns=None):
-    if experiment not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {experiment!r}; choose from {', '.join(EXPERIMENTS)}")
-    if (experiment == "grid") != (grid_columns is not None):
-        raise ValueError("the grid experiment, and only it, needs the grid's number of columns")
-    seeds = {source: derive_seed(base_seed, source, key)
-             for source, key in seed_keys(experiment, run_index, grid_columns).items()}
-    return RunSeeds(run_index, seeds["init"], seeds["order"], seeds["aug"])
+def run_seeds(varied, run_index, base_seed=0, fixed_seed=0, grid_columns=None):
+    """Run `run_index`'s seeds when the sources in `varied` (a preset's name or a set) vary."""
+    if isinstance(varied, str):
+        if (varied == "grid") != (grid_columns is not None):
+            raise ValueError("the grid experiment, and only it, needs the grid's number of columns")
+        varied = experiment_sources(varied)
+    keys = seed_keys(varied, run_index, fixed_seed, grid_columns)
+    seeds = {source: derive_seed(base_seed, source, keys[source]) for source in SOURCES}
+    return RunSeeds(run_index, seeds["init"], seeds["order"], seeds["aug"], seeds["dropout"],
+                    seeds["perturb"] if "perturb" in varied else None, int("kernels" in varied))
 
 
 class DataOrder:
     """A run's data order: a fresh permutation each epoch from its own generator, like a shuffling
-    DataLoader. Drawn on the CPU so that a run sees the same order on every device."""
+    DataLoader. Drawn on the CPU so that a run sees the same order on every device. With an onset,
+    epochs before it come from the fixed order's generator instead, and the run's own from it on."""
 
-    def __init__(self, order_seed):
+    def __init__(self, order_seed, fixed_order_seed=None, onset_epoch=0):
         self.generator = torch.Generator().manual_seed(order_seed)
+        self.before_onset = torch.Generator().manual_seed(order_seed if fixed_order_seed is None else fixed_order_seed)
+        self.onset_epoch, self.epochs_drawn = onset_epoch, 0
 
     def epoch(self, n):
-        return torch.randperm(n, generator=self.generator)
+        generator = self.before_onset if self.epochs_drawn < self.onset_epoch else self.generator
+        self.epochs_drawn += 1
+        return torch.randperm(n, generator=generator)
+
+
+def first_weight_name(params):
+    """The first layer's weight: the first parameter of two or more dimensions (besides the replicas')."""
+    return next(name for name, p in params.items() if p.dim() > 2)
+
+
+@torch.no_grad()
+def perturb_one_ulp(params, replica, perturb_seed):
+    """Move one element of replica `replica`'s first-layer weight to the adjacent representable value
+    (up or down), both chosen by `perturb_seed`, as numpy.nextafter would. Returns (name, index)."""
+    name = first_weight_name(params)
+    weight = params[name][replica].view(-1)
+    generator = torch.Generator().manual_seed(perturb_seed)
+    index = int(torch.randint(weight.numel(), (1,), generator=generator))
+    upward = bool(torch.randint(2, (1,), generator=generator))
+    target = torch.tensor(float("inf") if upward else float("-inf"), dtype=weight.dtype, device=weight.device)
+    weight[index] = torch.nextafter(weight[index], target)
+    return name, index
+
+
+@contextmanager
+def kernel_mode(nondeterministic, device):
+    """The kernels source. On CUDA, varied: cuDNN autotuning on and nondeterministic algorithms allowed;
+    fixed: deterministic algorithms only. CPU kernels are deterministic either way."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+    torch.backends.cudnn.benchmark = nondeterministic
+    torch.use_deterministic_algorithms(not nondeterministic)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved[0]
+        torch.use_deterministic_algorithms(saved[1])

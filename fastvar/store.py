@@ -22,6 +22,7 @@ COLUMNS = {
     "strategy": "TEXT NOT NULL", "batch_models": "INTEGER NOT NULL", "precision": "TEXT NOT NULL",
     "wall_s": "REAL NOT NULL", "device": "TEXT NOT NULL", "created_at": "TEXT NOT NULL",
     "test_acc_curve": "TEXT", "test_loss_curve": "TEXT",  # per epoch, with --eval-every-epoch
+    "dropout_seed": "INTEGER", "perturb_seed": "INTEGER", "kernels_nondeterministic": "INTEGER",
 }
 JSON_COLUMNS = ("train_loss_curve", "train_acc_curve", "test_acc_curve", "test_loss_curve")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .data import load_cifar10
-from .sources import EXPERIMENTS, run_seeds
+from .sources import SOURCES, experiment_sources, kernel_mode, run_seeds
 from .store import Store, config_hash, run_key
 from .train import RECIPES, train_replicas
 from .models import DEFAULT_WIDTH, MODELS
@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class Study:
-    experiment: str = "all-random"
+    experiment: str | None = "all-random"  # a preset; None with `vary`
     recipe: str = "seed"
     runs: int | None = None  # None: 1000, or rows × columns for a grid
     batch_models: int = 16
@@ -42,9 +42,18 @@ class Study:
     save_weights: int = 0  # keep the final weights of runs 0 .. save_weights-1 (for CKA)
     eval_every_epoch: bool = False  # test accuracy and loss after every epoch (changes no result)
     snapshots: int | None = None  # a cosine schedule restarted this many times, logits kept per cycle
+    vary: tuple[str, ...] | None = None  # the sources to vary, instead of a preset
+    fixed_seed: int = 0  # the constant that fixed sources draw from
+    onset_epoch: int | None = None  # varied sources follow the fixed ones before this epoch
 
     def __post_init__(self):
-        choices = {"experiment": EXPERIMENTS, "recipe": RECIPES, "precision": PRECISIONS,
+        if self.vary is not None:
+            self._name_custom_experiment()
+        try:
+            experiment_sources(self.experiment)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        choices = {"recipe": RECIPES, "precision": PRECISIONS,
                    "strategy": ("auto", "loop", "vmap"), "device": ("auto", "cpu", "cuda")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -63,6 +72,36 @@ class Study:
             raise ConfigError(f"--snapshots {self.snapshots} must divide the {epochs} epochs into whole cycles")
         if self.save_weights < 0:
             raise ConfigError(f"--save-weights must be at least 0, not {self.save_weights}")
+        self._check_sources(epochs)
+
+    def _name_custom_experiment(self):
+        if self.experiment is not None:
+            raise ConfigError("--experiment and --vary both name what varies; give one of them")
+        unknown = set(self.vary) - set(SOURCES)
+        if unknown or not self.vary:
+            raise ConfigError(f"--vary takes sources from {', '.join(SOURCES)}, not {','.join(sorted(unknown)) or 'nothing'}")
+        self.vary = tuple(sorted(set(self.vary)))
+        self.experiment = f"vary-{'+'.join(self.vary)}"  # the name its run keys carry
+
+    def present_sources(self):
+        """The sources this recipe has: augmentation only if it augments, dropout only with --dropout."""
+        return set(SOURCES) - ({"aug"} if not self.recipe_dict()["augment"] else set()) - {"dropout"}
+
+    def varied(self):
+        return experiment_sources(self.experiment) & self.present_sources()
+
+    def _check_sources(self, epochs):
+        named = experiment_sources(self.experiment) if self.experiment.startswith("vary-") else set()
+        absent = named - self.present_sources()
+        if absent:
+            raise ConfigError(f"{self.experiment} varies {', '.join(sorted(absent))}, which the {self.recipe} "
+                              f"recipe does not have; see --list-experiments")
+        if self.onset_epoch is not None:
+            if "init" in self.varied():
+                raise ConfigError("init has no onset: a model is initialised once, before epoch 0; "
+                                  "use an experiment that fixes init (fixed-init, vary-order, one-ulp, ...)")
+            if not 1 <= self.onset_epoch < epochs:
+                raise ConfigError(f"--onset-epoch must be between 1 and {epochs - 1}, not {self.onset_epoch}")
 
     def _check_grid(self):
         if (self.experiment == "grid") != (self.grid is not None):
@@ -95,9 +134,18 @@ class Study:
         config = {"recipe": self.recipe, "hyperparameters": self.recipe_dict(), "width": self.resolved_width(),
                   "train_subset": self.train_subset, "test_subset": self.test_subset, "seed": self.seed,
                   "experiment": self.experiment, "precision": self.precision}
-        if self.grid:  # only where set, so that older folders keep their config hash
-            config["grid"] = list(self.grid)
-        return config
+        # Newer settings only where set, so that older folders keep their config hash.
+        optional = {"grid": self.grid and list(self.grid), "vary": self.vary and list(self.vary),
+                    "fixed_seed": self.fixed_seed, "onset_epoch": self.onset_epoch}
+        return {**config, **{k: v for k, v in optional.items() if v}}
+
+    def notes(self):
+        """What a user should know before the study runs: lines for the command line to print."""
+        if "kernels" in experiment_sources(self.experiment) and self.resolved_device().type == "cpu" \
+                and self.varied() <= {"kernels"}:
+            return ["kernels on the CPU are deterministic: varying them changes nothing, so every run of "
+                    f"{self.experiment} will come out identical"]
+        return []
 
     def resolved_device(self):
         if self.device == "auto":
@@ -118,31 +166,37 @@ class Study:
         store.check_labels(data.y_test)
         todo = [i for i in range(self.runs) if i not in store.finished_indices()]
         data = data.to(device)
-        for start in range(0, len(todo), self.batch_models):
-            chunk = todo[start:start + self.batch_models]
-            on_step = progress and (lambda fraction, start=start, n=len(chunk):
-                                    progress(start + fraction * n, len(todo)))
-            self._train_chunk(data, store, chunk, device, on_step)
+        with kernel_mode("kernels" in self.varied(), device):
+            for start in range(0, len(todo), self.batch_models):
+                chunk = todo[start:start + self.batch_models]
+                on_step = progress and (lambda fraction, start=start, n=len(chunk):
+                                        progress(start + fraction * n, len(todo)))
+                self._train_chunk(data, store, chunk, device, on_step)
         return store
 
     def _train_chunk(self, data, store, chunk, device, on_step):
         # Pad with copies of the chunk's last run, trained and thrown away, so every batch has the
         # same M: static shapes, and a vmap result never depends on how full its batch was.
         padded = chunk + [chunk[-1]] * (self.batch_models - len(chunk))
-        seeds = [run_seeds(self.experiment, i, self.seed, self.grid and self.grid[1]) for i in padded]
+        varied, columns = self.varied(), self.grid and self.grid[1]
+        seeds = [run_seeds(varied, i, self.seed, self.fixed_seed, columns) for i in padded]
+        fixed = run_seeds(set(), 0, self.seed, self.fixed_seed)
         strategy = self.resolved_strategy(device)
         started = time.perf_counter()
         recipe = self.recipe_dict()
         keep = [r for r, i in enumerate(chunk) if i < self.save_weights]
         results = train_replicas(data, recipe, seeds, width=self.resolved_width(), strategy=strategy,
                                  dtype=PRECISIONS[self.precision], on_step=on_step, keep_weights=keep,
-                                 eval_every_epoch=self.eval_every_epoch)
+                                 eval_every_epoch=self.eval_every_epoch, onset_epoch=self.onset_epoch or 0,
+                                 fixed=fixed)
         wall_s = (time.perf_counter() - started) / len(padded)
         for r in keep:  # before the rows: a stored run with saved weights always has its file
             save_weights(results[r].pop("weights"), weights_path(store.folder, self.experiment, chunk[r]))
         now, digest = datetime.now(timezone.utc).isoformat(timespec="seconds"), config_hash(self.config())
         store.add_runs([{**asdict(s), **res, "run_key": run_key(self.experiment, s.run_index),
-                         "aug_seed": s.aug_seed if recipe["augment"] else None,  # no augmentation, no seed
+                         # a source the recipe does not have gets no seed
+                         "aug_seed": s.aug_seed if "aug" in self.present_sources() else None,
+                         "dropout_seed": s.dropout_seed if "dropout" in self.present_sources() else None,
                          "experiment": self.experiment, "config_hash": digest, "n_test": len(data.y_test),
                          "strategy": strategy, "batch_models": self.batch_models, "precision": self.precision,
                          "wall_s": wall_s, "device": str(device), "created_at": now}

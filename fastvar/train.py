@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from .augment import augment
 from .optim import OPTIMIZERS
 from .replicas import Replicas
-from .sources import DataOrder
+from .sources import DataOrder, perturb_one_ulp
 
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
@@ -87,8 +87,9 @@ def make_optimizer(recipe, params, by_replica=False):
 
 
 def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None, keep_weights=(),
-                   eval_every_epoch=False):
-    """Train one replica per entry of `seeds` (RunSeeds) on `data` (already on its device).
+                   eval_every_epoch=False, onset_epoch=0, fixed=None):
+    """Train one replica per entry of `seeds` (RunSeeds) on `data` (already on its device); with an
+    `onset_epoch`, every replica uses the `fixed` RunSeeds' order and augmentation before it.
 
     Returns one dict per replica: per-epoch training loss and accuracy, test logits, accuracy, loss,
     with `eval_every_epoch` per-epoch test accuracy and loss (else None), with a cyclic schedule the
@@ -108,8 +109,8 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None,
                 test_scores.append(scores(logits, data.y_test))
             if epoch in snapshot_at:
                 snapshots.append(logits.cpu())
-    loss_curves, acc_curves = fit(replicas, data, recipe, [s.order_seed for s in seeds],
-                                  [s.aug_seed for s in seeds], on_step, on_epoch)
+    loss_curves, acc_curves = fit(replicas, data, recipe, seeds, onset_epoch=onset_epoch, fixed=fixed,
+                                  on_step=on_step, on_epoch=on_epoch)
     logits = evaluate(replicas, data, recipe, dtype)
     results = [result(logits[r], data.y_test, loss_curves[r], acc_curves[r]) for r in range(replicas.size)]
     for r, row in enumerate(results):
@@ -121,20 +122,30 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None,
     return results
 
 
-def fit(replicas, data, recipe, order_seeds, aug_seeds, on_step=None, on_epoch=None):
+def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, on_step=None, on_epoch=None):
     """Train `replicas` in place for the recipe's epochs; return per-replica loss and accuracy curves.
+
+    Before `onset_epoch`, order and augmentation come from the `fixed` seeds; the one-ulp perturbation
+    of the replicas with a perturb seed lands at its start (0: right after init).
     `on_epoch(epoch)` is called after each epoch."""
     device = data.x_train.device
     # The loop strategy updates replica by replica too: its slices stay in cache (CPUs).
     optimizer = make_optimizer(recipe, replicas.params, by_replica=replicas.strategy == "loop")
-    orders = [DataOrder(s) for s in order_seeds]
-    aug_seeds = torch.tensor(aug_seeds, dtype=torch.int64, device=device)
+    before = fixed if onset_epoch else None
+    orders = [DataOrder(s.order_seed, before and before.order_seed, onset_epoch) for s in seeds]
+    own_aug = torch.tensor([s.aug_seed for s in seeds], dtype=torch.int64, device=device)
+    fixed_aug = torch.full_like(own_aug, before.aug_seed) if before else own_aug
     dtype = next(iter(replicas.params.values())).dtype
     n, batch, epochs = len(data.y_train), recipe["batch_size"], recipe["epochs"]
     steps_per_epoch = math.ceil(n / batch)
     total_steps = epochs * steps_per_epoch
     loss_curves, acc_curves = [], []
     for epoch in range(epochs):
+        if epoch == onset_epoch:
+            for r, s in enumerate(seeds):
+                if s.perturb_seed is not None:
+                    perturb_one_ulp(replicas.params, r, s.perturb_seed)
+        aug_seeds = own_aug if epoch >= onset_epoch else fixed_aug
         order = torch.stack([o.epoch(n) for o in orders]).to(device)  # M×N
         loss_sum = torch.zeros(replicas.size, dtype=torch.float64, device=device)
         correct = torch.zeros(replicas.size, dtype=torch.int64, device=device)

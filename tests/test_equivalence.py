@@ -49,7 +49,7 @@ def test_vmap_loop_and_plain_training_agree_in_float64(optimizer):
     trained = {}
     for strategy in ("loop", "vmap"):
         replicas = Replicas("resnet18", [s.init_seed for s in seeds], width=4, strategy=strategy, dtype=torch.float64)
-        fit(replicas, data, recipe, [s.order_seed for s in seeds], [s.aug_seed for s in seeds])
+        fit(replicas, data, recipe, seeds)
         trained[strategy] = replicas
     for r, s in enumerate(seeds):
         reference = reference_run(s.init_seed, s.order_seed, data, optimizer, epochs=2, batch_size=16).state_dict()
@@ -80,9 +80,9 @@ def test_vmap_float32_is_batch_independent_within_tolerance_over_five_steps():
     recipe = tiny_recipe(ADAM, epochs=1, batch_size=16)  # 5 steps
     seeds = [run_seeds("all-random", i) for i in range(4)]
     batch = Replicas("resnet18", [s.init_seed for s in seeds], width=4, strategy="vmap")
-    fit(batch, data, recipe, [s.order_seed for s in seeds], [s.aug_seed for s in seeds])
+    fit(batch, data, recipe, seeds)
     alone = Replicas("resnet18", [seeds[3].init_seed], width=4, strategy="vmap")
-    fit(alone, data, recipe, [seeds[3].order_seed], [seeds[3].aug_seed])
+    fit(alone, data, recipe, seeds[3:])
     for name, value in alone.params.items():
         assert torch.allclose(batch.params[name][3], value[0], rtol=0, atol=1e-4), name
 

@@ -35,7 +35,7 @@ def test_seeds_are_paired_across_experiments_and_follow_the_base_seed():
         assert run_seeds("fixed-init", i).order_seed == every.order_seed
         assert run_seeds("all-random", i, base_seed=1) != run_seeds("all-random", i)
         assert run_seeds("fixed-init", i).aug_seed == run_seeds("fixed-order", i).aug_seed == every.aug_seed
-    assert set(EXPERIMENTS) == {"all-random", "fixed-order", "fixed-init", "grid"}
+    assert {"all-random", "fixed-order", "fixed-init"} <= set(EXPERIMENTS)
     assert run_seeds("fixed-init", 0).aug_seed != run_seeds("fixed-init", 1).aug_seed  # aug varies in all three
 
 

@@ -1,0 +1,109 @@
+"""Every preset varies exactly its sources: seeds stored, a varied source changes the weights, a fixed
+one does not; one-ulp, onset, --vary and --fixed-seed."""
+import pytest
+import torch
+
+from fastvar import cli
+from fastvar.replicas import Replicas
+from fastvar.sources import EXPERIMENTS, run_seeds, perturb_one_ulp
+from fastvar.store import Store
+from fastvar.study import weights_path
+
+SEED_COLUMNS = {"init": "init_seed", "order": "order_seed", "aug": "aug_seed", "perturb": "perturb_seed"}
+EFFECTIVE_ON_CPU = {"init", "order", "aug", "perturb"}  # CPU kernels are deterministic
+TINY = ["--runs", "2", "--batch-models", "2", "--width", "4", "--epochs", "2", "--save-weights", "2"]
+
+
+def train(synthetic_dir, out, *args):
+    assert cli.main([*TINY, *args, "--data-dir", str(synthetic_dir), "--out", str(out)]) == 0
+    return Store(out).runs()
+
+
+def final_weights(out, row):
+    return torch.load(weights_path(out, row["experiment"], row["run_index"]), weights_only=True)
+
+
+def same_weights(a, b):
+    return all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e not in ("grid", "vary-dropout")])
+def test_each_preset_varies_exactly_its_sources(synthetic_dir, tmp_path, experiment):
+    out = tmp_path / experiment
+    rows = train(synthetic_dir, out, "--recipe", "summers", "--experiment", experiment)  # summers augments
+    varied = EXPERIMENTS[experiment]
+    for source, column in SEED_COLUMNS.items():
+        seeds = [r[column] for r in rows]
+        if source == "perturb" and source not in varied:
+            assert seeds == [None, None]  # no perturbation at all
+        else:
+            assert (seeds[0] != seeds[1]) == (source in varied), source
+    assert [r["kernels_nondeterministic"] for r in rows] == [int("kernels" in varied)] * 2
+    identical = same_weights(*(final_weights(out, r) for r in rows))
+    assert identical == (not varied & EFFECTIVE_ON_CPU)
+
+
+def test_deterministic_runs_are_identical_with_loop_and_vmap(synthetic_dir, tmp_path):
+    for strategy in ("loop", "vmap"):
+        out = tmp_path / strategy
+        args = ["--experiment", "deterministic", "--strategy", strategy, "--runs", "3"]
+        rows = train(synthetic_dir, out, *args)  # 3 runs in batches of 2: the second batch is padded
+        assert all((r["test_logits"] == rows[0]["test_logits"]).all() for r in rows)
+        assert all(r["train_loss_curve"] == rows[0]["train_loss_curve"] for r in rows)
+
+
+def test_one_ulp_moves_exactly_one_first_layer_weight_by_one_ulp():
+    seeds = [run_seeds("one-ulp", i) for i in range(6)]
+    replicas = Replicas("resnet18", [s.init_seed for s in seeds], width=4)
+    before = {name: p.clone() for name, p in replicas.params.items()}
+    chosen = set()
+    for r, s in enumerate(seeds):
+        name, index = perturb_one_ulp(replicas.params, r, s.perturb_seed)
+        assert name == "conv1.weight"
+        chosen.add(index)
+    for name, p in replicas.params.items():
+        changed = (p != before[name]).flatten(1)
+        assert (changed.sum(1) == (1 if name == "conv1.weight" else 0)).all()
+    old, new = before["conv1.weight"].flatten(1), replicas.params["conv1.weight"].flatten(1)
+    moved = new[old != new]
+    up, down = torch.nextafter(old[old != new], torch.tensor(float("inf"))), \
+        torch.nextafter(old[old != new], torch.tensor(float("-inf")))
+    assert ((moved == up) | (moved == down)).all()  # the adjacent float32, one way or the other
+    assert len(chosen) > 1  # the element depends on the run
+
+
+def test_onset_keeps_runs_identical_until_its_epoch(synthetic_dir, tmp_path, capsys):
+    for experiment in ("vary-order", "one-ulp"):
+        rows = train(synthetic_dir, tmp_path / experiment, "--recipe", "summers", "--experiment", experiment,
+                     "--epochs", "3", "--onset-epoch", "2", "--eval-every-epoch")
+        a, b = rows
+        assert a["train_loss_curve"][:2] == b["train_loss_curve"][:2]
+        assert a["test_loss_curve"][:2] == b["test_loss_curve"][:2]
+        assert not same_weights(final_weights(tmp_path / experiment, a), final_weights(tmp_path / experiment, b))
+    capsys.readouterr()
+    assert cli.main([*TINY, "--experiment", "fixed-order", "--onset-epoch", "1", "--data-dir", str(synthetic_dir),
+                     "--out", str(tmp_path / "x")]) == 2
+    assert "init has no onset" in capsys.readouterr().err
+
+
+def test_vary_a_set_of_sources_and_the_fixed_seed(synthetic_dir, tmp_path, capsys):
+    rows = train(synthetic_dir, tmp_path / "custom", "--vary", "order,perturb")
+    assert rows[0]["experiment"] == "vary-order+perturb" and rows[0]["init_seed"] == rows[1]["init_seed"]
+    assert rows[0]["order_seed"] != rows[1]["order_seed"] and rows[0]["perturb_seed"] != rows[1]["perturb_seed"]
+    zero = train(synthetic_dir, tmp_path / "zero", "--experiment", "fixed-init")
+    other = train(synthetic_dir, tmp_path / "seven", "--experiment", "fixed-init", "--fixed-seed", "7")
+    assert zero[0]["init_seed"] == run_seeds("fixed-init", 0).init_seed  # folders from before keep their seeds
+    assert other[0]["init_seed"] == other[1]["init_seed"] != zero[0]["init_seed"]
+    assert [r["order_seed"] for r in zero] == [r["order_seed"] for r in other]  # varied sources unchanged
+    capsys.readouterr()
+    for bad in (["--vary", "init,colour"], ["--vary", "aug"], ["--experiment", "fixed-init", "--vary", "order"]):
+        assert cli.main([*TINY, *bad, "--data-dir", str(synthetic_dir), "--out", str(tmp_path / "bad")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 3 and not (tmp_path / "bad").exists()
+
+
+def test_vary_kernels_on_the_cpu_says_so_and_gives_identical_runs(synthetic_dir, tmp_path, capsys):
+    capsys.readouterr()
+    rows = train(synthetic_dir, tmp_path / "kernels", "--experiment", "vary-kernels")
+    assert "deterministic" in capsys.readouterr().err
+    assert (rows[0]["test_logits"] == rows[1]["test_logits"]).all()
+    assert [r["kernels_nondeterministic"] for r in rows] == [1, 1]

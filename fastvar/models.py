@@ -94,23 +94,22 @@ class SubsampleShortcut(nn.Module):
         return torch.cat([x, x.new_zeros(x.shape[0], self.extra, *x.shape[2:])], dim=1)
 
 
-class ResNet14(nn.Module):
-    """Summers & Dinneen's ResNet-14: 3x3 stem, three stages of two basic blocks (16/32/64), the last
-    BatchNorm of each residual branch initialised to zero."""
+class CifarResNet(nn.Module):
+    """Summers & Dinneen's ResNets: 3x3 stem, `stages` stages of two basic blocks (widths w, 2w, 4w),
+    the last BatchNorm of each residual branch initialised to zero. Three stages: their ResNet-14."""
 
-    def __init__(self, num_classes=10, width=16):
+    def __init__(self, num_classes=10, width=16, stages=3):
         super().__init__()
-        widths = [width, 2 * width, 4 * width]
+        widths = [width * 2 ** i for i in range(stages)]
         self.conv1 = conv3x3(3, width)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        stages = []
         for i, c_out in enumerate(widths):
             c_in = widths[max(i - 1, 0)]
             shortcut = SubsampleShortcut(c_in, c_out) if i else None
-            stages.append(nn.Sequential(BasicBlock(c_in, c_out, 2 if i else 1, shortcut),
-                                        BasicBlock(c_out, c_out, 1, None)))
-        self.layer1, self.layer2, self.layer3 = stages
+            setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(c_in, c_out, 2 if i else 1, shortcut),
+                                                         BasicBlock(c_out, c_out, 1, None)))
+        self.stages = stages
         self.fc = nn.Linear(widths[-1], num_classes)
         init_like_torchvision(self)
         for m in self.modules():
@@ -119,7 +118,8 @@ class ResNet14(nn.Module):
 
     def forward(self, x):
         x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
+        for i in range(self.stages):
+            x = getattr(self, f"layer{i + 1}")(x)
         return self.fc(x.mean((2, 3)))
 
 
@@ -153,19 +153,88 @@ class ResNet9(nn.Module):
         return 0.2 * self.fc(self.net(x))
 
 
+class Linear(nn.Module):
+    """The depth study's linear model: 3072 pixels to 10 logits."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.fc = nn.Linear(3 * 32 * 32, num_classes)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+class MLP(nn.Module):
+    """One hidden layer of `width` ReLU units."""
+
+    def __init__(self, num_classes=10, width=512):
+        super().__init__()
+        self.hidden = nn.Sequential(nn.Linear(3 * 32 * 32, width), nn.ReLU())
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.hidden(x.flatten(1)))
+
+
+class Conv1(nn.Module):
+    """One convolution (5x5, stride 2, `width` channels), ReLU, linear."""
+
+    def __init__(self, num_classes=10, width=64):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, width, 5, stride=2, padding=2), nn.ReLU())
+        self.fc = nn.Linear(width * 16 * 16, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(1))
+
+
+VGG11_LAYOUT = (1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M")  # channels in units of width/1
+
+
+class VGG11(nn.Module):
+    """VGG-11 with BatchNorm, for 32x32 inputs (five poolings leave 1x1), width 64 at the first layer."""
+
+    def __init__(self, num_classes=10, width=64):
+        super().__init__()
+        layers, c_in = [], 3
+        for item in VGG11_LAYOUT:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(c_in, item * width, 3, padding=1), nn.BatchNorm2d(item * width), nn.ReLU()]
+                c_in = item * width
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
 MODELS = {
+    "linear": lambda width, num_classes: Linear(num_classes),
+    "mlp": lambda width, num_classes: MLP(num_classes, width),
+    "conv1": lambda width, num_classes: Conv1(num_classes, width),
+    "resnet6": lambda width, num_classes: CifarResNet(num_classes, width, stages=1),
+    "resnet10": lambda width, num_classes: CifarResNet(num_classes, width, stages=2),
+    "resnet14": lambda width, num_classes: CifarResNet(num_classes, width, stages=3),
     "resnet18": lambda width, num_classes: ResNet18(num_classes, width),
     "resnet18-cifar": lambda width, num_classes: ResNet18(num_classes, width, cifar_stem=True),
-    "resnet14": lambda width, num_classes: ResNet14(num_classes, width),
     "resnet9": lambda width, num_classes: ResNet9(num_classes, width),
+    "vgg11": lambda width, num_classes: VGG11(num_classes, width),
 }
-DEFAULT_WIDTH = {"resnet18": 64, "resnet18-cifar": 64, "resnet14": 16, "resnet9": 64}
+DEFAULT_WIDTH = {"linear": 0, "mlp": 512, "conv1": 64, "resnet6": 16, "resnet10": 16, "resnet14": 16,
+                 "resnet18": 64, "resnet18-cifar": 64, "resnet9": 64, "vgg11": 64}
 # Where representations are read for CKA: the stem's output and each stage's (module paths); the
 # pooled features (the classifier's input) and the logits are read at `fc`, which every model has.
 FEATURE_LAYERS = {
-    "resnet18": {"stem": "maxpool", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4"},
+    "linear": {}, "mlp": {"hidden": "hidden"}, "conv1": {"stem": "conv"},
+    "resnet6": {"stem": "relu", "stage1": "layer1"},
+    "resnet10": {"stem": "relu", "stage1": "layer1", "stage2": "layer2"},
     "resnet14": {"stem": "relu", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3"},
+    "resnet18": {"stem": "maxpool", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4"},
     "resnet9": {"stem": "net.0", "stage1": "net.2", "stage2": "net.5", "stage3": "net.6"},
+    "vgg11": {"stem": "features.2", "stage1": "features.3", "stage2": "features.7", "stage3": "features.14",
+              "stage4": "features.21", "stage5": "features.28"},
 }
 FEATURE_LAYERS["resnet18-cifar"] = FEATURE_LAYERS["resnet18"]
 

@@ -107,3 +107,14 @@ def test_vary_kernels_on_the_cpu_says_so_and_gives_identical_runs(synthetic_dir,
     assert "deterministic" in capsys.readouterr().err
     assert (rows[0]["test_logits"] == rows[1]["test_logits"]).all()
     assert [r["kernels_nondeterministic"] for r in rows] == [1, 1]
+
+
+def test_one_ulp_leaves_a_linear_model_stable_and_not_one_with_a_hidden_layer(real_data_dir, tmp_path):
+    """Summers & Dinneen's depth finding on real CIFAR-10: 632 Adam steps (10,000 images, 8 epochs)."""
+    sd = {}
+    for model in ("linear", "mlp"):  # the MLP at its default 512 hidden units (128 had not diverged yet)
+        args = ["--experiment", "one-ulp", "--model", model, "--runs", "3", "--batch-models", "3", "--epochs", "8",
+                "--train-subset", "10000", "--data-dir", str(real_data_dir), "--out", str(tmp_path / model)]
+        assert cli.main(args) == 0
+        sd[model] = torch.tensor([r["test_loss"] for r in Store(tmp_path / model).runs()], dtype=torch.float64).std()
+    assert sd["linear"] * 100 <= sd["mlp"] and sd["mlp"] > 1e-5

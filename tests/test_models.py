@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from fastvar.models import build_model
@@ -111,3 +112,25 @@ def test_width_and_cifar_variant():
     assert isinstance(cifar.maxpool, torch.nn.Identity)
     x = torch.randn(2, 3, 32, 32)
     assert narrow(x).shape == cifar(x).shape == (2, 10)
+
+
+DEPTH_MODELS = {"linear": 3072 * 10 + 10, "mlp": 3072 * 8 + 8 + 8 * 10 + 10}  # parameters at width 8
+
+
+@pytest.mark.parametrize("name", ["linear", "mlp", "conv1", "resnet6", "resnet10", "resnet14", "vgg11"])
+def test_depth_study_models_train_in_both_strategies(name):
+    from fastvar.replicas import Replicas
+    model = build_model(name, init_seed=0, width=8)
+    if name in DEPTH_MODELS:
+        assert sum(p.numel() for p in model.parameters()) == DEPTH_MODELS[name]
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    expected_convs = {"linear": 0, "mlp": 0, "conv1": 1, "resnet6": 5, "resnet10": 9, "resnet14": 13, "vgg11": 8}
+    assert len(convs) == expected_convs[name]
+    x, y = torch.randn(2, 6, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (2, 6))
+    grads = {}
+    for strategy in ("loop", "vmap"):
+        replicas = Replicas(name, [0, 1], width=8, strategy=strategy, dtype=torch.float64)
+        losses, _, grads[strategy] = replicas.train_step_grads(x, y)
+        assert torch.isfinite(losses).all()
+    for key, g in grads["loop"].items():
+        assert torch.allclose(g, grads["vmap"][key], atol=1e-10), key

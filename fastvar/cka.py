@@ -25,10 +25,10 @@ def linear_cka(gram_a, gram_b):
 
 
 @torch.no_grad()
-def layer_grams(model_name, width, state_dict, images):
+def layer_grams(model_name, width, state_dict, images, dropout=None):
     """Centred Gram matrices of one trained model's representations of `images` (already normalised),
     by layer name: those of FEATURE_LAYERS, then `pooled` and `logits`."""
-    model = build_model(model_name, init_seed=0, width=width, dtype=images.dtype)
+    model = build_model(model_name, init_seed=0, width=width, dtype=images.dtype, dropout=dropout)
     model.load_state_dict(state_dict)
     model.eval()
     seen, modules = {}, dict(model.named_modules())

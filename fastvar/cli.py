@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .data import DataError
+from .data import DATASETS, DataError
 from .export import FORMATS, export
 from .models import MODELS
 from .plots import plot_study
@@ -32,6 +32,7 @@ def build_parser():
                        help=f"vary these sources (comma-separated: {','.join(SOURCES)}) and fix the rest")
     train.add_argument("--list-experiments", action="store_true",
                        help="print the presets with what they vary under --recipe, and exit")
+    train.add_argument("--dropout", type=float, metavar="P", help="dropout before the classifier (a source: dropout)")
     train.add_argument("--fixed-seed", type=int, default=0, help="the constant fixed sources draw from")
     train.add_argument("--onset-epoch", type=int, metavar="K",
                        help="varied sources follow the fixed ones before epoch K (0-based), their own from K on")
@@ -45,6 +46,7 @@ def build_parser():
     train.add_argument("--model", choices=MODELS, help="default: the recipe's")
     train.add_argument("--width", type=int, help="channels of the first stage (default: the model's)")
     train.add_argument("--seed", type=int, default=0, help="base seed every run's seeds derive from")
+    train.add_argument("--dataset", default="cifar10", choices=DATASETS, help="cifar10, or mnist (padded to 32x32)")
     train.add_argument("--train-subset", type=int, help="a fixed class-balanced subset of N training images")
     train.add_argument("--test-subset", type=int, help="a fixed class-balanced subset of N test images")
     train.add_argument("--precision", default="float32", choices=PRECISIONS)
@@ -114,7 +116,7 @@ def train(args):
                   train_subset=args.train_subset, test_subset=args.test_subset, precision=args.precision,
                   strategy=args.strategy, device=args.device, grid=args.grid, save_weights=args.save_weights,
                   eval_every_epoch=args.eval_every_epoch, snapshots=args.snapshots, vary=args.vary,
-                  fixed_seed=args.fixed_seed, onset_epoch=args.onset_epoch)
+                  fixed_seed=args.fixed_seed, onset_epoch=args.onset_epoch, dropout=args.dropout, dataset=args.dataset)
     for note in study.notes():
         print(f"fastvar: note: {note}", file=sys.stderr)
     out = args.out or Path("results") / experiment

@@ -1,8 +1,11 @@
-"""CIFAR-10: find it, parse it, check it, move it to the device once as uint8 NHWC.
+"""CIFAR-10 and MNIST: find them, parse them, check them, move them to the device once as uint8 NHWC.
 
 Accepted in the data folder, first match wins: `cifar10.npz` (x_train N×32×32×3 uint8, y_train,
-x_test, y_test), the official `cifar-10-batches-py/` folder, or `cifar-10-python.tar.gz`.
+x_test, y_test), the official `cifar-10-batches-py/` folder, or `cifar-10-python.tar.gz`. For MNIST,
+`mnist.npz` (x_train N×28×28 uint8, ...) or the four standard idx files (gzipped or not), padded to
+32×32 and repeated over three channels, so that every model and augmentation takes it as it is.
 """
+import gzip
 import hashlib
 import io
 import os
@@ -22,6 +25,10 @@ NPZ, FOLDER, ARCHIVE = "cifar10.npz", "cifar-10-batches-py", "cifar-10-python.ta
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
 NUM_CLASSES = 10
+DATASETS = {"cifar10": "CIFAR-10", "mnist": "MNIST"}
+MNIST_NPZ = "mnist.npz"
+MNIST_IDX = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
+             "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
 
 
 class DataError(Exception):
@@ -43,16 +50,28 @@ def default_data_dir():
     return Path(os.environ.get("FASTVAR_DATA") or Path.home() / ".cache" / "fastvar")
 
 
-def load_cifar10(data_dir=None, *, download=False, train_subset=None, test_subset=None):
-    """CIFAR-10 from `data_dir` (default: $FASTVAR_DATA, else ~/.cache/fastvar), as CPU tensors."""
+def load_dataset(name="cifar10", data_dir=None, *, download=False, train_subset=None, test_subset=None):
+    """`name` (cifar10 or mnist) from `data_dir` (default: $FASTVAR_DATA, else ~/.cache/fastvar), as
+    CPU tensors."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     root = Path(data_dir) if data_dir else default_data_dir()
-    if download and not any((root / name).exists() for name in (NPZ, FOLDER, ARCHIVE)):
-        download_cifar10(root)
-    arrays = read_arrays(root)
-    check_arrays(arrays, root)
+    if name == "mnist":
+        if download:
+            raise DataError("--download fetches CIFAR-10 only; put mnist.npz or the MNIST idx files in " + str(root))
+        arrays = read_mnist(root)
+    else:
+        if download and not any((root / f).exists() for f in (NPZ, FOLDER, ARCHIVE)):
+            download_cifar10(root)
+        arrays = read_arrays(root)
+    check_arrays(arrays, root, name)
     x_train, y_train = balanced_subset(arrays["x_train"], arrays["y_train"], train_subset, "train")
     x_test, y_test = balanced_subset(arrays["x_test"], arrays["y_test"], test_subset, "test")
     return Dataset(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (x_train, y_train, x_test, y_test)))
+
+
+def load_cifar10(data_dir=None, **kwargs):
+    return load_dataset("cifar10", data_dir, **kwargs)
 
 
 def read_arrays(root):
@@ -124,14 +143,14 @@ def unpickle_batch(raw):
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
-def check_arrays(arrays, root):
+def check_arrays(arrays, root, name="cifar10"):
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
-            raise DataError(f"malformed CIFAR-10 in {root}: x_{split} is {x.dtype} {x.shape}, "
+            raise DataError(f"malformed {DATASETS[name]} in {root}: x_{split} is {x.dtype} {x.shape}, "
                             f"expected uint8 N×32×32×3")
         if y.shape != (len(x),) or len(y) == 0 or y.min() < 0 or y.max() >= NUM_CLASSES:
-            raise DataError(f"malformed CIFAR-10 in {root}: y_{split} must hold {len(x)} labels in 0..9")
+            raise DataError(f"malformed {DATASETS[name]} in {root}: y_{split} must hold {len(x)} labels in 0..9")
     arrays["y_train"], arrays["y_test"] = arrays["y_train"].astype(np.int64), arrays["y_test"].astype(np.int64)
 
 
@@ -148,6 +167,36 @@ def balanced_subset(x, y, size, split):
         picked.append(where[:k])
     keep = np.sort(np.concatenate(picked))
     return x[keep], y[keep]
+
+
+def read_mnist(root):
+    if (root / MNIST_NPZ).is_file():
+        arrays = read_npz(root / MNIST_NPZ)
+    else:
+        arrays = {key: read_idx(root, name) for key, name in MNIST_IDX.items()}
+    for split in ("train", "test"):
+        x = arrays[f"x_{split}"]
+        if x.ndim != 3 or x.shape[1:] != (28, 28):
+            raise DataError(f"malformed MNIST in {root}: x_{split} is {x.shape}, expected N×28×28")
+        # Zero-pad to 32×32, the size every model here takes, and repeat over three channels.
+        arrays[f"x_{split}"] = np.repeat(np.pad(x, ((0, 0), (2, 2), (2, 2)))[..., None], 3, axis=3)
+    return arrays
+
+
+def read_idx(root, name):
+    """One idx file (the MNIST format: a magic number giving the type and rank, big-endian sizes, data)."""
+    path = next((root / f for f in (name, name + ".gz") if (root / f).is_file()), None)
+    if path is None:
+        raise DataError(f"no MNIST in {root} (looked for {MNIST_NPZ} and the idx files, {name} missing)")
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"corrupt {path}: {e}") from None
+    zero, kind, rank = raw[:2], raw[2], raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(rank))
+    if zero != b"\0\0" or kind != 0x08 or len(raw) != 4 + 4 * rank + int(np.prod(shape)):
+        raise DataError(f"corrupt {path}: not an idx file of unsigned bytes with the size its header gives")
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * rank).reshape(shape)
 
 
 def download_cifar10(root):

@@ -239,14 +239,31 @@ FEATURE_LAYERS = {
 FEATURE_LAYERS["resnet18-cifar"] = FEATURE_LAYERS["resnet18"]
 
 
-def build_model(name, *, init_seed, width=None, num_classes=10, dtype=torch.float32):
+def build_model(name, *, init_seed, width=None, num_classes=10, dtype=torch.float32, dropout=None):
     """Model `name` initialised from `init_seed` alone, on the CPU (same weights on every device).
 
     The global generator is forked, so building a model never disturbs any other source of randomness.
+    With `dropout`, the classifier's input is dropped out in training (see `add_dropout`).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         model = MODELS[name](width or DEFAULT_WIDTH[name], num_classes)
+    if dropout:
+        add_dropout(model)
     return model.to(dtype)
+
+
+def add_dropout(model):
+    """Dropout on the classifier's input, with its masks given from outside as the buffer
+    `fc.dropout_mask` (0 or 1/(1-p) per feature, B×features), so that each replica draws them from its
+    own dropout seed (fastvar.sources.DropoutMasks). Eval mode leaves the input as it is."""
+    model.fc.register_buffer("dropout_mask", torch.ones(0))
+    model.fc.register_forward_pre_hook(apply_dropout_mask)
+
+
+def apply_dropout_mask(module, inputs):
+    if module.training:
+        return (inputs[0] * module.dropout_mask,)
+    return None

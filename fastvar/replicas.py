@@ -18,10 +18,11 @@ STRATEGIES = ("loop", "vmap")
 
 
 class Replicas:
-    def __init__(self, model, init_seeds, *, width=None, strategy="loop", dtype=torch.float32, device="cpu"):
+    def __init__(self, model, init_seeds, *, width=None, strategy="loop", dtype=torch.float32, device="cpu",
+                 dropout=None):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
-        models = [build_model(model, init_seed=s, width=width, dtype=dtype) for s in init_seeds]
+        models = [build_model(model, init_seed=s, width=width, dtype=dtype, dropout=dropout) for s in init_seeds]
         params, buffers = stack_module_state(models)
         self.params = {n: p.detach().to(device) for n, p in params.items()}
         self.buffers = {n: b.to(device) for n, b in buffers.items()}
@@ -36,27 +37,30 @@ class Replicas:
                                for r in range(self.size)]
         self.replica_buffers = [{n: b[r] for n, b in self.buffers.items()} for r in range(self.size)]
 
-    def train_step_grads(self, x, y):
-        """x M×B×3×H×W, y M×B → per-replica mean loss [M], correct count [M], stacked grads."""
+    def train_step_grads(self, x, y, dropout_masks=None):
+        """x M×B×3×H×W, y M×B (and dropout masks M×B×features, for a model with dropout) → per-replica
+        mean loss [M], correct count [M], stacked grads."""
         self.template.train()
         x = x if self.channels_last else x.contiguous()
+        extra = {} if dropout_masks is None else {"fc.dropout_mask": dropout_masks}
         if self.strategy == "vmap":
-            return self._vmap_grads(x, y)
-        return self._loop_grads(x, y)
+            return self._vmap_grads(x, y, {**self.buffers, **extra})
+        return self._loop_grads(x, y, [{**b, **{k: v[r] for k, v in extra.items()}}
+                                       for r, b in enumerate(self.replica_buffers)])
 
-    def _vmap_grads(self, x, y):
-        logits = vmap(self._forward)(self.stacked_leaves, self.buffers, x)
+    def _vmap_grads(self, x, y, buffers):
+        logits = vmap(self._forward)(self.stacked_leaves, buffers, x)
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
         # Replicas are independent, so d(sum of losses)/d(replica r) is replica r's own gradient.
         grads = torch.autograd.grad(losses.sum(), list(self.stacked_leaves.values()))
         return losses.detach(), correct_counts(logits, y), dict(zip(self.params, grads))
 
-    def _loop_grads(self, x, y):
+    def _loop_grads(self, x, y, buffers):
         grads = {n: torch.empty_like(p) for n, p in self.params.items()}
         losses, correct = [], []
         for r in range(self.size):
             leaves = self.replica_leaves[r]
-            logits = self._forward(leaves, self.replica_buffers[r], x[r])
+            logits = self._forward(leaves, buffers[r], x[r])
             loss = F.cross_entropy(logits, y[r])
             for name, g in zip(leaves, torch.autograd.grad(loss, list(leaves.values()))):
                 grads[name][r].copy_(g)

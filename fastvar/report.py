@@ -12,7 +12,7 @@ import torch
 
 from . import cka as cka_module
 from .augment import augment
-from .data import balanced_subset, load_cifar10
+from .data import balanced_subset, load_dataset
 from .metrics import snapshot_ensembles, summarize
 from .plots import analysis_figures, save_figures
 from .stats import paired, runs_per_arm, variance_components, welch
@@ -61,7 +61,8 @@ def read_runs(folder):
 def test_labels(store, rows, data_dir=None):
     labels = store.labels()
     if labels is None:  # a folder from before the labels were stored: read them from the data
-        labels = load_cifar10(data_dir, test_subset=store.config["test_subset"]).y_test.numpy()
+        labels = load_dataset(store.config.get("dataset", "cifar10"), data_dir,
+                              test_subset=store.config["test_subset"]).y_test.numpy()
     if len(labels) != rows[0]["n_test"]:
         raise StoreError(f"{store.folder}: {len(labels)} test labels for logits of {rows[0]['n_test']} examples")
     return labels
@@ -107,14 +108,14 @@ def folder_cka(folder, config, rows, data_dir):
     if len(paths) < 2:
         raise AnalysisError(f"{folder} keeps the weights of {len(paths)} runs; CKA needs 2 "
                          f"(train with --save-weights K)")
-    data = load_cifar10(data_dir)
+    data = load_dataset(config.get("dataset", "cifar10"), data_dir)
     x, _ = balanced_subset(data.x_test.numpy(), data.y_test.numpy(), cka_module.PROBE_SIZE, "test")
     hyp = config["hyperparameters"]
     dtype = torch.float64 if config["precision"] == "float64" else torch.float32
     images = augment(torch.from_numpy(x), torch.arange(len(x))[None], torch.zeros(1, dtype=torch.int64), 0,
                      mean=hyp["mean"], std=hyp["std"], dtype=dtype)[0].contiguous()
-    grams = [cka_module.layer_grams(hyp["model"], config["width"], torch.load(p, weights_only=True), images)
-             for p in paths]
+    grams = [cka_module.layer_grams(hyp["model"], config["width"], torch.load(p, weights_only=True), images,
+                                    hyp.get("dropout")) for p in paths]
     return cka_module.cka_by_layer(grams)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .data import load_cifar10
+from .data import DATASETS, load_dataset
 from .sources import SOURCES, experiment_sources, kernel_mode, run_seeds
 from .store import Store, config_hash, run_key
 from .train import RECIPES, train_replicas
@@ -45,6 +45,8 @@ class Study:
     vary: tuple[str, ...] | None = None  # the sources to vary, instead of a preset
     fixed_seed: int = 0  # the constant that fixed sources draw from
     onset_epoch: int | None = None  # varied sources follow the fixed ones before this epoch
+    dropout: float | None = None  # dropout probability on the classifier's input
+    dataset: str = "cifar10"  # or mnist
 
     def __post_init__(self):
         if self.vary is not None:
@@ -53,7 +55,7 @@ class Study:
             experiment_sources(self.experiment)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        choices = {"recipe": RECIPES, "precision": PRECISIONS,
+        choices = {"recipe": RECIPES, "precision": PRECISIONS, "dataset": DATASETS,
                    "strategy": ("auto", "loop", "vmap"), "device": ("auto", "cpu", "cuda")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -70,6 +72,8 @@ class Study:
         epochs = self.recipe_dict()["epochs"]
         if self.snapshots is not None and (self.snapshots < 1 or epochs % self.snapshots):
             raise ConfigError(f"--snapshots {self.snapshots} must divide the {epochs} epochs into whole cycles")
+        if self.dropout is not None and not 0 < self.dropout < 1:
+            raise ConfigError(f"--dropout must be a probability between 0 and 1, not {self.dropout}")
         if self.save_weights < 0:
             raise ConfigError(f"--save-weights must be at least 0, not {self.save_weights}")
         self._check_sources(epochs)
@@ -85,7 +89,9 @@ class Study:
 
     def present_sources(self):
         """The sources this recipe has: augmentation only if it augments, dropout only with --dropout."""
-        return set(SOURCES) - ({"aug"} if not self.recipe_dict()["augment"] else set()) - {"dropout"}
+        recipe = self.recipe_dict()
+        absent = {source for source, has in (("aug", recipe["augment"]), ("dropout", recipe.get("dropout"))) if not has}
+        return set(SOURCES) - absent
 
     def varied(self):
         return experiment_sources(self.experiment) & self.present_sources()
@@ -121,6 +127,8 @@ class Study:
         recipe = dict(RECIPES[self.recipe])
         recipe["model"] = self.model or recipe["model"]
         recipe["epochs"] = self.epochs or recipe["epochs"]
+        if self.dropout:
+            recipe["dropout"] = self.dropout
         if self.snapshots:  # the recipe's cosine (warm-up included) or a plain one, in cycles
             cosine = recipe["schedule"] if recipe["schedule"]["name"] == "cosine" else {"name": "cosine"}
             recipe["schedule"] = {**cosine, "cycles": self.snapshots}
@@ -136,7 +144,8 @@ class Study:
                   "experiment": self.experiment, "precision": self.precision}
         # Newer settings only where set, so that older folders keep their config hash.
         optional = {"grid": self.grid and list(self.grid), "vary": self.vary and list(self.vary),
-                    "fixed_seed": self.fixed_seed, "onset_epoch": self.onset_epoch}
+                    "fixed_seed": self.fixed_seed, "onset_epoch": self.onset_epoch,
+                    "dataset": self.dataset if self.dataset != "cifar10" else None}
         return {**config, **{k: v for k, v in optional.items() if v}}
 
     def notes(self):
@@ -160,7 +169,7 @@ class Study:
         as training advances: runs done so far in this call (fractions included) of `todo` left."""
         device = self.resolved_device()
         if data is None:
-            data = load_cifar10(data_dir, download=download, train_subset=self.train_subset,
+            data = load_dataset(self.dataset, data_dir, download=download, train_subset=self.train_subset,
                                 test_subset=self.test_subset)
         store = Store(out, self.config())
         store.check_labels(data.y_test)

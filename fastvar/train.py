@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from .augment import augment
 from .optim import OPTIMIZERS
 from .replicas import Replicas
-from .sources import DataOrder, perturb_one_ulp
+from .sources import DataOrder, DropoutMasks, perturb_one_ulp
 
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
@@ -97,8 +97,8 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None,
     `keep_weights` their final state dict (`weights`, on the CPU).
     `on_step(fraction)` is called after each step with the fraction of this batch's training done.
     """
-    replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], width=width,
-                        strategy=strategy, dtype=dtype, device=data.x_train.device)
+    replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], width=width, strategy=strategy,
+                        dtype=dtype, device=data.x_train.device, dropout=recipe.get("dropout"))
     test_scores, snapshots = [], []  # evaluation draws no randomness: it changes no result
     snapshot_at = snapshot_epochs(recipe)
 
@@ -135,6 +135,10 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, on_step=Non
     orders = [DataOrder(s.order_seed, before and before.order_seed, onset_epoch) for s in seeds]
     own_aug = torch.tensor([s.aug_seed for s in seeds], dtype=torch.int64, device=device)
     fixed_aug = torch.full_like(own_aug, before.aug_seed) if before else own_aug
+    masks = None
+    if recipe.get("dropout"):
+        masks = DropoutMasks([s.dropout_seed for s in seeds], recipe["dropout"], replicas.template.fc.in_features,
+                             onset_epoch, before and before.dropout_seed)
     dtype = next(iter(replicas.params.values())).dtype
     n, batch, epochs = len(data.y_train), recipe["batch_size"], recipe["epochs"]
     steps_per_epoch = math.ceil(n / batch)
@@ -153,7 +157,8 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, on_step=Non
             indices = order[:, start:start + batch]
             x = augment(data.x_train, indices, aug_seeds, epoch, **recipe["augment"],
                         mean=recipe["mean"], std=recipe["std"], dtype=dtype)
-            losses, hits, grads = replicas.train_step_grads(x, data.y_train[indices])
+            dropout = None if masks is None else masks.draw(epoch, indices.shape[1]).to(device, dtype)
+            losses, hits, grads = replicas.train_step_grads(x, data.y_train[indices], dropout)
             done = epoch * steps_per_epoch + step
             optimizer.step(grads, lr_factor(recipe["schedule"], done, steps_per_epoch, total_steps))
             loss_sum += losses * indices.shape[1]

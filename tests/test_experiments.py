@@ -9,8 +9,9 @@ from fastvar.sources import EXPERIMENTS, run_seeds, perturb_one_ulp
 from fastvar.store import Store
 from fastvar.study import weights_path
 
-SEED_COLUMNS = {"init": "init_seed", "order": "order_seed", "aug": "aug_seed", "perturb": "perturb_seed"}
-EFFECTIVE_ON_CPU = {"init", "order", "aug", "perturb"}  # CPU kernels are deterministic
+SEED_COLUMNS = {"init": "init_seed", "order": "order_seed", "aug": "aug_seed", "dropout": "dropout_seed",
+                "perturb": "perturb_seed"}
+EFFECTIVE_ON_CPU = {"init", "order", "aug", "dropout", "perturb"}  # CPU kernels are deterministic
 TINY = ["--runs", "2", "--batch-models", "2", "--width", "4", "--epochs", "2", "--save-weights", "2"]
 
 
@@ -27,10 +28,11 @@ def same_weights(a, b):
     return all(torch.equal(a[name], b[name]) for name in a)
 
 
-@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e not in ("grid", "vary-dropout")])
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e != "grid"])
 def test_each_preset_varies_exactly_its_sources(synthetic_dir, tmp_path, experiment):
     out = tmp_path / experiment
-    rows = train(synthetic_dir, out, "--recipe", "summers", "--experiment", experiment)  # summers augments
+    # summers augments; with dropout, every source is present
+    rows = train(synthetic_dir, out, "--recipe", "summers", "--experiment", experiment, "--dropout", "0.2")
     varied = EXPERIMENTS[experiment]
     for source, column in SEED_COLUMNS.items():
         seeds = [r[column] for r in rows]
@@ -118,3 +120,38 @@ def test_one_ulp_leaves_a_linear_model_stable_and_not_one_with_a_hidden_layer(re
         assert cli.main(args) == 0
         sd[model] = torch.tensor([r["test_loss"] for r in Store(tmp_path / model).runs()], dtype=torch.float64).std()
     assert sd["linear"] * 100 <= sd["mlp"] and sd["mlp"] > 1e-5
+
+
+def test_dropout_is_a_source_of_its_own(synthetic_dir, tmp_path):
+    rows = train(synthetic_dir, tmp_path / "dropout", "--experiment", "vary-dropout", "--dropout", "0.5")
+    assert rows[0]["dropout_seed"] != rows[1]["dropout_seed"] and rows[0]["init_seed"] == rows[1]["init_seed"]
+    a, b = (final_weights(tmp_path / "dropout", r) for r in rows)
+    assert not same_weights(a, b)
+    fixed = train(synthetic_dir, tmp_path / "fixed", "--experiment", "vary-order", "--dropout", "0.5")
+    assert fixed[0]["dropout_seed"] == fixed[1]["dropout_seed"]
+    assert train(synthetic_dir, tmp_path / "none", "--experiment", "vary-order")[0]["dropout_seed"] is None
+
+
+def test_dropout_masks_equal_torch_dropout_statistics_and_follow_their_seed():
+    from fastvar.sources import DropoutMasks
+    masks = DropoutMasks([1, 2], 0.25, 1000).draw(0, 20)
+    assert masks.shape == (2, 20, 1000) and set(masks.unique().tolist()) == {0.0, 1 / 0.75}
+    assert abs((masks == 0).double().mean().item() - 0.25) < 0.01
+    assert torch.equal(DropoutMasks([1], 0.25, 1000).draw(0, 20)[0], masks[0])  # replica 0 alone: same masks
+    before = DropoutMasks([1, 2], 0.25, 10, onset_epoch=1, fixed_dropout_seed=5).draw(0, 4)
+    assert torch.equal(before[0], before[1])  # before the onset, every run draws the fixed masks
+
+
+def test_dropout_masks_reach_each_replica_in_both_strategies():
+    from fastvar.replicas import Replicas
+    x, y = torch.randn(2, 6, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (2, 6))
+    masks = (torch.rand(2, 6, 8) > 0.5).double() * 2
+    grads = {}
+    for strategy in ("loop", "vmap"):
+        replicas = Replicas("mlp", [0, 0], width=8, strategy=strategy, dtype=torch.float64, dropout=0.5)
+        _, _, grads[strategy] = replicas.train_step_grads(x, y, masks)
+        plain = Replicas("mlp", [0, 0], width=8, strategy=strategy, dtype=torch.float64)
+        assert torch.equal(replicas.logits(x[0]), plain.logits(x[0]))  # eval mode: no dropout
+    for name, g in grads["loop"].items():
+        assert torch.allclose(g, grads["vmap"][name], atol=1e-12), name
+    assert not torch.equal(grads["loop"]["hidden.0.weight"][0], grads["loop"]["hidden.0.weight"][1])  # own masks

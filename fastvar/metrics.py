@@ -27,6 +27,7 @@ def resample_counts(runs, resamples=RESAMPLES, seed=0):
 def weighted_sd(values, counts):
     """The sample SD (ddof 1) of each resample given as counts over `values`."""
     r = counts.sum(1)
+    values = values - values.mean()  # shift-invariant; centring keeps equal values at exactly 0
     mean = counts @ values / r
     return np.sqrt(np.maximum(counts @ values ** 2 - r * mean ** 2, 0) / (r - 1))
 

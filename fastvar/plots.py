@@ -150,7 +150,8 @@ def divergence_figure(analyses):
         if curves is None:
             continue
         epochs = np.arange(1, curves.shape[1] + 1)
-        sd_ax.plot(epochs, curves.std(0, ddof=1), "o-", label=a.folder.name, gid=a.name)
+        # SD is shift-invariant; measured from the first run, identical runs give exactly 0
+        sd_ax.plot(epochs, (curves - curves[0]).std(0, ddof=1), "o-", label=a.folder.name, gid=a.name)
         low, median, high = np.percentile(curves, [2.5, 50, 97.5], axis=0)
         range_ax.fill_between(epochs, low, high, alpha=0.25)
         range_ax.plot(epochs, median, label=a.folder.name)

@@ -119,8 +119,10 @@ def folder_cka(folder, config, rows, data_dir):
     return cka_module.cka_by_layer(grams)
 
 
-def fmt(value, scale=1.0, digits=2):
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * scale:.{digits}f}"
+def fmt(value, scale=1.0, digits=2, style="f"):
+    """A table cell: `digits` decimals (style f) or significant digits (style g); – for a missing value."""
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return "–" if missing else f"{value * scale:.{digits}{style}}"
 
 
 def markdown_table(header, rows):
@@ -138,7 +140,7 @@ def spread_table(analyses):
         distribution = (f"{fmt(m['distribution_sd'], 100)} [{fmt(m['distribution_sd_low'], 100)}, "
                         f"{fmt(m['distribution_sd_high'], 100)}]")
         rows.append([a.name, m["n"], fmt(m["acc_mean"], 100), f"{fmt(m['acc_sd'], 100)} ± {fmt(m['acc_sd_err'], 100)}",
-                     fmt(m["ce_mean"], digits=3), f"{fmt(m['ce_sd'], digits=3)} ± {fmt(m['ce_sd_err'], digits=3)}",
+                     fmt(m["ce_mean"], digits=3), f"{fmt(m['ce_sd'], digits=3, style='g')} ± {fmt(m['ce_sd_err'], digits=2, style='g')}",
                      fmt(m["disagreement"], 100), fmt(m["spearman"], digits=3), fmt(m["ensemble_gain"], 100),
                      fmt(m["binomial_sd"], 100), distribution, fmt(m["ensemble_acc"], 100), fmt(m["ece"], digits=3)])
     return markdown_table(header, rows)

@@ -155,3 +155,11 @@ def test_dropout_masks_reach_each_replica_in_both_strategies():
     for name, g in grads["loop"].items():
         assert torch.allclose(g, grads["vmap"][name], atol=1e-12), name
     assert not torch.equal(grads["loop"]["hidden.0.weight"][0], grads["loop"]["hidden.0.weight"][1])  # own masks
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nondeterministic kernels exist only on CUDA")
+def test_vary_kernels_on_cuda_gives_runs_that_differ(synthetic_dir, tmp_path):
+    args = ["--experiment", "vary-kernels", "--device", "cuda", "--model", "resnet18-cifar", "--width", "16"]
+    rows = train(synthetic_dir, tmp_path / "kernels", *args)
+    assert rows[0]["init_seed"] == rows[1]["init_seed"] and rows[0]["order_seed"] == rows[1]["order_seed"]
+    assert not (rows[0]["test_logits"] == rows[1]["test_logits"]).all()

@@ -1,4 +1,4 @@
-"""The command line: `train` (the default subcommand), `plot`, `analyze`, `compare`, `export`.
+"""The command line: `train` (the default subcommand), `sweep`, `plot`, `analyze`, `compare`, `export`.
 A thin layer over fastvar.Study and fastvar.report."""
 import argparse
 import shlex
@@ -14,55 +14,33 @@ from .export import FORMATS, export
 from .models import MODELS
 from .plots import plot_study
 from .report import (AnalysisError, analyze, compare_folders, comparison_lines, default_report_path, json_line,
-                     pairwise_note, tables, write_report)
+                     pairwise_note, sweep_summary, tables, write_report)
 from .sources import EXPERIMENTS, SOURCES
 from .store import Store, StoreError
 from .study import PRECISIONS, ConfigError, Study
+from .sweep import SETTINGS, Sweep, parse_setting
 from .train import RECIPES
 
-COMMANDS = ("train", "plot", "analyze", "compare", "export")
+COMMANDS = ("train", "sweep", "plot", "analyze", "compare", "export")
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="run.py", description="Measure run-to-run variance of training.")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a study's runs into a results folder (resumable)")
-    train.add_argument("--experiment", choices=EXPERIMENTS, help="default: all-random (grid with --grid)")
-    train.add_argument("--vary", type=lambda text: tuple(text.split(",")), metavar="SOURCES",
-                       help=f"vary these sources (comma-separated: {','.join(SOURCES)}) and fix the rest")
+    add_study_arguments(train)
+    train.add_argument("--list-recipes", action="store_true", help="print the recipes and exit")
     train.add_argument("--list-experiments", action="store_true",
                        help="print the presets with what they vary under --recipe, and exit")
-    train.add_argument("--dropout", type=float, metavar="P", help="dropout before the classifier (a source: dropout)")
-    train.add_argument("--fixed-seed", type=int, default=0, help="the constant fixed sources draw from")
-    train.add_argument("--onset-epoch", type=int, metavar="K",
-                       help="varied sources follow the fixed ones before epoch K (0-based), their own from K on")
-    train.add_argument("--grid", type=grid_shape, metavar="IxJ",
-                       help="the grid experiment: I init seeds crossed with J order seeds, I×J runs")
-    train.add_argument("--recipe", default="seed", choices=RECIPES)
-    train.add_argument("--list-recipes", action="store_true", help="print the recipes and exit")
     train.add_argument("--runs", type=int, help="default: 1000 (I×J for a grid)")
-    train.add_argument("--batch-models", type=int, default=16, help="replicas trained in one batched step")
-    train.add_argument("--epochs", type=int, help="default: the recipe's")
-    train.add_argument("--model", choices=MODELS, help="default: the recipe's")
-    train.add_argument("--width", type=int, help="channels of the first stage (default: the model's)")
-    train.add_argument("--seed", type=int, default=0, help="base seed every run's seeds derive from")
-    train.add_argument("--dataset", default="cifar10", choices=DATASETS, help="cifar10, or mnist (padded to 32x32)")
-    train.add_argument("--train-subset", type=int, help="a fixed class-balanced subset of N training images")
-    train.add_argument("--test-subset", type=int, help="a fixed class-balanced subset of N test images")
-    train.add_argument("--precision", default="float32", choices=PRECISIONS)
-    train.add_argument("--strategy", default="auto", choices=("auto", "loop", "vmap"),
-                       help="auto: loop on CPU, vmap on CUDA")
-    train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     train.add_argument("--out", type=Path, help="results folder (default: results/<experiment>)")
-    train.add_argument("--data-dir", type=Path, help="default: $FASTVAR_DATA, else ~/.cache/fastvar")
-    train.add_argument("--download", action="store_true", help="fetch the official CIFAR-10 archive if absent")
     train.add_argument("--plot", action="store_true", help="draw the study's plots into OUT/plots")
-    train.add_argument("--save-weights", type=int, default=0, metavar="K",
-                       help="keep the final weights of the first K runs in OUT/weights (for analyze --cka)")
-    train.add_argument("--eval-every-epoch", action="store_true",
-                       help="store test accuracy and loss after every epoch (test_acc_curve, test_loss_curve)")
-    train.add_argument("--snapshots", type=int, metavar="C",
-                       help="cosine schedule restarted C times; test logits kept at the end of each cycle")
+    sweep = commands.add_parser("sweep", help="one study per point of a hyperparameter grid, trained together")
+    add_study_arguments(sweep)
+    sweep.add_argument("--set", action="append", required=True, metavar="NAME=V1,V2,...",
+                       help=f"a hyperparameter and its values (repeat for a grid): {', '.join(SETTINGS)}")
+    sweep.add_argument("--runs-per-point", type=int, default=32)
+    sweep.add_argument("--out", type=Path, default=Path("results/sweep"), help="the sweep folder")
     plot = commands.add_parser("plot", help="draw the plots of an existing results folder")
     plot.add_argument("folder", type=Path)
     analyze = commands.add_parser("analyze", help="the spread metrics of results folders, and report.md")
@@ -82,6 +60,51 @@ def build_parser():
     return parser
 
 
+def add_study_arguments(parser):
+    """The flags that define a study, shared by `train` and `sweep`."""
+    parser.add_argument("--experiment", choices=EXPERIMENTS, help="default: all-random (grid with --grid)")
+    parser.add_argument("--vary", type=lambda text: tuple(text.split(",")), metavar="SOURCES",
+                        help=f"vary these sources (comma-separated: {','.join(SOURCES)}) and fix the rest")
+    parser.add_argument("--dropout", type=float, metavar="P", help="dropout before the classifier (a source: dropout)")
+    parser.add_argument("--fixed-seed", type=int, default=0, help="the constant fixed sources draw from")
+    parser.add_argument("--onset-epoch", type=int, metavar="K",
+                        help="varied sources follow the fixed ones before epoch K (0-based), their own from K on")
+    parser.add_argument("--grid", type=grid_shape, metavar="IxJ",
+                        help="the grid experiment: I init seeds crossed with J order seeds, I×J runs")
+    parser.add_argument("--recipe", default="seed", choices=RECIPES)
+    parser.add_argument("--batch-models", type=int, default=16, help="replicas trained in one batched step")
+    parser.add_argument("--epochs", type=int, help="default: the recipe's")
+    parser.add_argument("--model", choices=MODELS, help="default: the recipe's")
+    parser.add_argument("--width", type=int, help="channels of the first stage (default: the model's)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed every run's seeds derive from")
+    parser.add_argument("--dataset", default="cifar10", choices=DATASETS, help="cifar10, or mnist (padded to 32x32)")
+    parser.add_argument("--train-subset", type=int, help="a fixed class-balanced subset of N training images")
+    parser.add_argument("--test-subset", type=int, help="a fixed class-balanced subset of N test images")
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS)
+    parser.add_argument("--strategy", default="auto", choices=("auto", "loop", "vmap"),
+                        help="auto: loop on CPU, vmap on CUDA")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--data-dir", type=Path, help="default: $FASTVAR_DATA, else ~/.cache/fastvar")
+    parser.add_argument("--download", action="store_true", help="fetch the official CIFAR-10 archive if absent")
+    parser.add_argument("--save-weights", type=int, default=0, metavar="K",
+                        help="keep the final weights of the first K runs in OUT/weights (for analyze --cka)")
+    parser.add_argument("--eval-every-epoch", action="store_true",
+                        help="store test accuracy and loss after every epoch (test_acc_curve, test_loss_curve)")
+    parser.add_argument("--snapshots", type=int, metavar="C",
+                        help="cosine schedule restarted C times; test logits kept at the end of each cycle")
+
+
+def study_arguments(args):
+    """Study keyword arguments from the parsed flags of add_study_arguments."""
+    experiment = args.experiment or ("grid" if args.grid else None if args.vary else "all-random")
+    return dict(experiment=experiment, recipe=args.recipe, batch_models=args.batch_models, epochs=args.epochs,
+                model=args.model, width=args.width, seed=args.seed, train_subset=args.train_subset,
+                test_subset=args.test_subset, precision=args.precision, strategy=args.strategy, device=args.device,
+                grid=args.grid, save_weights=args.save_weights, eval_every_epoch=args.eval_every_epoch,
+                snapshots=args.snapshots, vary=args.vary, fixed_seed=args.fixed_seed, onset_epoch=args.onset_epoch,
+                dropout=args.dropout, dataset=args.dataset)
+
+
 def grid_shape(text):
     rows, sep, columns = text.lower().partition("x")
     if not (sep and rows.isdigit() and columns.isdigit()):
@@ -96,8 +119,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded in what it writes
     try:
-        return {"train": train, "plot": plot, "analyze": analyze_command, "compare": compare_command,
-                "export": export_command}[args.command](args)
+        return {"train": train, "sweep": sweep_command, "plot": plot, "analyze": analyze_command,
+                "compare": compare_command, "export": export_command}[args.command](args)
     except (DataError, StoreError, ConfigError, AnalysisError) as e:
         print(f"fastvar: error: {e}", file=sys.stderr)
         return 2
@@ -110,16 +133,10 @@ def train(args):
     if args.list_experiments:
         print(experiment_table(args.recipe))
         return 0
-    experiment = args.experiment or ("grid" if args.grid else None if args.vary else "all-random")
-    study = Study(experiment=experiment, recipe=args.recipe, runs=args.runs, batch_models=args.batch_models,
-                  epochs=args.epochs, model=args.model, width=args.width, seed=args.seed,
-                  train_subset=args.train_subset, test_subset=args.test_subset, precision=args.precision,
-                  strategy=args.strategy, device=args.device, grid=args.grid, save_weights=args.save_weights,
-                  eval_every_epoch=args.eval_every_epoch, snapshots=args.snapshots, vary=args.vary,
-                  fixed_seed=args.fixed_seed, onset_epoch=args.onset_epoch, dropout=args.dropout, dataset=args.dataset)
+    study = Study(**study_arguments(args), runs=args.runs)
     for note in study.notes():
         print(f"fastvar: note: {note}", file=sys.stderr)
-    out = args.out or Path("results") / experiment
+    out = args.out or Path("results") / study.experiment
     bar = ProgressBar(study.runs)
     try:
         store = study.run(out, data_dir=args.data_dir, download=args.download, progress=bar.update)
@@ -132,6 +149,22 @@ def train(args):
     if args.plot:
         plot_study(rows, out / "plots")
     print(summary_line(rows, out))
+    return 0
+
+
+def sweep_command(args):
+    sweep = Sweep(dict(parse_setting(text) for text in args.set), runs_per_point=args.runs_per_point,
+                  study=study_arguments(args))
+    bar = ProgressBar(len(sweep.studies) * sweep.runs_per_point)
+    try:
+        sweep.run(args.out, data_dir=args.data_dir, download=args.download, progress=bar.update)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted: finished runs are kept in {args.out}; the same command carries on", file=sys.stderr)
+        return 130
+    bar.close()
+    table, verdict = sweep_summary(args.out)
+    print(f"{table}\n{verdict}")
     return 0
 
 

@@ -37,31 +37,32 @@ class Replicas:
                                for r in range(self.size)]
         self.replica_buffers = [{n: b[r] for n, b in self.buffers.items()} for r in range(self.size)]
 
-    def train_step_grads(self, x, y, dropout_masks=None):
-        """x M×B×3×H×W, y M×B (and dropout masks M×B×features, for a model with dropout) → per-replica
-        mean loss [M], correct count [M], stacked grads."""
+    def train_step_grads(self, x, y, dropout_masks=None, label_smoothing=None):
+        """x M×B×3×H×W, y M×B (dropout masks M×B×features for a model with dropout; label smoothing
+        one value per replica, or None) → per-replica mean loss [M], correct count [M], stacked grads."""
         self.template.train()
         x = x if self.channels_last else x.contiguous()
         extra = {} if dropout_masks is None else {"fc.dropout_mask": dropout_masks}
         if self.strategy == "vmap":
-            return self._vmap_grads(x, y, {**self.buffers, **extra})
+            return self._vmap_grads(x, y, {**self.buffers, **extra}, label_smoothing)
         return self._loop_grads(x, y, [{**b, **{k: v[r] for k, v in extra.items()}}
-                                       for r, b in enumerate(self.replica_buffers)])
+                                       for r, b in enumerate(self.replica_buffers)], label_smoothing)
 
-    def _vmap_grads(self, x, y, buffers):
+    def _vmap_grads(self, x, y, buffers, label_smoothing):
         logits = vmap(self._forward)(self.stacked_leaves, buffers, x)
-        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+        losses = batched_cross_entropy(logits, y, label_smoothing)
         # Replicas are independent, so d(sum of losses)/d(replica r) is replica r's own gradient.
         grads = torch.autograd.grad(losses.sum(), list(self.stacked_leaves.values()))
         return losses.detach(), correct_counts(logits, y), dict(zip(self.params, grads))
 
-    def _loop_grads(self, x, y, buffers):
+    def _loop_grads(self, x, y, buffers, label_smoothing):
         grads = {n: torch.empty_like(p) for n, p in self.params.items()}
         losses, correct = [], []
         for r in range(self.size):
             leaves = self.replica_leaves[r]
             logits = self._forward(leaves, buffers[r], x[r])
-            loss = F.cross_entropy(logits, y[r])
+            loss = F.cross_entropy(logits, y[r], label_smoothing=0.0 if label_smoothing is None
+                                   else label_smoothing[r].item())
             for name, g in zip(leaves, torch.autograd.grad(loss, list(leaves.values()))):
                 grads[name][r].copy_(g)
             losses.append(loss.detach())
@@ -95,6 +96,17 @@ def channels_last_is_safe(model, device):
         return True
     return not any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
                    and m.in_channels < 16 for m in model.modules())
+
+
+def batched_cross_entropy(logits, y, label_smoothing=None):
+    """Mean cross-entropy of each replica (logits M×B×C), with each replica's own label smoothing ε:
+    (1 - ε) · NLL + ε · mean over classes of -log p, as F.cross_entropy(label_smoothing=ε) computes it."""
+    if label_smoothing is None:
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+    log_p = F.log_softmax(logits, dim=-1)
+    nll = -log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    eps = label_smoothing.to(logits.dtype).unsqueeze(1)
+    return ((1 - eps) * nll + eps * -log_p.mean(-1)).mean(1)
 
 
 def correct_counts(logits, y):

@@ -18,6 +18,7 @@ from .plots import analysis_figures, save_figures
 from .stats import paired, runs_per_arm, variance_components, welch
 from .store import Store, StoreError, flatten
 from .study import weights_path
+from .sweep import folder_name, sweep_points
 
 DIFFERENCES_PP = (0.05, 0.1, 0.2, 0.5)  # accuracy differences the power table plans for
 
@@ -291,3 +292,48 @@ def json_line(analysis):
             return [clean(v) for v in value]
         return None if isinstance(value, float) and math.isnan(value) else value
     return json.dumps(clean(analysis.to_json()))
+
+
+def sweep_summary(folder):
+    """Each point's mean ± SD of test accuracy, and its difference to the best point (paired over runs
+    with the same seeds) with a 95 % interval; and the points not distinguishable from the best."""
+    points = [(point, path, [r["test_acc"] for r in read_runs(path)[1]])
+              for point, path in sweep_points(folder) if (path / "runs.sqlite").is_file()]
+    if not points:
+        raise AnalysisError(f"{folder}: no point has finished runs yet")
+    best_point, best_path, _ = max(points, key=lambda p: np.mean(p[2]))
+    rows, tied = [], []
+    for point, path, acc in points:
+        acc = np.asarray(acc) * 100
+        cells = [folder_name(point), len(acc), f"{acc.mean():.2f} ± {fmt(acc.std(ddof=1) if len(acc) > 1 else None)}"]
+        if path == best_path:
+            rows.append(cells + ["best", "–"])
+            continue
+        test = compare_folders(best_path, path)[2][-1] if len(acc) > 1 else None
+        if test is None:
+            rows.append(cells + ["–", "–"])
+            continue
+        if test.low <= 0 <= test.high:
+            tied.append(folder_name(point))
+        rows.append(cells + [f"{test.difference * 100:+.2f} [{test.low * 100:+.2f}, {test.high * 100:+.2f}]",
+                             f"{test.test}, p = {test.p_value:.3g}"])
+    table = markdown_table(["point", "runs", "test acc. (%), mean ± SD", "minus best (pp) [95 %]", "test"], rows)
+    verdict = (f"not distinguishable from the best ({folder_name(best_point)}) at 95 %: "
+               + (", ".join(tied) if tied else "none"))
+    return table, verdict
+
+
+def results(folder):
+    """Every run of a study folder, or of every point of a sweep folder (with the point's values as
+    columns), as a pandas DataFrame if pandas is installed, else as a list of dicts."""
+    folder = Path(folder)
+    if (folder / "runs.sqlite").is_file():
+        rows = read_runs(folder)[1]
+    else:
+        rows = [{**row, **point, "point": folder_name(point)} for point, path in sweep_points(folder)
+                if (path / "runs.sqlite").is_file() for row in read_runs(path)[1]]
+    try:
+        import pandas
+    except ImportError:
+        return rows
+    return pandas.DataFrame(rows)

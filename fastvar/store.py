@@ -23,6 +23,9 @@ COLUMNS = {
     "wall_s": "REAL NOT NULL", "device": "TEXT NOT NULL", "created_at": "TEXT NOT NULL",
     "test_acc_curve": "TEXT", "test_loss_curve": "TEXT",  # per epoch, with --eval-every-epoch
     "dropout_seed": "INTEGER", "perturb_seed": "INTEGER", "kernels_nondeterministic": "INTEGER",
+    # the hyperparameters a sweep varies, as trained (for a sweep's DataFrame)
+    "lr": "REAL", "weight_decay": "REAL", "label_smoothing": "REAL", "epochs": "INTEGER", "width": "INTEGER",
+    "batch_size": "INTEGER",
 }
 JSON_COLUMNS = ("train_loss_curve", "train_acc_curve", "test_acc_curve", "test_loss_curve")
 

@@ -13,10 +13,15 @@ import torch
 from .data import DATASETS, load_dataset
 from .sources import SOURCES, experiment_sources, kernel_mode, run_seeds
 from .store import Store, config_hash, run_key
-from .train import RECIPES, train_replicas
+from .train import RECIPES, replica_hyperparameters, train_replicas
 from .models import DEFAULT_WIDTH, MODELS
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+
+
+# Recipe hyperparameters a study may replace, with their allowed range [low, high).
+OVERRIDABLE = {"lr": (1e-12, float("inf")), "weight_decay": (0, float("inf")), "label_smoothing": (0, 1),
+               "batch_size": (1, float("inf"))}
 
 
 class ConfigError(ValueError):
@@ -47,6 +52,7 @@ class Study:
     onset_epoch: int | None = None  # varied sources follow the fixed ones before this epoch
     dropout: float | None = None  # dropout probability on the classifier's input
     dataset: str = "cifar10"  # or mnist
+    overrides: dict | None = None  # the recipe's lr, weight_decay, label_smoothing or batch_size, replaced
 
     def __post_init__(self):
         if self.vary is not None:
@@ -72,11 +78,20 @@ class Study:
         epochs = self.recipe_dict()["epochs"]
         if self.snapshots is not None and (self.snapshots < 1 or epochs % self.snapshots):
             raise ConfigError(f"--snapshots {self.snapshots} must divide the {epochs} epochs into whole cycles")
+        self._check_overrides()
         if self.dropout is not None and not 0 < self.dropout < 1:
             raise ConfigError(f"--dropout must be a probability between 0 and 1, not {self.dropout}")
         if self.save_weights < 0:
             raise ConfigError(f"--save-weights must be at least 0, not {self.save_weights}")
         self._check_sources(epochs)
+
+    def _check_overrides(self):
+        for name, value in (self.overrides or {}).items():
+            if name not in OVERRIDABLE:
+                raise ConfigError(f"cannot set {name!r}; settable: {', '.join(OVERRIDABLE)}, epochs, width")
+            low, high = OVERRIDABLE[name]
+            if not (isinstance(value, (int, float)) and low <= value < high):
+                raise ConfigError(f"{name} must be a number in [{low}, {high}), not {value!r}")
 
     def _name_custom_experiment(self):
         if self.experiment is not None:
@@ -127,6 +142,11 @@ class Study:
         recipe = dict(RECIPES[self.recipe])
         recipe["model"] = self.model or recipe["model"]
         recipe["epochs"] = self.epochs or recipe["epochs"]
+        for name, value in (self.overrides or {}).items():
+            if name in ("lr", "weight_decay"):
+                recipe["optimizer"] = {**recipe["optimizer"], name: value}
+            else:
+                recipe[name] = value
         if self.dropout:
             recipe["dropout"] = self.dropout
         if self.snapshots:  # the recipe's cosine (warm-up included) or a plain one, in cycles
@@ -164,52 +184,82 @@ class Study:
     def resolved_strategy(self, device):
         return self.strategy if self.strategy != "auto" else ("vmap" if device.type == "cuda" else "loop")
 
+    def load_data(self, data_dir=None, download=False):
+        return load_dataset(self.dataset, data_dir, download=download, train_subset=self.train_subset,
+                            test_subset=self.test_subset)
+
+    def open_store(self, out, data):
+        """The results folder for this study's config (created if new), checked against `data`."""
+        store = Store(out, self.config())
+        store.check_labels(data.y_test)
+        return store
+
     def run(self, out, *, data_dir=None, download=False, data=None, progress=None):
         """Train the runs `out` does not hold yet; return the store. `progress(done, todo)` is called
         as training advances: runs done so far in this call (fractions included) of `todo` left."""
-        device = self.resolved_device()
-        if data is None:
-            data = load_dataset(self.dataset, data_dir, download=download, train_subset=self.train_subset,
-                                test_subset=self.test_subset)
-        store = Store(out, self.config())
-        store.check_labels(data.y_test)
-        todo = [i for i in range(self.runs) if i not in store.finished_indices()]
-        data = data.to(device)
-        with kernel_mode("kernels" in self.varied(), device):
-            for start in range(0, len(todo), self.batch_models):
-                chunk = todo[start:start + self.batch_models]
-                on_step = progress and (lambda fraction, start=start, n=len(chunk):
-                                        progress(start + fraction * n, len(todo)))
-                self._train_chunk(data, store, chunk, device, on_step)
+        data = self.load_data(data_dir, download) if data is None else data
+        store = self.open_store(out, data)
+        finished = store.finished_indices()
+        train_runs([(self, store, i) for i in range(self.runs) if i not in finished], data, progress)
         return store
 
-    def _train_chunk(self, data, store, chunk, device, on_step):
-        # Pad with copies of the chunk's last run, trained and thrown away, so every batch has the
-        # same M: static shapes, and a vmap result never depends on how full its batch was.
-        padded = chunk + [chunk[-1]] * (self.batch_models - len(chunk))
-        varied, columns = self.varied(), self.grid and self.grid[1]
-        seeds = [run_seeds(varied, i, self.seed, self.fixed_seed, columns) for i in padded]
-        fixed = run_seeds(set(), 0, self.seed, self.fixed_seed)
-        strategy = self.resolved_strategy(device)
-        started = time.perf_counter()
-        recipe = self.recipe_dict()
-        keep = [r for r, i in enumerate(chunk) if i < self.save_weights]
-        results = train_replicas(data, recipe, seeds, width=self.resolved_width(), strategy=strategy,
-                                 dtype=PRECISIONS[self.precision], on_step=on_step, keep_weights=keep,
-                                 eval_every_epoch=self.eval_every_epoch, onset_epoch=self.onset_epoch or 0,
-                                 fixed=fixed)
-        wall_s = (time.perf_counter() - started) / len(padded)
-        for r in keep:  # before the rows: a stored run with saved weights always has its file
-            save_weights(results[r].pop("weights"), weights_path(store.folder, self.experiment, chunk[r]))
-        now, digest = datetime.now(timezone.utc).isoformat(timespec="seconds"), config_hash(self.config())
-        store.add_runs([{**asdict(s), **res, "run_key": run_key(self.experiment, s.run_index),
-                         # a source the recipe does not have gets no seed
-                         "aug_seed": s.aug_seed if "aug" in self.present_sources() else None,
-                         "dropout_seed": s.dropout_seed if "dropout" in self.present_sources() else None,
-                         "experiment": self.experiment, "config_hash": digest, "n_test": len(data.y_test),
-                         "strategy": strategy, "batch_models": self.batch_models, "precision": self.precision,
-                         "wall_s": wall_s, "device": str(device), "created_at": now}
-                        for s, res in zip(seeds[:len(chunk)], results)])
+    def seeds(self, run_index):
+        return run_seeds(self.varied(), run_index, self.seed, self.fixed_seed, self.grid and self.grid[1])
+
+    def row(self, seeds, result, **how):
+        """The runs-table row of a trained run: its seeds, results, hyperparameters and `how` it trained."""
+        recipe, present = self.recipe_dict(), self.present_sources()
+        return {**asdict(seeds), **result, **replica_hyperparameters(recipe), **how,
+                "run_key": run_key(self.experiment, seeds.run_index), "experiment": self.experiment,
+                # a source the recipe does not have gets no seed
+                "aug_seed": seeds.aug_seed if "aug" in present else None,
+                "dropout_seed": seeds.dropout_seed if "dropout" in present else None,
+                "epochs": recipe["epochs"], "width": self.resolved_width(), "batch_size": recipe["batch_size"],
+                "config_hash": config_hash(self.config()), "batch_models": self.batch_models,
+                "precision": self.precision}
+
+
+def train_runs(entries, data, progress=None):
+    """Train (study, store, run index) entries, `batch_models` of them per batched step. The studies of
+    one call may differ only in the hyperparameters a batch can hold per replica (a sweep's points)."""
+    if not entries:
+        return
+    lead = entries[0][0]
+    device = lead.resolved_device()
+    data = data.to(device)
+    with kernel_mode("kernels" in lead.varied(), device):
+        for start in range(0, len(entries), lead.batch_models):
+            chunk = entries[start:start + lead.batch_models]
+            on_step = progress and (lambda fraction, start=start, n=len(chunk):
+                                    progress(start + fraction * n, len(entries)))
+            train_chunk(chunk, data, device, on_step)
+
+
+def train_chunk(chunk, data, device, on_step):
+    # Pad with copies of the chunk's last run, trained and thrown away, so every batch has the
+    # same M: static shapes, and a vmap result never depends on how full its batch was.
+    lead = chunk[0][0]
+    padded = chunk + [chunk[-1]] * (lead.batch_models - len(chunk))
+    seeds = [study.seeds(i) for study, _, i in padded]
+    strategy = lead.resolved_strategy(device)
+    keep = [r for r, (study, _, i) in enumerate(chunk) if i < study.save_weights]
+    started = time.perf_counter()
+    results = train_replicas(data, lead.recipe_dict(), seeds, width=lead.resolved_width(), strategy=strategy,
+                             dtype=PRECISIONS[lead.precision], on_step=on_step, keep_weights=keep,
+                             eval_every_epoch=lead.eval_every_epoch, onset_epoch=lead.onset_epoch or 0,
+                             fixed=run_seeds(set(), 0, lead.seed, lead.fixed_seed),
+                             hyper=[replica_hyperparameters(study.recipe_dict()) for study, _, _ in padded])
+    wall_s = (time.perf_counter() - started) / len(padded)
+    for r in keep:  # before the rows: a stored run with saved weights always has its file
+        study, store, i = chunk[r]
+        save_weights(results[r].pop("weights"), weights_path(store.folder, study.experiment, i))
+    how = {"strategy": strategy, "wall_s": wall_s, "device": str(device), "n_test": len(data.y_test),
+           "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    by_store = {}
+    for (study, store, _), s, result in zip(chunk, seeds, results):
+        by_store.setdefault(store, []).append(study.row(s, result, **how))
+    for store, rows in by_store.items():  # one transaction per folder
+        store.add_runs(rows)
 
 
 def weights_path(folder, experiment, run_index):

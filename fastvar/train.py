@@ -78,8 +78,15 @@ def snapshot_epochs(recipe):
     return [(k + 1) * recipe["epochs"] // cycles - 1 for k in range(cycles)]
 
 
-def make_optimizer(recipe, params, by_replica=False):
-    kwargs = dict(recipe["optimizer"], by_replica=by_replica)
+def replica_hyperparameters(recipe):
+    """The hyperparameters one batch can hold per replica (as vectors over replicas), from a recipe."""
+    return {"lr": recipe["optimizer"]["lr"], "weight_decay": recipe["optimizer"].get("weight_decay", 0.0),
+            "label_smoothing": recipe.get("label_smoothing", 0.0)}
+
+
+def make_optimizer(recipe, params, by_replica=False, **vectors):
+    """The recipe's batched optimizer; `vectors` (lr, weight_decay) override its values per replica."""
+    kwargs = dict(recipe["optimizer"], by_replica=by_replica, **vectors)
     name = kwargs.pop("name")
     if "lr_scale_1d" in recipe:  # biases and BatchNorm parameters: one dimension, plus the replicas'
         kwargs["lr_scale"] = {n: recipe["lr_scale_1d"] for n, p in params.items() if p.dim() == 2}
@@ -87,9 +94,10 @@ def make_optimizer(recipe, params, by_replica=False):
 
 
 def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None, keep_weights=(),
-                   eval_every_epoch=False, onset_epoch=0, fixed=None):
+                   eval_every_epoch=False, onset_epoch=0, fixed=None, hyper=None):
     """Train one replica per entry of `seeds` (RunSeeds) on `data` (already on its device); with an
-    `onset_epoch`, every replica uses the `fixed` RunSeeds' order and augmentation before it.
+    `onset_epoch`, every replica uses the `fixed` RunSeeds' order and augmentation before it; `hyper`,
+    one dict per replica as `replica_hyperparameters` gives, sets each replica's own (default: the recipe's).
 
     Returns one dict per replica: per-epoch training loss and accuracy, test logits, accuracy, loss,
     with `eval_every_epoch` per-epoch test accuracy and loss (else None), with a cyclic schedule the
@@ -110,7 +118,7 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None,
             if epoch in snapshot_at:
                 snapshots.append(logits.cpu())
     loss_curves, acc_curves = fit(replicas, data, recipe, seeds, onset_epoch=onset_epoch, fixed=fixed,
-                                  on_step=on_step, on_epoch=on_epoch)
+                                  hyper=hyper, on_step=on_step, on_epoch=on_epoch)
     logits = evaluate(replicas, data, recipe, dtype)
     results = [result(logits[r], data.y_test, loss_curves[r], acc_curves[r]) for r in range(replicas.size)]
     for r, row in enumerate(results):
@@ -122,15 +130,20 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None,
     return results
 
 
-def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, on_step=None, on_epoch=None):
+def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None, on_step=None, on_epoch=None):
     """Train `replicas` in place for the recipe's epochs; return per-replica loss and accuracy curves.
 
     Before `onset_epoch`, order and augmentation come from the `fixed` seeds; the one-ulp perturbation
-    of the replicas with a perturb seed lands at its start (0: right after init).
+    of the replicas with a perturb seed lands at its start (0: right after init). `hyper`: each
+    replica's learning rate, weight decay and label smoothing (default: the recipe's for all).
     `on_epoch(epoch)` is called after each epoch."""
     device = data.x_train.device
+    hyper = hyper or [replica_hyperparameters(recipe)] * replicas.size
+    vectors = {k: torch.tensor([h[k] for h in hyper], dtype=torch.float64) for k in hyper[0]}
+    smoothing = vectors.pop("label_smoothing")
+    smoothing = smoothing.to(device) if smoothing.any() else None
     # The loop strategy updates replica by replica too: its slices stay in cache (CPUs).
-    optimizer = make_optimizer(recipe, replicas.params, by_replica=replicas.strategy == "loop")
+    optimizer = make_optimizer(recipe, replicas.params, by_replica=replicas.strategy == "loop", **vectors)
     before = fixed if onset_epoch else None
     orders = [DataOrder(s.order_seed, before and before.order_seed, onset_epoch) for s in seeds]
     own_aug = torch.tensor([s.aug_seed for s in seeds], dtype=torch.int64, device=device)
@@ -158,7 +171,7 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, on_step=Non
             x = augment(data.x_train, indices, aug_seeds, epoch, **recipe["augment"],
                         mean=recipe["mean"], std=recipe["std"], dtype=dtype)
             dropout = None if masks is None else masks.draw(epoch, indices.shape[1]).to(device, dtype)
-            losses, hits, grads = replicas.train_step_grads(x, data.y_train[indices], dropout)
+            losses, hits, grads = replicas.train_step_grads(x, data.y_train[indices], dropout, smoothing)
             done = epoch * steps_per_epoch + step
             optimizer.step(grads, lr_factor(recipe["schedule"], done, steps_per_epoch, total_steps))
             loss_sum += losses * indices.shape[1]

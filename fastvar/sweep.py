@@ -1,0 +1,115 @@
+"""A sweep: one study per point of a hyperparameter grid, in one folder, trained together.
+
+    from fastvar import Sweep
+    Sweep({"lr": [5e-4, 1e-3, 2e-3]}, runs_per_point=32, study={"batch_models": 16}).run("results/sweep")
+
+Each point is an ordinary study in its own subfolder (`lr=0.001/`), so `analyze`, `compare`, `plot`
+and resume work on it unchanged. Points share their seeds (run k of every point has the same seeds),
+so they compare pairwise. Points that differ only in what a batch holds per replica (learning rate,
+weight decay, label smoothing) train in the same batches, run k of every point side by side; points
+that change shapes or step counts (epochs, width, batch size) train in batches of their own.
+"""
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .store import StoreError
+from .study import ConfigError, Study, train_runs
+
+BATCHABLE = ("lr", "weight_decay", "label_smoothing")
+STUDY_FIELDS = ("epochs", "width")  # set on the Study itself; the rest replace recipe values
+SETTINGS = BATCHABLE + ("batch_size",) + STUDY_FIELDS
+ALIASES = {"wd": "weight_decay", "ls": "label_smoothing"}
+DEFINITION = "sweep.json"
+
+
+def parse_setting(text):
+    """`lr=5e-4,1e-3` -> ("lr", [0.0005, 0.001]); integers stay integers."""
+    name, sep, values = text.partition("=")
+    name = ALIASES.get(name.strip(), name.strip())
+    if not sep or name not in SETTINGS or not values:
+        raise ConfigError(f"--set takes NAME=V1,V2,... with NAME one of {', '.join(SETTINGS)}, not {text!r}")
+    try:
+        return name, [int(v) if v.strip().lstrip("-").isdigit() else float(v) for v in values.split(",")]
+    except ValueError:
+        raise ConfigError(f"--set {name}: values must be numbers, not {values!r}") from None
+
+
+@dataclass
+class Sweep:
+    settings: dict  # name -> list of values; the grid is their product
+    runs_per_point: int = 32
+    study: dict = field(default_factory=dict)  # Study keyword arguments every point shares
+
+    def __post_init__(self):
+        unknown = set(self.settings) - set(SETTINGS)
+        if unknown or not self.settings:
+            raise ConfigError(f"a sweep sets some of {', '.join(SETTINGS)}, not {', '.join(sorted(unknown)) or 'nothing'}")
+        if self.runs_per_point < 2:
+            raise ConfigError(f"--runs-per-point must be at least 2 to measure a spread, not {self.runs_per_point}")
+        self.studies = [(point, self.point_study(point)) for point in self.points()]  # checks every point
+
+    def points(self):
+        return grid_points(self.settings)
+
+    def point_study(self, point):
+        fields = {k: v for k, v in point.items() if k in STUDY_FIELDS}
+        overrides = {k: v for k, v in point.items() if k not in STUDY_FIELDS}
+        return Study(**{**self.study, **fields, "runs": self.runs_per_point, "overrides": overrides or None})
+
+    def definition(self):
+        """What makes a sweep folder this sweep (not the run count: more runs extend it)."""
+        return {"settings": self.settings, "study": {k: v for k, v in self.study.items()
+                                                     if k not in ("batch_models", "strategy", "device")}}
+
+    def claim(self, out):
+        """Create `out` for this sweep, or check that it holds this sweep."""
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / DEFINITION
+        if path.is_file():
+            if json.loads(path.read_text()) != json.loads(json.dumps(self.definition())):
+                raise StoreError(f"{out} holds another sweep ({path}); choose another --out")
+        else:
+            path.write_text(json.dumps(self.definition(), indent=1, sort_keys=True))
+
+    def run(self, out, *, data_dir=None, download=False, data=None, progress=None):
+        """Train every point's unfinished runs; return [(point, store)]."""
+        out = Path(out)
+        data = self.studies[0][1].load_data(data_dir, download) if data is None else data
+        self.claim(out)
+        stores = [(point, study, study.open_store(out / folder_name(point), data)) for point, study in self.studies]
+        groups = {}
+        for point, study, store in stores:
+            key = json.dumps({k: v for k, v in point.items() if k not in BATCHABLE}, sort_keys=True)
+            groups.setdefault(key, []).append((study, store))
+        entries = []
+        for members in groups.values():  # run k of every point side by side: paired in one batch
+            finished = [store.finished_indices() for _, store in members]
+            group = [(study, store, i) for i in range(self.runs_per_point)
+                     for (study, store), done in zip(members, finished) if i not in done]
+            entries.append(group)
+        total = sum(len(g) for g in entries)
+        done = 0
+        for group in entries:
+            train_runs(group, data, progress and (lambda d, t, base=done: progress(base + d, total)))
+            done += len(group)
+        return [(point, store) for point, _, store in stores]
+
+
+def grid_points(settings):
+    """Every combination of the settings' values, as dicts, in the order the settings were given."""
+    names = list(settings)
+    return [dict(zip(names, values)) for values in itertools.product(*settings.values())]
+
+
+def folder_name(point):
+    return ",".join(f"{k}={v:g}" for k, v in point.items())
+
+
+def sweep_points(folder):
+    """The points of the sweep in `folder` with their subfolders: [(point, path)]."""
+    path = Path(folder) / DEFINITION
+    if not path.is_file():
+        raise StoreError(f"{folder} is not a sweep folder (no {DEFINITION})")
+    return [(point, Path(folder) / folder_name(point)) for point in grid_points(json.loads(path.read_text())["settings"])]

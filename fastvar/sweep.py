@@ -104,7 +104,8 @@ def grid_points(settings):
 
 
 def folder_name(point):
-    return ",".join(f"{k}={v:g}" for k, v in point.items())
+    """`lr=0.001,weight_decay=0`: the point's values, by name, so the order of --set does not matter."""
+    return ",".join(f"{k}={point[k]:g}" for k in sorted(point))
 
 
 def sweep_points(folder):

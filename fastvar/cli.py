@@ -1,6 +1,7 @@
 """The command line: `train` (the default subcommand), `sweep`, `plot`, `analyze`, `compare`, `export`.
 A thin layer over fastvar.Study and fastvar.report."""
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -16,12 +17,12 @@ from .plots import plot_study
 from .report import (AnalysisError, analyze, compare_folders, comparison_lines, default_report_path, json_line,
                      pairwise_note, sweep_summary, tables, write_report)
 from .sources import EXPERIMENTS, SOURCES
-from .store import Store, StoreError
+from .store import Store, StoreError, merge
 from .study import PRECISIONS, ConfigError, Study
 from .sweep import SETTINGS, Sweep, parse_setting
 from .train import RECIPES
 
-COMMANDS = ("train", "sweep", "plot", "analyze", "compare", "export")
+COMMANDS = ("train", "sweep", "plot", "analyze", "compare", "merge", "export")
 
 
 def build_parser():
@@ -52,6 +53,8 @@ def build_parser():
     compare = commands.add_parser("compare", help="is B's mean test accuracy different from A's?")
     compare.add_argument("folder_a", type=Path)
     compare.add_argument("folder_b", type=Path)
+    merge = commands.add_parser("merge", help="combine a folder's shard files into its runs.sqlite")
+    merge.add_argument("folder", type=Path)
     export = commands.add_parser("export", help="write a folder's runs as numpy files")
     export.add_argument("folder", type=Path)
     export.add_argument("--format", choices=FORMATS, default="npz")
@@ -84,6 +87,9 @@ def add_study_arguments(parser):
     parser.add_argument("--strategy", default="auto", choices=("auto", "loop", "vmap"),
                         help="auto: loop on CPU, vmap on CUDA")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--shard", type=shard_spec, metavar="I/N",
+                        help="train only runs with index %% N == I, into a shard file of their own (default: from "
+                             "torchrun's RANK/WORLD_SIZE or a SLURM array's task id and count)")
     parser.add_argument("--data-dir", type=Path, help="default: $FASTVAR_DATA, else ~/.cache/fastvar")
     parser.add_argument("--download", action="store_true", help="fetch the official CIFAR-10 archive if absent")
     parser.add_argument("--save-weights", type=int, default=0, metavar="K",
@@ -102,7 +108,25 @@ def study_arguments(args):
                 test_subset=args.test_subset, precision=args.precision, strategy=args.strategy, device=args.device,
                 grid=args.grid, save_weights=args.save_weights, eval_every_epoch=args.eval_every_epoch,
                 snapshots=args.snapshots, vary=args.vary, fixed_seed=args.fixed_seed, onset_epoch=args.onset_epoch,
-                dropout=args.dropout, dataset=args.dataset)
+                dropout=args.dropout, dataset=args.dataset, shard=args.shard or shard_from_environment())
+
+
+def shard_spec(text):
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, such as 0/8, not {text!r}")
+    return int(index), int(count)
+
+
+def shard_from_environment(environ=os.environ):
+    """(I, N) from torchrun (RANK, WORLD_SIZE) or a SLURM job array (task id less the array's first id,
+    task count); None when started by neither."""
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        return int(environ["RANK"]), int(environ["WORLD_SIZE"])
+    if "SLURM_ARRAY_TASK_ID" in environ and "SLURM_ARRAY_TASK_COUNT" in environ:
+        first = int(environ.get("SLURM_ARRAY_TASK_MIN", 0))
+        return int(environ["SLURM_ARRAY_TASK_ID"]) - first, int(environ["SLURM_ARRAY_TASK_COUNT"])
+    return None
 
 
 def grid_shape(text):
@@ -120,7 +144,7 @@ def main(argv=None):
     args.argv = argv  # recorded in what it writes
     try:
         return {"train": train, "sweep": sweep_command, "plot": plot, "analyze": analyze_command,
-                "compare": compare_command, "export": export_command}[args.command](args)
+                "compare": compare_command, "merge": merge_command, "export": export_command}[args.command](args)
     except (DataError, StoreError, ConfigError, AnalysisError) as e:
         print(f"fastvar: error: {e}", file=sys.stderr)
         return 2
@@ -192,6 +216,16 @@ def analyze_command(args):
 def compare_command(args):
     acc_a, acc_b, results = compare_folders(args.folder_a, args.folder_b)
     print("\n".join(comparison_lines(args.folder_a, args.folder_b, acc_a, acc_b, results)))
+    return 0
+
+
+def merge_command(args):
+    added, identical, conflicts = merge(args.folder)
+    print(f"merged {added} runs into {args.folder / 'runs.sqlite'}; {identical} identical duplicates kept once")
+    if conflicts:
+        print(f"fastvar: {len(conflicts)} runs differ between shards and were left out: {', '.join(conflicts)}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

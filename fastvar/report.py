@@ -16,7 +16,7 @@ from .data import balanced_subset, load_dataset
 from .metrics import snapshot_ensembles, summarize
 from .plots import analysis_figures, save_figures
 from .stats import paired, runs_per_arm, variance_components, welch
-from .store import Store, StoreError, flatten
+from .store import Store, StoreError, flatten, shard_stores
 from .study import weights_path
 from .sweep import folder_name, sweep_points
 
@@ -52,11 +52,13 @@ class Analysis:
 
 
 def read_runs(folder):
-    store = Store(folder)
-    rows = store.runs()
+    """A folder's store and its runs; a folder of shard files (not merged yet) reads as one study."""
+    shards = shard_stores(folder) if not (Path(folder) / "runs.sqlite").is_file() else []
+    store = shards[0] if shards else Store(folder)
+    rows = {r["run_key"]: r for s in (shards or [store]) for r in s.runs()}
     if not rows:
         raise StoreError(f"{folder} holds no finished runs yet")
-    return store, rows
+    return store, sorted(rows.values(), key=lambda r: r["run_index"])
 
 
 def test_labels(store, rows, data_dir=None):

@@ -4,6 +4,7 @@ Each batch of replicas is committed in one transaction, so a kill loses at most 
 and never leaves half a batch. The folder's config is kept in `meta`; a study with another config is
 refused rather than mixed in.
 """
+import fcntl
 import hashlib
 import json
 import sqlite3
@@ -13,6 +14,12 @@ import numpy as np
 import torch
 
 DB_NAME = "runs.sqlite"
+SHARD_PATTERN = "runs-shard-*-of-*.sqlite"
+
+
+def db_name(shard=None):
+    """runs.sqlite, or shard I of N's own file: no two processes ever write one SQLite file."""
+    return DB_NAME if shard is None else f"runs-shard-{shard[0]}-of-{shard[1]}.sqlite"
 
 COLUMNS = {
     "run_key": "TEXT PRIMARY KEY", "experiment": "TEXT NOT NULL", "run_index": "INTEGER NOT NULL",
@@ -43,12 +50,14 @@ def run_key(experiment, run_index):
 
 
 class Store:
-    def __init__(self, folder, config=None):
-        """Open `folder`'s store. With `config`, create it if new and refuse a different config."""
+    def __init__(self, folder, config=None, shard=None):
+        """Open `folder`'s store (shard I of N's file, with `shard`). With `config`, create it if new
+        and refuse a different config."""
         self.folder = Path(folder)
-        self.path = self.folder / DB_NAME
+        self.path = self.folder / db_name(shard)
+        self.lock_file = None
         if config is None and not self.path.is_file():
-            raise StoreError(f"no results in {self.folder} (no {DB_NAME})")
+            raise StoreError(f"no results in {self.folder} (no {self.path.name})")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=30)
@@ -80,6 +89,14 @@ class Store:
                                 for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
             raise StoreError(f"{self.folder} holds a study with another config ({changed}); "
                              f"choose another --out or repeat the stored settings")
+
+    def lock(self):
+        """Claim the store for this process until it exits: a second trainer on it is refused."""
+        self.lock_file = open(self.path.with_name(self.path.name + ".lock"), "w")
+        try:
+            fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise StoreError(f"another process is training into {self.path}; wait for it, or stop it") from None
 
     def check_labels(self, labels):
         """Keep the test labels the logits are scored against; refuse data whose labels differ."""
@@ -134,6 +151,51 @@ class Store:
 
     def close(self):
         self.db.close()
+
+
+def shard_stores(folder):
+    return [Store(folder, shard=shard_of(path)) for path in sorted(Path(folder).glob(SHARD_PATTERN))]
+
+
+def shard_of(path):
+    _, _, index, _, count = path.stem.split("-")
+    return int(index), int(count)
+
+
+def same_run(a, b):
+    """Two rows of one run key that hold the same result (when and how fast they trained aside)."""
+    skip = {"created_at", "wall_s", "device", "batch_models"}
+    return all(np.array_equal(a[k], b[k]) if k == "test_logits" else a[k] == b[k] for k in a if k not in skip)
+
+
+def merge(folder):
+    """Combine `folder`'s shard files into its runs.sqlite: one copy of identical duplicates, conflicting
+    duplicates left out and reported. Returns (runs added, identical duplicates, conflicting run keys)."""
+    shards = shard_stores(folder)
+    if not shards:
+        raise StoreError(f"no shard files ({SHARD_PATTERN}) in {folder}")
+    config = shards[0].config
+    for shard in shards[1:]:
+        if config_hash(shard.config) != config_hash(config):
+            raise StoreError(f"{shard.path.name} was made with another config than {shards[0].path.name}; not merged")
+    target = Store(folder, config)
+    target.check_labels(shards[0].labels())
+    chosen = {r["run_key"]: r for r in target.runs()}
+    new, snapshots, identical, conflicts = [], {}, 0, set()
+    for shard in shards:
+        snapshots.update(shard.snapshots())
+        for row in shard.runs():
+            key = row["run_key"]
+            if key not in chosen:
+                chosen[key] = row
+                new.append(key)
+            elif same_run(chosen[key], row):
+                identical += 1
+            else:
+                conflicts.add(key)
+    added = [dict(chosen[k], snapshot_logits=list(snapshots.get(k, ()))) for k in new if k not in conflicts]
+    target.add_runs(added)
+    return len(added), identical, sorted(conflicts)
 
 
 def flatten(config, prefix=""):

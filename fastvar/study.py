@@ -3,6 +3,7 @@
     from fastvar import Study
     Study(experiment="fixed-init", runs=64, batch_models=16).run("results/fixed-init")
 """
+import os
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -53,6 +54,7 @@ class Study:
     dropout: float | None = None  # dropout probability on the classifier's input
     dataset: str = "cifar10"  # or mnist
     overrides: dict | None = None  # the recipe's lr, weight_decay, label_smoothing or batch_size, replaced
+    shard: tuple[int, int] | None = None  # (I, N): train only the runs with run_index % N == I
 
     def __post_init__(self):
         if self.vary is not None:
@@ -81,6 +83,8 @@ class Study:
         self._check_overrides()
         if self.dropout is not None and not 0 < self.dropout < 1:
             raise ConfigError(f"--dropout must be a probability between 0 and 1, not {self.dropout}")
+        if self.shard is not None and not (len(self.shard) == 2 and 0 <= self.shard[0] < self.shard[1]):
+            raise ConfigError(f"--shard I/N needs 0 <= I < N, not {self.shard}")
         if self.save_weights < 0:
             raise ConfigError(f"--save-weights must be at least 0, not {self.save_weights}")
         self._check_sources(epochs)
@@ -177,9 +181,10 @@ class Study:
         return []
 
     def resolved_device(self):
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        """auto: CUDA if present (under torchrun, the GPU LOCAL_RANK names), else the CPU."""
+        if self.device == "auto" and torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu" if self.device == "auto" else self.device)
 
     def resolved_strategy(self, device):
         return self.strategy if self.strategy != "auto" else ("vmap" if device.type == "cuda" else "loop")
@@ -189,18 +194,24 @@ class Study:
                             test_subset=self.test_subset)
 
     def open_store(self, out, data):
-        """The results folder for this study's config (created if new), checked against `data`."""
-        store = Store(out, self.config())
+        """The results folder for this study's config (created if new, this shard's file with a shard),
+        checked against `data` and locked for this process."""
+        store = Store(out, self.config(), self.shard)
+        store.lock()
         store.check_labels(data.y_test)
         return store
+
+    def unfinished(self, store):
+        """This shard's runs that `store` does not hold yet, in run order."""
+        finished = store.finished_indices()
+        return [i for i in range(self.runs) if i not in finished and (self.shard is None or i % self.shard[1] == self.shard[0])]
 
     def run(self, out, *, data_dir=None, download=False, data=None, progress=None):
         """Train the runs `out` does not hold yet; return the store. `progress(done, todo)` is called
         as training advances: runs done so far in this call (fractions included) of `todo` left."""
         data = self.load_data(data_dir, download) if data is None else data
         store = self.open_store(out, data)
-        finished = store.finished_indices()
-        train_runs([(self, store, i) for i in range(self.runs) if i not in finished], data, progress)
+        train_runs([(self, store, i) for i in self.unfinished(store)], data, progress)
         return store
 
     def seeds(self, run_index):

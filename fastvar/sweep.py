@@ -85,9 +85,9 @@ class Sweep:
             groups.setdefault(key, []).append((study, store))
         entries = []
         for members in groups.values():  # run k of every point side by side: paired in one batch
-            finished = [store.finished_indices() for _, store in members]
+            todo = [set(study.unfinished(store)) for study, store in members]
             group = [(study, store, i) for i in range(self.runs_per_point)
-                     for (study, store), done in zip(members, finished) if i not in done]
+                     for (study, store), left in zip(members, todo) if i in left]
             entries.append(group)
         total = sum(len(g) for g in entries)
         done = 0

@@ -73,6 +73,10 @@ def test_labels(store, rows, data_dir=None):
 
 def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
     store, rows = read_runs(folder)
+    diverged = sum(bool(r["diverged"]) for r in rows)
+    rows = [r for r in rows if not r["diverged"]]  # their spread is not the spread of training
+    if not rows:
+        raise AnalysisError(f"{folder}: every run diverged")
     labels = test_labels(store, rows, data_dir)
     metrics = summarize([r["test_acc"] for r in rows], [r["test_loss"] for r in rows],
                         np.stack([r["test_logits"] for r in rows]), labels, seed=seed)
@@ -80,6 +84,7 @@ def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
     if snapshots:
         metrics["snapshots"] = snapshot_ensembles(
             np.stack([snapshots[r["run_key"]] for r in rows if r["run_key"] in snapshots]), labels, seed)
+    metrics["diverged"] = diverged
     metrics["runs_per_arm"] = {f"{d:g}": runs_per_arm(metrics["acc_sd"], d / 100) if metrics["n"] > 1 else None
                                for d in DIFFERENCES_PP}
     analysis = Analysis(Path(folder), store.config, rows, labels, metrics)
@@ -222,6 +227,9 @@ def pairwise_note(analyses):
     sampled = [a for a in analyses if a.metrics["n"] * (a.metrics["n"] - 1) // 2 > a.metrics["pairs"]]
     note = ("SDs are sample SDs (ddof 1), ± the SD of the SD over 10,000 seeded bootstrap resamples of runs. "
             "Disagreement and Spearman ρ are exact means over all pairs of runs.")
+    diverged = [f"{a.metrics['diverged']} in {a.name}" for a in analyses if a.metrics["diverged"]]
+    if diverged:
+        note += " Diverged runs are left out: " + ", ".join(diverged) + "."
     if sampled:
         note += " Ensemble gain uses a seeded sample of " + ", ".join(
             f"{a.metrics['pairs']} pairs ({a.name})" for a in sampled) + "; elsewhere all pairs."

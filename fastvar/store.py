@@ -30,6 +30,7 @@ COLUMNS = {
     "wall_s": "REAL NOT NULL", "device": "TEXT NOT NULL", "created_at": "TEXT NOT NULL",
     "test_acc_curve": "TEXT", "test_loss_curve": "TEXT",  # per epoch, with --eval-every-epoch
     "dropout_seed": "INTEGER", "perturb_seed": "INTEGER", "kernels_nondeterministic": "INTEGER",
+    "diverged": "INTEGER",  # 1: the loss or the logits stopped being finite; its run finished anyway
     # the hyperparameters a sweep varies, as trained (for a sweep's DataFrame)
     "lr": "REAL", "weight_decay": "REAL", "label_smoothing": "REAL", "epochs": "INTEGER", "width": "INTEGER",
     "batch_size": "INTEGER",
@@ -151,6 +152,8 @@ class Store:
 
     def close(self):
         self.db.close()
+        if self.lock_file:
+            self.lock_file.close()  # releases the lock
 
 
 def shard_stores(folder):

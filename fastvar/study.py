@@ -4,6 +4,7 @@
     Study(experiment="fixed-init", runs=64, batch_models=16).run("results/fixed-init")
 """
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -226,8 +227,7 @@ class Study:
                 "aug_seed": seeds.aug_seed if "aug" in present else None,
                 "dropout_seed": seeds.dropout_seed if "dropout" in present else None,
                 "epochs": recipe["epochs"], "width": self.resolved_width(), "batch_size": recipe["batch_size"],
-                "config_hash": config_hash(self.config()), "batch_models": self.batch_models,
-                "precision": self.precision}
+                "config_hash": config_hash(self.config()), "precision": self.precision}
 
 
 def train_runs(entries, data, progress=None):
@@ -243,14 +243,32 @@ def train_runs(entries, data, progress=None):
             chunk = entries[start:start + lead.batch_models]
             on_step = progress and (lambda fraction, start=start, n=len(chunk):
                                     progress(start + fraction * n, len(entries)))
-            train_chunk(chunk, data, device, on_step)
+            train_or_split(chunk, data, device, on_step, lead.batch_models)
 
 
-def train_chunk(chunk, data, device, on_step):
-    # Pad with copies of the chunk's last run, trained and thrown away, so every batch has the
-    # same M: static shapes, and a vmap result never depends on how full its batch was.
+def train_or_split(chunk, data, device, on_step, size):
+    """Train `chunk` as one batch of `size` replicas; out of memory, as two halves, down to one replica."""
+    try:
+        train_chunk(chunk, data, device, on_step, size)
+    except torch.OutOfMemoryError:
+        if size == 1:
+            raise
+        half = (size + 1) // 2
+        print(f"fastvar: out of memory with {size} replicas in a batch; retrying in batches of {half}",
+              file=sys.stderr)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        for start in range(0, len(chunk), half):
+            part = chunk[start:start + half]
+            part_step = on_step and (lambda f, start=start, n=len(part): on_step((start + f * n) / len(chunk)))
+            train_or_split(part, data, device, part_step, half)
+
+
+def train_chunk(chunk, data, device, on_step, size):
+    # Pad with copies of the chunk's last run, trained and thrown away, so every batch has `size`
+    # replicas: static shapes, and a vmap result never depends on how full its batch was.
     lead = chunk[0][0]
-    padded = chunk + [chunk[-1]] * (lead.batch_models - len(chunk))
+    padded = chunk + [chunk[-1]] * (size - len(chunk))
     seeds = [study.seeds(i) for study, _, i in padded]
     strategy = lead.resolved_strategy(device)
     keep = [r for r, (study, _, i) in enumerate(chunk) if i < study.save_weights]
@@ -264,7 +282,7 @@ def train_chunk(chunk, data, device, on_step):
     for r in keep:  # before the rows: a stored run with saved weights always has its file
         study, store, i = chunk[r]
         save_weights(results[r].pop("weights"), weights_path(store.folder, study.experiment, i))
-    how = {"strategy": strategy, "wall_s": wall_s, "device": str(device), "n_test": len(data.y_test),
+    how = {"strategy": strategy, "wall_s": wall_s, "device": str(device), "n_test": len(data.y_test), "batch_models": size,
            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     by_store = {}
     for (study, store, _), s, result in zip(chunk, seeds, results):

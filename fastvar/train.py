@@ -206,11 +206,15 @@ def scores(logits, labels):
 
 
 def result(logits, labels, loss_curve, acc_curve):
+    """A replica's results; `diverged` if its training loss or test logits stopped being finite (its
+    test loss is then stored as infinity: SQLite keeps no NaN)."""
     logits = logits.float()
     accuracy, loss = scores(logits, labels)
+    diverged = not (all(map(math.isfinite, loss_curve)) and torch.isfinite(logits).all().item())
     return {
+        "diverged": int(diverged),
         "test_acc": accuracy.item(),
-        "test_loss": loss.item(),
+        "test_loss": loss.item() if math.isfinite(loss.item()) else math.inf,
         "train_loss_curve": loss_curve,
         "train_acc_curve": acc_curve,
         "test_logits": logits.cpu(),

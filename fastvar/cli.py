@@ -25,9 +25,16 @@ from .train import RECIPES
 COMMANDS = ("train", "sweep", "plot", "analyze", "compare", "merge", "export")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gets the one line every other bad input gets (and exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"fastvar: error: {message}\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="run.py", description="Measure run-to-run variance of training.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="run.py", description="Measure run-to-run variance of training.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     train = commands.add_parser("train", help="train a study's runs into a results folder (resumable)")
     add_study_arguments(train)
     train.add_argument("--list-recipes", action="store_true", help="print the recipes and exit")

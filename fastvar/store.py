@@ -7,7 +7,9 @@ refused rather than mixed in.
 import fcntl
 import hashlib
 import json
+import os
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +129,8 @@ class Store:
             self.db.executemany(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                                 records)
             self.db.executemany("INSERT INTO snapshots VALUES (?, ?, ?)", snapshots)
+            if os.environ.get("FASTVAR_TEST_COMMIT_DELAY_S"):  # a test hook: time to kill mid-commit
+                time.sleep(float(os.environ["FASTVAR_TEST_COMMIT_DELAY_S"]))
 
     def snapshots(self):
         """run_key -> cycles × n_test × classes float32 logits, for runs trained with snapshots."""

@@ -1,6 +1,13 @@
 """A study survives a diverging replica and an out-of-memory error without losing or changing runs."""
 import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -8,7 +15,7 @@ from fastvar import Study, cli, study as study_module
 from fastvar.sources import run_seeds
 from fastvar.store import Store
 from fastvar.train import RECIPES, replica_hyperparameters, train_replicas
-from conftest import random_dataset
+from conftest import ROOT, random_dataset
 
 
 @pytest.mark.parametrize("strategy", ["loop", "vmap"])
@@ -59,3 +66,92 @@ def test_out_of_memory_splits_the_batch_and_keeps_the_results(synthetic_dir, tmp
     assert [r["batch_models"] for r in split] == [2, 2, 2, 2]  # the split is recorded
     for a, b in zip(whole, split):
         assert (a["test_logits"] == b["test_logits"]).all()
+
+
+def rows_of(db):
+    with sqlite3.connect(db, timeout=30) as conn:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name='runs'").fetchone():
+            return {}  # killed between creating the file and its table
+        return {row[0]: row for row in conn.execute("SELECT * FROM runs")}
+
+
+def wait_for(condition, process, timeout=120):
+    deadline = time.time() + timeout
+    while not condition() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+
+
+def test_six_kills_at_different_moments_lose_and_repeat_nothing(synthetic_dir, tmp_path):
+    runs, out = 8, tmp_path / "study"
+    db, journal = out / "runs.sqlite", out / "runs.sqlite-journal"
+    command = [sys.executable, str(ROOT / "run.py"), "--runs", str(runs), "--batch-models", "1", "--width", "4",
+               "--epochs", "1", "--data-dir", str(synthetic_dir), "--out", str(out)]
+    env = dict(os.environ, FASTVAR_TEST_COMMIT_DELAY_S="0.5")  # commits long enough to be killed in
+    count = lambda: len(rows_of(db)) if db.is_file() else 0  # noqa: E731
+    moments = [lambda: db.is_file(),  # the folder just created, nothing trained
+               lambda: journal.is_file(),  # during the first commit
+               lambda: count() >= 1,  # right after a commit
+               lambda: journal.is_file() and count() >= 2,  # during a later commit
+               lambda: False]  # mid-batch (after a moment)
+    before = {}
+    for kill_when in moments + [lambda: journal.is_file()]:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(kill_when, process, timeout=4 if kill_when is moments[4] else 120)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        now = rows_of(db) if db.is_file() else {}
+        assert all(now[key] == row for key, row in before.items())  # finished rows untouched
+        before = now
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = rows_of(db)
+    assert sorted(row[2] for row in after.values()) == list(range(runs))  # each run exactly once
+    assert all(after[key] == row for key, row in before.items())
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def folder_bytes(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+BAD_INPUTS = {  # the README's table, as (flags, what the line says); {data} a good data folder, {bad} a bad one
+    "missing data folder": (["--data-dir", "{missing}"], "no CIFAR-10"),
+    "corrupt archive": (["--data-dir", "{corrupt}"], "corrupt"),
+    "wrong-shape data": (["--data-dir", "{wrong_shape}"], "malformed"),
+    "unknown experiment": (["--experiment", "nope"], "--experiment"),
+    "unknown recipe": (["--recipe", "nope"], "--recipe"),
+    "unknown model": (["--model", "nope"], "--model"),
+    "--runs 0": (["--runs", "0"], "--runs"),
+    "--batch-models 0": (["--batch-models", "0"], "--batch-models"),
+    "--batch-models -4": (["--batch-models", "-4"], "--batch-models"),
+    "malformed --shard": (["--shard", "3/2"], "--shard"),
+    "unwritable output folder": (["--out", "{file}/study"], "cannot use"),
+    "a folder made by another config": (["--epochs", "2"], "another config"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_every_bad_input_gives_one_line_exit_2_and_damages_nothing(synthetic_dir, tmp_path, capsys, case):
+    out = tmp_path / "study"
+    good = ["--runs", "2", "--batch-models", "2", "--width", "4", "--epochs", "1", "--data-dir", str(synthetic_dir),
+            "--out", str(out)]
+    assert cli.main(good) == 0
+    stored = folder_bytes(out)
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "cifar-10-python.tar.gz").write_bytes(b"not a tar archive")
+    (tmp_path / "wrong_shape").mkdir()
+    np.savez(tmp_path / "wrong_shape" / "cifar10.npz", x_train=np.zeros((4, 28, 28), np.uint8), y_train=np.zeros(4),
+             x_test=np.zeros((4, 28, 28), np.uint8), y_test=np.zeros(4))
+    (tmp_path / "file").write_text("a file, not a folder")
+    places = {"missing": tmp_path / "missing", "corrupt": tmp_path / "corrupt", "wrong_shape": tmp_path / "wrong_shape",
+              "file": tmp_path / "file"}
+    flags, message = BAD_INPUTS[case]
+    flags = [f.format(**places) for f in flags]
+    capsys.readouterr()
+    try:
+        code = cli.main([*good, *flags])
+    except SystemExit as e:  # argparse's own checks
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert folder_bytes(out) == stored

@@ -80,7 +80,7 @@ def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
     labels = test_labels(store, rows, data_dir)
     metrics = summarize([r["test_acc"] for r in rows], [r["test_loss"] for r in rows],
                         np.stack([r["test_logits"] for r in rows]), labels, seed=seed)
-    snapshots = store.snapshots()
+    snapshots = {k: v for s in (shard_stores(folder) or [store]) for k, v in s.snapshots().items()}
     if snapshots:
         metrics["snapshots"] = snapshot_ensembles(
             np.stack([snapshots[r["run_key"]] for r in rows if r["run_key"] in snapshots]), labels, seed)

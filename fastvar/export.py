@@ -18,7 +18,7 @@ FORMATS = ("npz", "seed-npy")
 
 def export(folder, fmt, out=None, data_dir=None):
     """Write `folder`'s runs in format `fmt` to `out` (default: inside the folder); return the paths."""
-    store, rows = read_runs(folder)
+    (store, *_), rows = read_runs(folder)
     if fmt == "npz":
         out = Path(out or Path(folder) / "logits.npz")
         np.savez(out, logits=np.stack([r["test_logits"] for r in rows]).astype(np.float16),

@@ -11,13 +11,13 @@ import numpy as np
 import torch
 
 from . import cka as cka_module
-from .augment import augment
 from .data import balanced_subset, load_dataset
 from .metrics import snapshot_ensembles, summarize
 from .plots import analysis_figures, save_figures
 from .stats import paired, runs_per_arm, variance_components, welch
 from .store import Store, StoreError, flatten, shard_stores
-from .study import weights_path
+from .study import PRECISIONS, weights_path
+from .train import normalized
 from .sweep import folder_name, sweep_points
 
 DIFFERENCES_PP = (0.05, 0.1, 0.2, 0.5)  # accuracy differences the power table plans for
@@ -52,13 +52,14 @@ class Analysis:
 
 
 def read_runs(folder):
-    """A folder's store and its runs; a folder of shard files (not merged yet) reads as one study."""
-    shards = shard_stores(folder) if not (Path(folder) / "runs.sqlite").is_file() else []
-    store = shards[0] if shards else Store(folder)
-    rows = {r["run_key"]: r for s in (shards or [store]) for r in s.runs()}
+    """A folder's stores (its runs.sqlite, or its shard files if not merged yet: one study either way)
+    and its runs; the first store holds the config and labels."""
+    stores = [] if (Path(folder) / "runs.sqlite").is_file() else shard_stores(folder)
+    stores = stores or [Store(folder)]
+    rows = {r["run_key"]: r for s in stores for r in s.runs()}
     if not rows:
         raise StoreError(f"{folder} holds no finished runs yet")
-    return store, sorted(rows.values(), key=lambda r: r["run_index"])
+    return stores, sorted(rows.values(), key=lambda r: r["run_index"])
 
 
 def test_labels(store, rows, data_dir=None):
@@ -72,7 +73,8 @@ def test_labels(store, rows, data_dir=None):
 
 
 def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
-    store, rows = read_runs(folder)
+    stores, rows = read_runs(folder)
+    store = stores[0]
     diverged = sum(bool(r["diverged"]) for r in rows)
     rows = [r for r in rows if not r["diverged"]]  # their spread is not the spread of training
     if not rows:
@@ -80,7 +82,7 @@ def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
     labels = test_labels(store, rows, data_dir)
     metrics = summarize([r["test_acc"] for r in rows], [r["test_loss"] for r in rows],
                         np.stack([r["test_logits"] for r in rows]), labels, seed=seed)
-    snapshots = {k: v for s in (shard_stores(folder) or [store]) for k, v in s.snapshots().items()}
+    snapshots = {k: v for s in stores for k, v in s.snapshots().items()}
     if snapshots:
         metrics["snapshots"] = snapshot_ensembles(
             np.stack([snapshots[r["run_key"]] for r in rows if r["run_key"] in snapshots]), labels, seed)
@@ -119,9 +121,8 @@ def folder_cka(folder, config, rows, data_dir):
     data = load_dataset(config.get("dataset", "cifar10"), data_dir)
     x, _ = balanced_subset(data.x_test.numpy(), data.y_test.numpy(), cka_module.PROBE_SIZE, "test")
     hyp = config["hyperparameters"]
-    dtype = torch.float64 if config["precision"] == "float64" else torch.float32
-    images = augment(torch.from_numpy(x), torch.arange(len(x))[None], torch.zeros(1, dtype=torch.int64), 0,
-                     mean=hyp["mean"], std=hyp["std"], dtype=dtype)[0].contiguous()
+    dtype = PRECISIONS[config["precision"]]
+    images = normalized(torch.from_numpy(x), torch.arange(len(x)), hyp, dtype).contiguous()
     grams = [cka_module.layer_grams(hyp["model"], config["width"], torch.load(p, weights_only=True), images,
                                     hyp.get("dropout")) for p in paths]
     return cka_module.cka_by_layer(grams)

@@ -92,7 +92,7 @@ class DataOrder:
 
     def __init__(self, order_seed, fixed_order_seed=None, onset_epoch=0):
         self.generator = torch.Generator().manual_seed(order_seed)
-        self.before_onset = torch.Generator().manual_seed(order_seed if fixed_order_seed is None else fixed_order_seed)
+        self.before_onset = onset_epoch and torch.Generator().manual_seed(fixed_order_seed)
         self.onset_epoch, self.epochs_drawn = onset_epoch, 0
 
     def epoch(self, n):

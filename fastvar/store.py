@@ -170,9 +170,10 @@ def shard_of(path):
 
 
 def same_run(a, b):
-    """Two rows of one run key that hold the same result (when and how fast they trained aside)."""
+    """Two rows of one run key that hold the same result (when and how fast they trained aside),
+    compared as stored, so a diverged run's NaN curves equal themselves."""
     skip = {"created_at", "wall_s", "device", "batch_models"}
-    return all(np.array_equal(a[k], b[k]) if k == "test_logits" else a[k] == b[k] for k in a if k not in skip)
+    return all(encode(k, a[k]) == encode(k, b[k]) for k in a if k not in skip)
 
 
 def merge(folder):
@@ -186,7 +187,8 @@ def merge(folder):
         if config_hash(shard.config) != config_hash(config):
             raise StoreError(f"{shard.path.name} was made with another config than {shards[0].path.name}; not merged")
     target = Store(folder, config)
-    target.check_labels(shards[0].labels())
+    for shard in shards:
+        target.check_labels(shard.labels())
     chosen = {r["run_key"]: r for r in target.runs()}
     new, snapshots, identical, conflicts = [], {}, 0, set()
     for shard in shards:

@@ -107,19 +107,22 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None,
     """
     replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], width=width, strategy=strategy,
                         dtype=dtype, device=data.x_train.device, dropout=recipe.get("dropout"))
-    test_scores, snapshots = [], []  # evaluation draws no randomness: it changes no result
+    test_scores, snapshots, latest = [], [], {}  # evaluation draws no randomness: it changes no result
     snapshot_at = snapshot_epochs(recipe)
 
     def on_epoch(epoch):
         if eval_every_epoch or epoch in snapshot_at:
             logits = evaluate(replicas, data, recipe, dtype)
+            latest.clear()  # only the latest evaluation can serve again, as the final one
+            latest[epoch] = logits
             if eval_every_epoch:
                 test_scores.append(scores(logits, data.y_test))
             if epoch in snapshot_at:
                 snapshots.append(logits.cpu())
     loss_curves, acc_curves = fit(replicas, data, recipe, seeds, onset_epoch=onset_epoch, fixed=fixed,
                                   hyper=hyper, on_step=on_step, on_epoch=on_epoch)
-    logits = evaluate(replicas, data, recipe, dtype)
+    final = recipe["epochs"] - 1  # evaluated already where every epoch is, or where the last cycle ends
+    logits = latest[final] if final in latest else evaluate(replicas, data, recipe, dtype)
     results = [result(logits[r], data.y_test, loss_curves[r], acc_curves[r]) for r in range(replicas.size)]
     for r, row in enumerate(results):
         row["test_acc_curve"] = [acc[r].item() for acc, _ in test_scores] if eval_every_epoch else None
@@ -188,13 +191,15 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
 def evaluate(replicas, data, recipe, dtype):
     """Eval-mode test logits of all replicas, M×n_test×classes, one pass over the test set."""
     n, device = len(data.y_test), data.x_test.device
-    chunks = []
-    for start in range(0, n, EVAL_BATCH):
-        indices = torch.arange(start, min(start + EVAL_BATCH, n), device=device)[None]
-        x = augment(data.x_test, indices, torch.zeros(1, dtype=torch.int64), 0,
-                    mean=recipe["mean"], std=recipe["std"], dtype=dtype)[0]
-        chunks.append(replicas.logits(x))
+    chunks = [replicas.logits(normalized(data.x_test, torch.arange(start, min(start + EVAL_BATCH, n), device=device),
+                                         recipe, dtype)) for start in range(0, n, EVAL_BATCH)]
     return torch.cat(chunks, dim=1)
+
+
+def normalized(images, indices, recipe, dtype):
+    """images[indices] (uint8 NHWC) as the model sees them in evaluation: normalised, not augmented."""
+    return augment(images, indices[None], torch.zeros(1, dtype=torch.int64), 0,
+                   mean=recipe["mean"], std=recipe["std"], dtype=dtype)[0]
 
 
 def scores(logits, labels):

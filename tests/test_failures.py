@@ -114,7 +114,7 @@ def folder_bytes(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-BAD_INPUTS = {  # the README's table, as (flags, what the line says); {data} a good data folder, {bad} a bad one
+BAD_INPUTS = {  # the README's table, as (flags, what the line says); {name}: a place the test makes
     "missing data folder": (["--data-dir", "{missing}"], "no CIFAR-10"),
     "corrupt archive": (["--data-dir", "{corrupt}"], "corrupt"),
     "wrong-shape data": (["--data-dir", "{wrong_shape}"], "malformed"),

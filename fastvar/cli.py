@@ -168,14 +168,9 @@ def train(args):
     for note in study.notes():
         print(f"fastvar: note: {note}", file=sys.stderr)
     out = args.out or Path("results") / study.experiment
-    bar = ProgressBar(study.runs)
-    try:
-        store = study.run(out, data_dir=args.data_dir, download=args.download, progress=bar.update)
-    except KeyboardInterrupt:
-        bar.close()
-        print(f"interrupted: finished runs are kept in {out}; the same command carries on", file=sys.stderr)
+    store = run_with_progress(study, study.runs, out, args)
+    if store is None:
         return 130
-    bar.close()
     rows = store.runs()
     if args.plot:
         plot_study(rows, out / "plots")
@@ -183,17 +178,25 @@ def train(args):
     return 0
 
 
+def run_with_progress(target, total, out, args):
+    """Train a Study or a Sweep into `out` with a progress bar of `total` runs; return what its run
+    returns, or None after Ctrl-C (its finished runs are kept)."""
+    bar = ProgressBar(total)
+    try:
+        result = target.run(out, data_dir=args.data_dir, download=args.download, progress=bar.update)
+    except KeyboardInterrupt:
+        result = None
+    bar.close()
+    if result is None:
+        print(f"interrupted: finished runs are kept in {out}; the same command carries on", file=sys.stderr)
+    return result
+
+
 def sweep_command(args):
     sweep = Sweep(dict(parse_setting(text) for text in args.set), runs_per_point=args.runs_per_point,
                   study=study_arguments(args))
-    bar = ProgressBar(len(sweep.studies) * sweep.runs_per_point)
-    try:
-        sweep.run(args.out, data_dir=args.data_dir, download=args.download, progress=bar.update)
-    except KeyboardInterrupt:
-        bar.close()
-        print(f"interrupted: finished runs are kept in {args.out}; the same command carries on", file=sys.stderr)
+    if run_with_progress(sweep, len(sweep.studies) * sweep.runs_per_point, args.out, args) is None:
         return 130
-    bar.close()
     table, verdict = sweep_summary(args.out)
     print(f"{table}\n{verdict}")
     return 0

@@ -265,6 +265,14 @@ def default_report_path(folders):
     return Path(os.path.commonpath([Path(f).resolve() for f in folders])) / "report.md"
 
 
+SEED_COLUMNS = ("init_seed", "order_seed", "aug_seed", "dropout_seed", "perturb_seed")
+
+
+def run_seeds_key(row):
+    """Run k of one folder pairs with run k of another when every seed of theirs is the same."""
+    return (row["run_index"], *(row[c] for c in SEED_COLUMNS))
+
+
 def compare_folders(folder_a, folder_b):
     """B minus A in test accuracy: Welch's test, and the paired test over runs with the same seeds."""
     (_, rows_a), (_, rows_b) = read_runs(folder_a), read_runs(folder_b)
@@ -272,9 +280,8 @@ def compare_folders(folder_a, folder_b):
     if min(len(acc_a), len(acc_b)) < 2:
         raise AnalysisError(f"compare needs at least 2 runs in each folder ({len(acc_a)} and {len(acc_b)})")
     results = [welch(acc_a, acc_b)]
-    seeds = lambda r: (r["init_seed"], r["order_seed"], r["aug_seed"])  # noqa: E731
-    by_seeds = {seeds(r): r["test_acc"] for r in rows_a}
-    pairs = [(by_seeds[seeds(r)], r["test_acc"]) for r in rows_b if seeds(r) in by_seeds]
+    by_seeds = {run_seeds_key(r): r["test_acc"] for r in rows_a}
+    pairs = [(by_seeds[run_seeds_key(r)], r["test_acc"]) for r in rows_b if run_seeds_key(r) in by_seeds]
     if len(pairs) >= 2:
         results.append(paired(*zip(*pairs)))
     return acc_a, acc_b, results

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastvar import cli
-from fastvar.report import analyze_folder
+from fastvar.report import analyze_folder, run_seeds_key
 from fastvar.plots import analysis_figures
 from fastvar.store import Store
 
@@ -166,3 +166,15 @@ def test_snapshots_store_every_cycle_and_one_cycle_is_the_plain_cosine(synthetic
     assert "Snapshot ensembles" in capsys.readouterr().out
     assert cli.main([*common, "--snapshots", "3", "--out", str(tmp_path / "three")]) == 2  # 2 epochs, 3 cycles
     assert "whole cycles" in capsys.readouterr().err
+
+
+def test_compare_pairs_run_k_with_run_k_even_where_only_the_perturbation_differs(synthetic_dir, tmp_path, capsys):
+    out = tmp_path / "one-ulp"  # every seed but the perturbation's is shared: pairs must not collapse onto one
+    assert cli.main(["--experiment", "one-ulp", "--runs", "3", "--batch-models", "3", "--width", "4", "--epochs", "2",
+                     "--data-dir", str(synthetic_dir), "--out", str(out)]) == 0
+    rows = Store(out).runs()
+    assert len({(r["init_seed"], r["order_seed"], r["aug_seed"]) for r in rows}) == 1
+    assert len({run_seeds_key(r) for r in rows}) == 3  # one pair per run
+    capsys.readouterr()
+    assert cli.main(["compare", str(out), str(out)]) == 0
+    assert "paired t-test over 3 runs" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """Augmentation throughput: fastvar's batched path against the per-sample pipeline a DataLoader runs
 (uint8 image → float tensor → pad-crop → flip → normalise, one example at a time), same process, same
-data. On CUDA also the Triton kernel against the torch reference.
+data. On CUDA also the Triton kernel against the torch reference, in float32 and bfloat16, with the bytes
+moved per second against a device-to-device copy's.
 
     python benchmarks/augment.py [--batch 512] [--repeats 5]
 
@@ -63,19 +64,39 @@ def main():
             ("batched torch, CPU",
              images_per_second(lambda: augment(images, indices, seeds, 0, backend="torch", **options),
                                n, args.repeats, lambda: None))]
+    bandwidth = {}
     if torch.cuda.is_available():
         gpu = [t.cuda() for t in (images, indices, seeds)]
-        for backend in ("torch", "triton"):
-            rows.append((f"batched {backend}, CUDA", images_per_second(
-                lambda: augment(*gpu, 0, backend=backend, **options), n, args.repeats, torch.cuda.synchronize)))
+        bandwidth["copy"] = copy_bandwidth()
+        for dtype in (torch.float32, torch.bfloat16):
+            for backend in ("torch", "triton"):
+                name = f"batched {backend}, CUDA, {str(dtype)[6:]}"
+                rows.append((name, images_per_second(lambda: augment(*gpu, 0, backend=backend, dtype=dtype, **options),
+                                                     n, args.repeats, torch.cuda.synchronize)))
+                bandwidth[name] = rows[-1][1] * 3072 * (1 + dtype.itemsize)  # uint8 read, output written
     base = rows[0][1]
-    print(f"crop (pad 4) + flip + normalise, float32 out, {args.replicas}×{args.batch} images a call, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'path':<36}{'images/s':>14}{'µs/image':>10}{'speedup':>9}")
+    print(f"crop (pad 4) + flip + normalise, float32 out unless named, {args.replicas}×{args.batch} images a call, "
+          f"{torch.get_num_threads()} CPU threads")
+    print(f"{'path':<40}{'images/s':>14}{'µs/image':>10}{'speedup':>9}{'GB/s':>8}{'of copy':>9}")
     for name, rate in rows:
-        print(f"{name:<36}{rate:>14,.0f}{1e6 / rate:>10.2f}{rate / base:>9.1f}")
-    print(json.dumps({"speedup": round(rows[1][1] / base, 2),
+        moved = bandwidth.get(name)
+        extra = f"{moved / 1e9:>8.0f}{moved / bandwidth['copy']:>9.2f}" if moved else ""
+        print(f"{name:<40}{rate:>14,.0f}{1e6 / rate:>10.3f}{rate / base:>9.1f}{extra}")
+    print(json.dumps({"speedup": round(rows[1][1] / base, 2), "copy_gb_s": round(bandwidth.get("copy", 0) / 1e9),
                       "results": {name: round(rate) for name, rate in rows}}))
+
+
+def copy_bandwidth(n_bytes=2 ** 30):
+    """Bytes read plus bytes written per second by a large device-to-device copy (the ceiling)."""
+    a = torch.empty(n_bytes, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    b.copy_(a)
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(10):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    return 2 * n_bytes * 10 / (time.perf_counter() - started)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,22 @@
 """Training images per second, side by side in one process, on the same data:
 
-  baseline  the seed study's loop: nn.Module + torch.optim.Adam, a DataLoader over a Dataset that
-            converts each sample as ToTensor + Normalize do, and a .item() per batch;
-  loop      fastvar's loop strategy (resident uint8 data, batched optimizer), M replicas;
-  vmap      fastvar's vmap strategy, M replicas.
+  baseline      the seed study's loop: nn.Module + torch.optim.Adam, a DataLoader over a Dataset that
+                converts each sample as ToTensor + Normalize do, and a .item() per batch (float32);
+  loop          fastvar's loop strategy (resident uint8 data, batched optimizer), M replicas;
+  vmap          fastvar's vmap strategy, M replicas;
+  +compile      the same under torch.compile (its compile time reported), with --compile.
 
-    python benchmarks/throughput.py --width 64 --batch-models 1,4 --steps 6
+    python benchmarks/throughput.py --width 64 --batch-models 1,4 --seconds 20
+    python benchmarks/throughput.py --device cuda --batch-models 1,16,64 --compile default
 
 Prints a table and ends with one JSON line (baseline_img_s, best_img_s, best_strategy, speedup,
-flops_fraction, runs_per_hour). runs_per_hour projects the seed recipe: 10 epochs of 50,000 images a
-run. flops_fraction is the loop strategy's training FLOP/s (counted with torch.utils.flop_counter)
-over the float32 matmul peak measured in the same process.
+flops_fraction, runs_per_hour, ...). runs_per_hour projects the recipe's epochs of 50,000 images.
+flops_fraction is the loop strategy's training FLOP/s (counted with torch.utils.flop_counter) over the
+matmul peak measured in the same process: float32 on the CPU, bfloat16 on CUDA.
 """
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -24,13 +27,13 @@ import torch.utils.flop_counter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastvar.data import DataError, Dataset, load_cifar10  # noqa: E402
-from fastvar.models import build_model  # noqa: E402
+from fastvar.models import DEFAULT_WIDTH, build_model  # noqa: E402
 from fastvar.replicas import Replicas  # noqa: E402
 from fastvar.sources import run_seeds  # noqa: E402
+from fastvar.study import COMPUTE_DTYPE, PRECISIONS  # noqa: E402
 from fastvar.train import RECIPES, fit  # noqa: E402
 
-IMAGES_PER_RUN = 10 * 50_000
-BATCH = RECIPES["seed"]["batch_size"]
+TRAIN_IMAGES = 50_000
 
 
 class PerSampleCIFAR(torch.utils.data.Dataset):
@@ -47,97 +50,185 @@ class PerSampleCIFAR(torch.utils.data.Dataset):
         return (image - 0.5) / 0.5, int(self.y[i])
 
 
-def baseline_img_s(data, width, warmup, steps):
-    model = build_model("resnet18", init_seed=0, width=width)
+class Timer:
+    """Wall time of the region, the device's queue drained at both ends."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __enter__(self):
+        self.sync()
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.sync()
+        self.seconds = time.perf_counter() - self.started
+
+
+def baseline(data, recipe, width, device, warmup, seconds):
+    """Images per second and seconds of warm-up of the original loop (batches beyond the data wrap)."""
+    model = build_model(recipe["model"], init_seed=0, width=width).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = torch.utils.data.DataLoader(PerSampleCIFAR(data.x_train, data.y_train), batch_size=BATCH, shuffle=True)
-    for step, (x, y) in enumerate(loader):
-        if step == warmup:
-            started = time.perf_counter()
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        loss.item()
-        if step == warmup + steps - 1:
-            return steps * BATCH / (time.perf_counter() - started)
+    loader = torch.utils.data.DataLoader(PerSampleCIFAR(data.x_train.cpu(), data.y_train.cpu()),
+                                         batch_size=recipe["batch_size"], shuffle=True)
+
+    def steps(n):
+        done = 0
+        while True:
+            for x, y in loader:
+                optimizer.zero_grad()
+                loss = F.cross_entropy(model(x.to(device)), y.to(device))
+                loss.backward()
+                optimizer.step()
+                loss.item()
+                done += 1
+                if done == n:
+                    return
+    return measure(steps, recipe["batch_size"], device, warmup, seconds)
 
 
-def fastvar_img_s(data, width, strategy, m, warmup, steps):
-    """Steady-state images per second of fastvar's own training loop (fit) over M replicas."""
+def fastvar(data, recipe, width, device, strategy, m, precision, compile, warmup, seconds):
+    """Images per second and seconds of warm-up (compile included) of fastvar's own loop (fit)."""
     seeds = [run_seeds("all-random", i) for i in range(m)]
-    replicas = Replicas("resnet18", [s.init_seed for s in seeds], width=width, strategy=strategy)
-    recipe = dict(RECIPES["seed"], epochs=1)
+    replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], width=width, strategy=strategy,
+                        dtype=PRECISIONS[precision], compute_dtype=COMPUTE_DTYPE.get(precision), device=device,
+                        compile=compile)
+    batch = recipe["batch_size"]
 
-    def subset(n):
-        return Dataset(data.x_train[:n * BATCH], data.y_train[:n * BATCH], data.x_test, data.y_test)
-    fit(replicas, subset(warmup), recipe, seeds)
-    started = time.perf_counter()
-    fit(replicas, subset(steps), recipe, seeds)
-    return steps * BATCH * m / (time.perf_counter() - started)
+    def steps(n):  # whole batches of the resident data, one epoch of n steps
+        subset = Dataset(*(t[:n * batch] for t in (data.x_train, data.y_train)), data.x_test, data.y_test)
+        fit(replicas, subset, dict(recipe, epochs=1), seeds)
+    return measure(steps, batch * m, device, warmup, seconds)
 
 
-def train_flops_per_image(width):
-    """FLOPs of one training step (forward and backward) of the seed model, per image."""
-    model = build_model("resnet18", init_seed=0, width=width)
-    x, y = torch.randn(BATCH, 3, 32, 32), torch.randint(0, 10, (BATCH,))
+def measure(steps, images_per_step, device, warmup, seconds):
+    """Run `warmup` steps, time 2 to learn the pace, then time enough steps to fill `seconds`."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with Timer(device) as first:
+        steps(warmup)
+    with Timer(device) as pace:
+        steps(2)
+    n = max(2, round(seconds * 2 / pace.seconds))
+    with Timer(device) as timed:
+        steps(n)
+    return {"img_s": n * images_per_step / timed.seconds, "warmup_s": first.seconds, "steps": n}
+
+
+def peak_memory_mb(device):
+    """Peak memory since the last reset in CUDA's allocator; on the CPU the process's peak RSS so far,
+    data and interpreter included (per replica, an upper bound)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train_flops_per_image(recipe, width):
+    """FLOPs of one training step (forward and backward) of the recipe's model, per image."""
+    model = build_model(recipe["model"], init_seed=0, width=width)
+    batch = recipe["batch_size"]
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(x), y).backward()
-    return counter.get_total_flops() / BATCH
+    return counter.get_total_flops() / batch
 
 
-def matmul_peak_flops(n=2048, repeats=5):
-    """The float32 FLOP/s of a large matrix product on this machine, best of `repeats`."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_flops(device, repeats=5):
+    """FLOP/s of a large matrix product, best of `repeats`: float32 on the CPU, bfloat16 on CUDA."""
+    n, dtype = (2048, torch.float32) if device.type == "cpu" else (8192, torch.bfloat16)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     a @ b
     best = float("inf")
     for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - started)
+        with Timer(device) as t:
+            a @ b
+        best = min(best, t.seconds)
     return 2 * n ** 3 / best
 
 
-def benchmark_data(data_dir):
+def benchmark_data(data_dir, device):
     try:
-        return load_cifar10(data_dir, train_subset=10_000, test_subset=100), "CIFAR-10"
+        data, source = load_cifar10(data_dir, train_subset=10_000, test_subset=100), "CIFAR-10"
     except DataError:
         g = torch.Generator().manual_seed(0)
         x = torch.randint(0, 256, (10_000, 32, 32, 3), dtype=torch.uint8, generator=g)
-        return Dataset(x, torch.arange(10_000) % 10, x[:100], torch.arange(100) % 10), "random images"
+        data, source = Dataset(x, torch.arange(10_000) % 10, x[:100], torch.arange(100) % 10), "random images"
+    return data.to(device), source
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--recipe", choices=RECIPES, default="seed")
+    parser.add_argument("--width", type=int, help="default: the model's")
+    parser.add_argument("--batch-models", default="1,4")
+    parser.add_argument("--strategies", default="loop,vmap")
+    parser.add_argument("--precision", choices=PRECISIONS, help="default: bf16-mixed on CUDA, float32 on the CPU")
+    parser.add_argument("--compile", help="also time each strategy under torch.compile in this mode (default, "
+                                          "reduce-overhead, ...); default: on CUDA only, mode default")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--seconds", type=float, default=10, help="timed seconds per measurement")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile happens here)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the original loop (slow on a GPU)")
+    parser.add_argument("--data-dir", type=Path)
+    args = parser.parse_args()
+    args.device = torch.device(args.device)
+    args.precision = args.precision or ("bf16-mixed" if args.device.type == "cuda" else "float32")
+    args.compile = None if args.no_compile else args.compile or ("default" if args.device.type == "cuda" else None)
+    return args
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--batch-models", default="1,4")
-    parser.add_argument("--strategies", default="loop,vmap")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--data-dir", type=Path)
-    args = parser.parse_args()
-    data, source = benchmark_data(args.data_dir)
-    base = baseline_img_s(data, args.width, args.warmup, args.steps)
-    rows = [("baseline", 1, base)]
-    for strategy in args.strategies.split(","):
+    args = parse_args()
+    recipe = RECIPES[args.recipe]
+    width = args.width or DEFAULT_WIDTH[recipe["model"]]
+    data, source = benchmark_data(args.data_dir, args.device)
+    rows = []
+    if not args.no_baseline:
+        rows.append(dict(strategy="baseline", batch_models=1, **baseline(data, recipe, width, args.device,
+                                                                         args.warmup, args.seconds)))
+        rows[-1]["peak_mb_per_replica"] = peak_memory_mb(args.device)
+    variants = [(s, None) for s in args.strategies.split(",")] + \
+        ([(s, args.compile) for s in args.strategies.split(",")] if args.compile else [])
+    for strategy, compile in variants:
         for m in map(int, args.batch_models.split(",")):
-            rows.append((strategy, m, fastvar_img_s(data, args.width, strategy, m, args.warmup, args.steps)))
-    flops, peak = train_flops_per_image(args.width), matmul_peak_flops()
-    print(f"seed model, width {args.width}, batch {BATCH}, {source}, {torch.get_num_threads()} threads, "
-          f"{args.steps} timed steps after {args.warmup} warm-up; {flops / 1e9:.3f} GFLOP per training image, "
-          f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
-    print(f"{'strategy':<10}{'M':>4}{'img/s':>10}{'runs/h':>9}{'x baseline':>12}{'of peak':>9}")
-    for strategy, m, img_s in rows:
-        print(f"{strategy:<10}{m:>4}{img_s:>10.1f}{img_s * 3600 / IMAGES_PER_RUN:>9.2f}{img_s / base:>12.2f}"
-              f"{img_s * flops / peak:>9.2f}")
-    best = max(rows[1:], key=lambda row: row[2])
-    loop = max((row for row in rows if row[0] == "loop"), key=lambda row: row[2], default=best)
-    print(json.dumps({"baseline_img_s": round(base, 1), "best_img_s": round(best[2], 1),
-                      "best_strategy": f"{best[0]} M={best[1]}", "speedup": round(best[2] / base, 3),
-                      "flops_fraction": round(loop[2] * flops / peak, 3),
-                      "gflop_per_image": round(flops / 1e9, 4), "peak_gflop_s": round(peak / 1e9, 1),
-                      "runs_per_hour": round(best[2] * 3600 / IMAGES_PER_RUN, 3),
-                      "results": [{"strategy": s, "batch_models": m, "img_s": round(v, 1)} for s, m, v in rows]}))
+            row = fastvar(data, recipe, width, args.device, strategy, m, args.precision, compile,
+                          args.warmup, args.seconds)
+            name = strategy + ("+compile" if compile else "")
+            rows.append(dict(strategy=name, batch_models=m, **row, peak_mb_per_replica=peak_memory_mb(args.device) / m))
+    report(args, recipe, width, source, rows)
+
+
+def report(args, recipe, width, source, rows):
+    flops, peak = train_flops_per_image(recipe, width), matmul_peak_flops(args.device)
+    images_per_run = recipe["epochs"] * TRAIN_IMAGES
+    base = rows[0]["img_s"] if rows[0]["strategy"] == "baseline" else float("nan")
+    name = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{args.recipe} recipe ({recipe['model']}, width {width}, batch {recipe['batch_size']}), {source}, {name}; "
+          f"fastvar in {args.precision}, baseline in float32; {flops / 1e9:.3f} GFLOP per training image; "
+          f"{'float32' if args.device.type == 'cpu' else 'bf16'} matmul peak {peak / 1e12:.2f} TFLOP/s")
+    print(f"{'strategy':<16}{'M':>4}{'img/s':>11}{'runs/h':>9}{'x base':>8}{'of peak':>9}{'MB/replica':>12}{'warm-up s':>11}")
+    for r in rows:
+        r["runs_per_hour"] = r["img_s"] * 3600 / images_per_run
+        r["flops_fraction"] = r["img_s"] * flops / peak
+        print(f"{r['strategy']:<16}{r['batch_models']:>4}{r['img_s']:>11.1f}{r['runs_per_hour']:>9.2f}"
+              f"{r['img_s'] / base:>8.2f}{r['flops_fraction']:>9.3f}{r['peak_mb_per_replica']:>12.0f}{r['warmup_s']:>11.1f}")
+    fast = [r for r in rows if r["strategy"] != "baseline"]
+    best = max(fast, key=lambda r: r["img_s"])
+    loop = max((r for r in fast if r["strategy"] == "loop"), key=lambda r: r["img_s"], default=best)
+    print(json.dumps({"baseline_img_s": round(base, 1), "best_img_s": round(best["img_s"], 1),
+                      "best_strategy": f"{best['strategy']} M={best['batch_models']}",
+                      "speedup": round(best["img_s"] / base, 3), "flops_fraction": round(loop["flops_fraction"], 3),
+                      "best_flops_fraction": round(best["flops_fraction"], 3),
+                      "runs_per_hour": round(best["runs_per_hour"], 2), "gflop_per_image": round(flops / 1e9, 4),
+                      "peak_tflop_s": round(peak / 1e12, 3), "device": name, "precision": args.precision,
+                      "recipe": args.recipe, "width": width,
+                      "results": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rows]}))
 
 
 if __name__ == "__main__":

@@ -90,9 +90,12 @@ def add_study_arguments(parser):
     parser.add_argument("--dataset", default="cifar10", choices=DATASETS, help="cifar10, or mnist (padded to 32x32)")
     parser.add_argument("--train-subset", type=int, help="a fixed class-balanced subset of N training images")
     parser.add_argument("--test-subset", type=int, help="a fixed class-balanced subset of N test images")
-    parser.add_argument("--precision", default="float32", choices=PRECISIONS)
+    parser.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS),
+                        help="auto: bf16-mixed (bfloat16 convolutions, float32 weights) on CUDA, float32 on the CPU")
     parser.add_argument("--strategy", default="auto", choices=("auto", "loop", "vmap"),
                         help="auto: loop on CPU, vmap on CUDA")
+    parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                        help="torch.compile the training step (auto: on CUDA only)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--shard", type=shard_spec, metavar="I/N",
                         help="train only runs with index %% N == I, into a shard file of their own (default: from "
@@ -113,6 +116,7 @@ def study_arguments(args):
     return dict(experiment=experiment, recipe=args.recipe, batch_models=args.batch_models, epochs=args.epochs,
                 model=args.model, width=args.width, seed=args.seed, train_subset=args.train_subset,
                 test_subset=args.test_subset, precision=args.precision, strategy=args.strategy, device=args.device,
+                compile=args.compile,
                 grid=args.grid, save_weights=args.save_weights, eval_every_epoch=args.eval_every_epoch,
                 snapshots=args.snapshots, vary=args.vary, fixed_seed=args.fixed_seed, onset_epoch=args.onset_epoch,
                 dropout=args.dropout, dataset=args.dataset, shard=args.shard or shard_from_environment())

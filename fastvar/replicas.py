@@ -5,8 +5,14 @@ init seed, trained by one of two strategies over the same storage.
 - `loop`: one replica at a time on its own slice (bit-identical to a lone model: CPUs).
 
 Gradients land in stacked [M, ...] tensors either way, so one batched optimizer serves both.
+`compute_dtype` (bfloat16) is mixed precision over float32 master weights, as torch.autocast does it:
+convolutions and linear layers in bfloat16, BatchNorm and the loss in float32. It is spelled out
+(weights cast each step, BatchNorm upcast) because under vmap autocast's casts never happen (its conv
+rule runs below them) and vmap's BatchNorm takes one dtype only.
+`compile` (a torch.compile mode, or None) runs the forward and loss through `torch.compile`, the
+backward included (AOTAutograd).
 """
-import copy
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -19,15 +25,16 @@ STRATEGIES = ("loop", "vmap")
 
 class Replicas:
     def __init__(self, model, init_seeds, *, width=None, strategy="loop", dtype=torch.float32, device="cpu",
-                 dropout=None):
+                 dropout=None, compute_dtype=None, compile=None):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
         models = [build_model(model, init_seed=s, width=width, dtype=dtype, dropout=dropout) for s in init_seeds]
         params, buffers = stack_module_state(models)
         self.params = {n: p.detach().to(device) for n, p in params.items()}
         self.buffers = {n: b.to(device) for n, b in buffers.items()}
-        self.template = copy.deepcopy(models[0]).to("meta")  # structure only; state comes from the stacks
-        self.size, self.strategy = len(init_seeds), strategy
+        self.template = template(model, width, dtype, dropout, compute_dtype is not None)
+        self.size, self.strategy, self.compile = len(init_seeds), strategy, compile
+        self.compute = compute_dtype and (compute_dtype, lowered_parameters(self.template))
         self.channels_last = channels_last_is_safe(self.template, torch.device(device))
         # Leaves share storage with the stacks, so the optimizer's in-place updates reach them. Each
         # replica gets leaves of its own: autograd through slices of one stacked leaf would build a
@@ -49,8 +56,8 @@ class Replicas:
                                        for r, b in enumerate(self.replica_buffers)], label_smoothing)
 
     def _vmap_grads(self, x, y, buffers, label_smoothing):
-        logits = vmap(self._forward)(self.stacked_leaves, buffers, x)
-        losses = batched_cross_entropy(logits, y, label_smoothing)
+        losses, logits = self._run(stacked_losses)(self.template, self.stacked_leaves, buffers, x, y,
+                                                   label_smoothing, self.compute)
         # Replicas are independent, so d(sum of losses)/d(replica r) is replica r's own gradient.
         grads = torch.autograd.grad(losses.sum(), list(self.stacked_leaves.values()))
         return losses.detach(), correct_counts(logits, y), dict(zip(self.params, grads))
@@ -60,31 +67,97 @@ class Replicas:
         losses, correct = [], []
         for r in range(self.size):
             leaves = self.replica_leaves[r]
-            logits = self._forward(leaves, buffers[r], x[r])
-            loss = F.cross_entropy(logits, y[r], label_smoothing=0.0 if label_smoothing is None
-                                   else label_smoothing[r].item())
+            smoothing = 0.0 if label_smoothing is None else label_smoothing[r].item()
+            loss, logits = self._run(replica_loss)(self.template, leaves, buffers[r], x[r], y[r], smoothing,
+                                                   self.compute)
             for name, g in zip(leaves, torch.autograd.grad(loss, list(leaves.values()))):
                 grads[name][r].copy_(g)
             losses.append(loss.detach())
             correct.append(correct_counts(logits, y[r]))
         return torch.stack(losses), torch.stack(correct), grads
 
+    def _run(self, fn):
+        return compiled(fn, self.compile) if self.compile else fn
+
     @torch.no_grad()
     def logits(self, x):
         """Eval-mode logits of every replica on one shared batch x B×3×H×W → M×B×classes."""
         self.template.eval()
         x = x if self.channels_last else x.contiguous()
+        params = in_compute_dtype(self.params, self.compute)
         if self.strategy == "vmap":
-            return vmap(self._forward, in_dims=(0, 0, None))(self.params, self.buffers, x)
-        return torch.stack([self._forward({n: p[r] for n, p in self.params.items()},
-                                          self.replica_buffers[r], x) for r in range(self.size)])
+            return vmap(forward, in_dims=(None, 0, 0, None))(self.template, params, self.buffers, x)
+        return torch.stack([forward(self.template, {n: p[r] for n, p in params.items()},
+                                    self.replica_buffers[r], x) for r in range(self.size)])
 
-    def _forward(self, params, buffers, x):
-        return functional_call(self.template, (params, buffers), (x,))
+    def input_dtype(self):
+        """The dtype the first layer computes in: the mixed-precision dtype, else the weights'."""
+        return self.compute[0] if self.compute else next(iter(self.params.values())).dtype
 
     def state_dict(self, r):
         """Replica r as an ordinary state dict (copies), loadable into the model it was built from."""
         return {n: t[r].clone() for n, t in {**self.params, **self.buffers}.items()}
+
+
+@functools.cache
+def template(model, width, dtype, dropout, mixed):
+    """The model's structure without state (parameters and buffers come from the stacks), one per
+    configuration in a process: compiled steps are keyed by it, so later batches reuse them."""
+    structure = build_model(model, init_seed=0, width=width, dtype=dtype, dropout=dropout).to("meta")
+    for module in structure.modules():
+        if mixed and type(module) is torch.nn.BatchNorm2d:
+            module.__class__ = Float32BatchNorm2d
+    return structure
+
+
+class Float32BatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm in float32 on lower-precision activations, returned in their dtype."""
+
+    def forward(self, x):
+        return super().forward(x.float()).to(x.dtype)
+
+
+def lowered_parameters(template):
+    """The names of the parameters mixed precision computes with in low precision: convs' and linears'."""
+    return frozenset(f"{prefix}.{name}" if prefix else name for prefix, module in template.named_modules()
+                     if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
+                     for name, _ in module.named_parameters(recurse=False))
+
+
+def in_compute_dtype(params, compute):
+    """The parameters as the forward pass uses them: `compute` = (dtype, names) casts those names
+    (a differentiable cast, so gradients reach the float32 leaves in float32)."""
+    if not compute:
+        return params
+    dtype, names = compute
+    return {n: p.to(dtype) if n in names else p for n, p in params.items()}
+
+
+@functools.cache
+def compiled(fn, mode):
+    """One torch.compile per step function and mode per process; shapes are static within a study."""
+    return torch.compile(fn, mode=mode, dynamic=False)
+
+
+def forward(template, params, buffers, x):
+    return functional_call(template, (params, buffers), (x,))
+
+
+def stacked_losses(template, params, buffers, x, y, label_smoothing, compute):
+    """The vmap strategy's forward: each replica's mean loss [M] and logits M×B×classes."""
+    logits = vmap(forward, in_dims=(None, 0, 0, 0))(template, in_compute_dtype(params, compute), buffers, x)
+    return batched_cross_entropy(at_least_float32(logits), y, label_smoothing), logits
+
+
+def at_least_float32(logits):
+    """The loss in float32 at least: bfloat16 logits upcast, float64 ones kept."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def replica_loss(template, params, buffers, x, y, label_smoothing, compute):
+    """The loop strategy's forward of one replica: its mean loss and logits B×classes."""
+    logits = forward(template, in_compute_dtype(params, compute), buffers, x)
+    return F.cross_entropy(at_least_float32(logits), y, label_smoothing=label_smoothing), logits
 
 
 def channels_last_is_safe(model, device):

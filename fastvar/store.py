@@ -36,6 +36,7 @@ COLUMNS = {
     # the hyperparameters a sweep varies, as trained (for a sweep's DataFrame)
     "lr": "REAL", "weight_decay": "REAL", "label_smoothing": "REAL", "epochs": "INTEGER", "width": "INTEGER",
     "batch_size": "INTEGER",
+    "compiled": "INTEGER",  # 1: trained through torch.compile
 }
 JSON_COLUMNS = ("train_loss_curve", "train_acc_curve", "test_acc_curve", "test_loss_curve")
 

@@ -17,8 +17,11 @@ from .sources import SOURCES, experiment_sources, kernel_mode, run_seeds
 from .store import Store, config_hash, run_key
 from .train import RECIPES, replica_hyperparameters, train_replicas
 from .models import DEFAULT_WIDTH, MODELS
+from .replicas import STRATEGIES
 
-PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
+# Each precision: the dtype of the weights, and that of mixed precision's convolutions and linears.
+PRECISIONS = {"float32": torch.float32, "float64": torch.float64, "bf16-mixed": torch.float32}
+COMPUTE_DTYPE = {"bf16-mixed": torch.bfloat16}
 
 
 # Recipe hyperparameters a study may replace, with their allowed range [low, high).
@@ -42,8 +45,9 @@ class Study:
     seed: int = 0
     train_subset: int | None = None
     test_subset: int | None = None
-    precision: str = "float32"
+    precision: str = "auto"  # auto: bf16-mixed on CUDA, float32 on the CPU
     strategy: str = "auto"  # auto: loop on CPU, vmap on CUDA (never chosen by a timing)
+    compile: str = "auto"  # torch.compile of the training step; auto: on CUDA only (a CPU compile takes minutes)
     device: str = "auto"
     grid: tuple[int, int] | None = None  # (init seeds, order seeds) of the `grid` experiment
     save_weights: int = 0  # keep the final weights of runs 0 .. save_weights-1 (for CKA)
@@ -64,8 +68,8 @@ class Study:
             experiment_sources(self.experiment)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        choices = {"recipe": RECIPES, "precision": PRECISIONS, "dataset": DATASETS,
-                   "strategy": ("auto", "loop", "vmap"), "device": ("auto", "cpu", "cuda")}
+        choices = {"recipe": RECIPES, "precision": ("auto", *PRECISIONS), "dataset": DATASETS, "strategy": ("auto", *STRATEGIES),
+                   "device": ("auto", "cpu", "cuda"), "compile": ("auto", "on", "off")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
@@ -163,7 +167,7 @@ class Study:
         """Everything that changes a run's result; not the run count, batching, strategy or device."""
         config = {"recipe": self.recipe, "hyperparameters": self.recipe_dict(), "width": self.resolved_width(),
                   "train_subset": self.train_subset, "test_subset": self.test_subset, "seed": self.seed,
-                  "experiment": self.experiment, "precision": self.precision}
+                  "experiment": self.experiment, "precision": self.resolved_precision()}
         # Newer settings only where set, so that older folders keep their config hash.
         optional = {"grid": self.grid and list(self.grid), "vary": self.vary and list(self.vary),
                     "fixed_seed": self.fixed_seed, "onset_epoch": self.onset_epoch,
@@ -186,6 +190,16 @@ class Study:
 
     def resolved_strategy(self, device):
         return self.strategy if self.strategy != "auto" else ("vmap" if device.type == "cuda" else "loop")
+
+    def resolved_precision(self):
+        """auto: bfloat16 convolutions over float32 weights on CUDA (tensor cores), float32 on the CPU."""
+        if self.precision != "auto":
+            return self.precision
+        return "bf16-mixed" if self.resolved_device().type == "cuda" else "float32"
+
+    def resolved_compile(self, device):
+        """The torch.compile mode of the training step, or None (eager)."""
+        return "default" if self.compile == "on" or (self.compile == "auto" and device.type == "cuda") else None
 
     def load_data(self, data_dir=None, download=False):
         return load_dataset(self.dataset, data_dir, download=download, train_subset=self.train_subset,
@@ -224,7 +238,7 @@ class Study:
                 "aug_seed": seeds.aug_seed if "aug" in present else None,
                 "dropout_seed": seeds.dropout_seed if "dropout" in present else None,
                 "epochs": recipe["epochs"], "width": self.resolved_width(), "batch_size": recipe["batch_size"],
-                "config_hash": config_hash(self.config()), "precision": self.precision}
+                "config_hash": config_hash(self.config()), "precision": self.resolved_precision()}
 
 
 def train_runs(entries, data, progress=None):
@@ -267,11 +281,12 @@ def train_chunk(chunk, data, device, on_step, size):
     lead = chunk[0][0]
     padded = chunk + [chunk[-1]] * (size - len(chunk))
     seeds = [study.seeds(i) for study, _, i in padded]
-    strategy = lead.resolved_strategy(device)
+    strategy, precision, compile = lead.resolved_strategy(device), lead.resolved_precision(), lead.resolved_compile(device)
     keep = [r for r, (study, _, i) in enumerate(chunk) if i < study.save_weights]
     started = time.perf_counter()
     results = train_replicas(data, lead.recipe_dict(), seeds, width=lead.resolved_width(), strategy=strategy,
-                             dtype=PRECISIONS[lead.precision], on_step=on_step, keep_weights=keep,
+                             dtype=PRECISIONS[precision], compute_dtype=COMPUTE_DTYPE.get(precision),
+                             compile=compile, on_step=on_step, keep_weights=keep,
                              eval_every_epoch=lead.eval_every_epoch, onset_epoch=lead.onset_epoch or 0,
                              fixed=run_seeds(set(), 0, lead.seed, lead.fixed_seed),
                              hyper=[replica_hyperparameters(study.recipe_dict()) for study, _, _ in padded])
@@ -279,7 +294,7 @@ def train_chunk(chunk, data, device, on_step, size):
     for r in keep:  # before the rows: a stored run with saved weights always has its file
         study, store, i = chunk[r]
         save_weights(results[r].pop("weights"), weights_path(store.folder, study.experiment, i))
-    how = {"strategy": strategy, "wall_s": wall_s, "device": str(device), "n_test": len(data.y_test), "batch_models": size,
+    how = {"strategy": strategy, "compiled": int(compile is not None), "wall_s": wall_s, "device": str(device), "n_test": len(data.y_test), "batch_models": size,
            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     by_store = {}
     for (study, store, _), s, result in zip(chunk, seeds, results):

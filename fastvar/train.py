@@ -84,17 +84,17 @@ def replica_hyperparameters(recipe):
             "label_smoothing": recipe.get("label_smoothing", 0.0)}
 
 
-def make_optimizer(recipe, params, by_replica=False, **vectors):
+def make_optimizer(recipe, params, by_replica=False, compile=False, **vectors):
     """The recipe's batched optimizer; `vectors` (lr, weight_decay) override its values per replica."""
-    kwargs = dict(recipe["optimizer"], by_replica=by_replica, **vectors)
+    kwargs = dict(recipe["optimizer"], by_replica=by_replica, compile=compile, **vectors)
     name = kwargs.pop("name")
     if "lr_scale_1d" in recipe:  # biases and BatchNorm parameters: one dimension, plus the replicas'
         kwargs["lr_scale"] = {n: recipe["lr_scale_1d"] for n, p in params.items() if p.dim() == 2}
     return OPTIMIZERS[name](params, **kwargs)
 
 
-def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None, keep_weights=(),
-                   eval_every_epoch=False, onset_epoch=0, fixed=None, hyper=None):
+def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype=None, compile=None, on_step=None,
+                   keep_weights=(), eval_every_epoch=False, onset_epoch=0, fixed=None, hyper=None):
     """Train one replica per entry of `seeds` (RunSeeds) on `data` (already on its device); with an
     `onset_epoch`, every replica uses the `fixed` RunSeeds' order and augmentation before it; `hyper`,
     one dict per replica as `replica_hyperparameters` gives, sets each replica's own (default: the recipe's).
@@ -103,16 +103,18 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None,
     with `eval_every_epoch` per-epoch test accuracy and loss (else None), with a cyclic schedule the
     test logits at the end of each cycle (`snapshot_logits`), and for the replicas listed in
     `keep_weights` their final state dict (`weights`, on the CPU).
+    `compute_dtype` (bfloat16 for mixed precision, or None) and `compile` as Replicas takes them.
     `on_step(fraction)` is called after each step with the fraction of this batch's training done.
     """
     replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], width=width, strategy=strategy,
-                        dtype=dtype, device=data.x_train.device, dropout=recipe.get("dropout"))
+                        dtype=dtype, device=data.x_train.device, dropout=recipe.get("dropout"), compute_dtype=compute_dtype,
+                        compile=compile)
     test_scores, snapshots, latest = [], [], {}  # evaluation draws no randomness: it changes no result
     snapshot_at = snapshot_epochs(recipe)
 
     def on_epoch(epoch):
         if eval_every_epoch or epoch in snapshot_at:
-            logits = evaluate(replicas, data, recipe, dtype)
+            logits = evaluate(replicas, data, recipe)
             latest.clear()  # only the latest evaluation can serve again, as the final one
             latest[epoch] = logits
             if eval_every_epoch:
@@ -122,7 +124,7 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, on_step=None,
     loss_curves, acc_curves = fit(replicas, data, recipe, seeds, onset_epoch=onset_epoch, fixed=fixed,
                                   hyper=hyper, on_step=on_step, on_epoch=on_epoch)
     final = recipe["epochs"] - 1  # evaluated already where every epoch is, or where the last cycle ends
-    logits = latest[final] if final in latest else evaluate(replicas, data, recipe, dtype)
+    logits = latest[final] if final in latest else evaluate(replicas, data, recipe)
     results = [result(logits[r], data.y_test, loss_curves[r], acc_curves[r]) for r in range(replicas.size)]
     for r, row in enumerate(results):
         row["test_acc_curve"] = [acc[r].item() for acc, _ in test_scores] if eval_every_epoch else None
@@ -146,7 +148,8 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     smoothing = vectors.pop("label_smoothing")
     smoothing = smoothing.to(device) if smoothing.any() else None
     # The loop strategy updates replica by replica too: its slices stay in cache (CPUs).
-    optimizer = make_optimizer(recipe, replicas.params, by_replica=replicas.strategy == "loop", **vectors)
+    optimizer = make_optimizer(recipe, replicas.params, by_replica=replicas.strategy == "loop",
+                               compile=bool(replicas.compile), **vectors)
     before = fixed if onset_epoch else None
     orders = [DataOrder(s.order_seed, before and before.order_seed, onset_epoch) for s in seeds]
     own_aug = torch.tensor([s.aug_seed for s in seeds], dtype=torch.int64, device=device)
@@ -155,7 +158,7 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     if recipe.get("dropout"):
         masks = DropoutMasks([s.dropout_seed for s in seeds], recipe["dropout"], replicas.template.fc.in_features,
                              onset_epoch, before and before.dropout_seed)
-    dtype = next(iter(replicas.params.values())).dtype
+    dtype = replicas.input_dtype()
     n, batch, epochs = len(data.y_train), recipe["batch_size"], recipe["epochs"]
     steps_per_epoch = math.ceil(n / batch)
     total_steps = epochs * steps_per_epoch
@@ -188,8 +191,9 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     return [list(c) for c in zip(*loss_curves)], [list(c) for c in zip(*acc_curves)]
 
 
-def evaluate(replicas, data, recipe, dtype):
+def evaluate(replicas, data, recipe):
     """Eval-mode test logits of all replicas, M×n_test×classes, one pass over the test set."""
+    dtype = replicas.input_dtype()
     n, device = len(data.y_test), data.x_test.device
     chunks = [replicas.logits(normalized(data.x_test, torch.arange(start, min(start + EVAL_BATCH, n), device=device),
                                          recipe, dtype)) for start in range(0, n, EVAL_BATCH)]

@@ -10,6 +10,7 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 OPTIONS = [dict(), dict(flip=True), dict(pad=4), dict(pad=4, flip=True), dict(pad=3, pad_mode="reflect"),
            dict(translate=2), dict(cutout=12), dict(flip=True, translate=2, cutout=12),
            dict(flip=True, pad=4, cutout=8)]
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU runs it under TRITON_INTERPRET=1
 
 
 def random_input(n_images, m, b, seed):
@@ -27,10 +28,13 @@ def test_triton_kernel_equals_torch_reference(options, dtype):
     images, indices, seeds = random_input(40, 3, 5, seed=len(str(options)))  # odd batch size
     kwargs = dict(options, mean=MEAN, std=STD, dtype=dtype)
     reference = augment(images, indices, seeds, 7, backend="torch", **kwargs)
-    kernel = augment(images, indices, seeds, 7, backend="triton", **kwargs)
+    on_device = [t.to(KERNEL_DEVICE) for t in (images, indices, seeds)]
+    kernel = augment(*on_device, 7, backend="triton", **kwargs)
     assert kernel.shape == (3, 5, 3, 32, 32) and kernel.dtype == dtype
-    assert torch.equal(kernel, reference)
+    assert torch.equal(kernel.cpu(), reference)
     assert kernel[1].is_contiguous(memory_format=torch.channels_last)
+    if KERNEL_DEVICE == "cuda":  # the reference on the GPU too: the same function on every device
+        assert torch.equal(augment(*on_device, 7, backend="torch", **kwargs).cpu(), reference)
 
 
 def numpy_oracle(image, seed, epoch, index, flip=False, pad=0, translate=0, cutout=0, pad_mode="zeros"):

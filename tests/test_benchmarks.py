@@ -8,12 +8,12 @@ from conftest import ROOT
 
 def test_throughput_benchmark_emits_its_json(synthetic_dir):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--width", "4",
-                             "--batch-models", "1,2", "--steps", "1", "--warmup", "1",
+                             "--batch-models", "1,2", "--seconds", "0.05", "--warmup", "1",
                              "--data-dir", str(synthetic_dir)], capture_output=True, text=True, check=True)
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert {"baseline_img_s", "best_img_s", "best_strategy", "speedup", "flops_fraction", "runs_per_hour"} <= set(summary)
     assert 0 < summary["flops_fraction"] < 1 and summary["gflop_per_image"] > 0
     assert [(r["strategy"], r["batch_models"]) for r in summary["results"]] == [
         ("baseline", 1), ("loop", 1), ("loop", 2), ("vmap", 1), ("vmap", 2)]
-    assert all(r["img_s"] > 0 for r in summary["results"])
+    assert all(r["img_s"] > 0 and r["peak_mb_per_replica"] > 0 for r in summary["results"])
     assert abs(summary["speedup"] - summary["best_img_s"] / summary["baseline_img_s"]) < 0.01

@@ -188,47 +188,57 @@ def main():
     recipe = RECIPES[args.recipe]
     width = args.width or DEFAULT_WIDTH[recipe["model"]]
     data, source = benchmark_data(args.data_dir, args.device)
-    rows = []
+    table = Table(args, recipe, width, source)
     if not args.no_baseline:
-        rows.append(dict(strategy="baseline", batch_models=1, **baseline(data, recipe, width, args.device,
-                                                                         args.warmup, args.seconds)))
-        rows[-1]["peak_mb_per_replica"] = peak_memory_mb(args.device)
-    variants = [(s, None) for s in args.strategies.split(",")] + \
-        ([(s, args.compile) for s in args.strategies.split(",")] if args.compile else [])
-    for strategy, compile in variants:
+        table.add("baseline", 1, baseline(data, recipe, width, args.device, args.warmup, args.seconds))
+    strategies = args.strategies.split(",")
+    for strategy, compile in [(s, None) for s in strategies] + [(s, args.compile) for s in strategies if args.compile]:
         for m in map(int, args.batch_models.split(",")):
-            row = fastvar(data, recipe, width, args.device, strategy, m, args.precision, compile,
-                          args.warmup, args.seconds)
-            name = strategy + ("+compile" if compile else "")
-            rows.append(dict(strategy=name, batch_models=m, **row, peak_mb_per_replica=peak_memory_mb(args.device) / m))
-    report(args, recipe, width, source, rows)
+            row = fastvar(data, recipe, width, args.device, strategy, m, args.precision, compile, args.warmup, args.seconds)
+            table.add(strategy + ("+compile" if compile else ""), m, row)
+    table.summary()
 
 
-def report(args, recipe, width, source, rows):
-    flops, peak = train_flops_per_image(recipe, width), matmul_peak_flops(args.device)
-    images_per_run = recipe["epochs"] * TRAIN_IMAGES
-    base = rows[0]["img_s"] if rows[0]["strategy"] == "baseline" else float("nan")
-    name = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.recipe} recipe ({recipe['model']}, width {width}, batch {recipe['batch_size']}), {source}, {name}; "
-          f"fastvar in {args.precision}, baseline in float32; {flops / 1e9:.3f} GFLOP per training image; "
-          f"{'float32' if args.device.type == 'cpu' else 'bf16'} matmul peak {peak / 1e12:.2f} TFLOP/s")
-    print(f"{'strategy':<16}{'M':>4}{'img/s':>11}{'runs/h':>9}{'x base':>8}{'of peak':>9}{'MB/replica':>12}{'warm-up s':>11}")
-    for r in rows:
-        r["runs_per_hour"] = r["img_s"] * 3600 / images_per_run
-        r["flops_fraction"] = r["img_s"] * flops / peak
-        print(f"{r['strategy']:<16}{r['batch_models']:>4}{r['img_s']:>11.1f}{r['runs_per_hour']:>9.2f}"
-              f"{r['img_s'] / base:>8.2f}{r['flops_fraction']:>9.3f}{r['peak_mb_per_replica']:>12.0f}{r['warmup_s']:>11.1f}")
-    fast = [r for r in rows if r["strategy"] != "baseline"]
-    best = max(fast, key=lambda r: r["img_s"])
-    loop = max((r for r in fast if r["strategy"] == "loop"), key=lambda r: r["img_s"], default=best)
-    print(json.dumps({"baseline_img_s": round(base, 1), "best_img_s": round(best["img_s"], 1),
-                      "best_strategy": f"{best['strategy']} M={best['batch_models']}",
-                      "speedup": round(best["img_s"] / base, 3), "flops_fraction": round(loop["flops_fraction"], 3),
-                      "best_flops_fraction": round(best["flops_fraction"], 3),
-                      "runs_per_hour": round(best["runs_per_hour"], 2), "gflop_per_image": round(flops / 1e9, 4),
-                      "peak_tflop_s": round(peak / 1e12, 3), "device": name, "precision": args.precision,
-                      "recipe": args.recipe, "width": width,
-                      "results": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rows]}))
+class Table:
+    """Rows printed as they are measured (a later variant may fail), then one JSON line."""
+
+    def __init__(self, args, recipe, width, source):
+        self.args, self.recipe, self.width, self.rows = args, recipe, width, []
+        self.flops, self.peak = train_flops_per_image(recipe, width), matmul_peak_flops(args.device)
+        self.device = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" \
+            else f"CPU, {torch.get_num_threads()} threads"
+        print(f"{args.recipe} recipe ({recipe['model']}, width {width}, batch {recipe['batch_size']}), {source}, "
+              f"{self.device}; fastvar in {args.precision}, baseline in float32; {self.flops / 1e9:.3f} GFLOP per "
+              f"training image; {'float32' if args.device.type == 'cpu' else 'bf16'} matmul peak "
+              f"{self.peak / 1e12:.2f} TFLOP/s")
+        print(f"{'strategy':<16}{'M':>4}{'img/s':>11}{'runs/h':>9}{'x base':>8}{'of peak':>9}{'MB/replica':>12}"
+              f"{'warm-up s':>11}", flush=True)
+
+    def add(self, strategy, m, row):
+        row = dict(strategy=strategy, batch_models=m, **row, peak_mb_per_replica=peak_memory_mb(self.args.device) / m,
+                   runs_per_hour=row["img_s"] * 3600 / (self.recipe["epochs"] * TRAIN_IMAGES),
+                   flops_fraction=row["img_s"] * self.flops / self.peak)
+        self.rows.append(row)
+        print(f"{strategy:<16}{m:>4}{row['img_s']:>11.1f}{row['runs_per_hour']:>9.2f}{row['img_s'] / self.base():>8.2f}"
+              f"{row['flops_fraction']:>9.3f}{row['peak_mb_per_replica']:>12.0f}{row['warmup_s']:>11.1f}", flush=True)
+
+    def base(self):
+        return self.rows[0]["img_s"] if self.rows[0]["strategy"] == "baseline" else float("nan")
+
+    def summary(self):
+        fast = [r for r in self.rows if r["strategy"] != "baseline"]
+        best = max(fast, key=lambda r: r["img_s"])
+        loop = max((r for r in fast if r["strategy"] == "loop"), key=lambda r: r["img_s"], default=best)
+        print(json.dumps({"baseline_img_s": round(self.base(), 1), "best_img_s": round(best["img_s"], 1),
+                          "best_strategy": f"{best['strategy']} M={best['batch_models']}",
+                          "speedup": round(best["img_s"] / self.base(), 3),
+                          "flops_fraction": round(loop["flops_fraction"], 3),
+                          "best_flops_fraction": round(best["flops_fraction"], 3),
+                          "runs_per_hour": round(best["runs_per_hour"], 2), "gflop_per_image": round(self.flops / 1e9, 4),
+                          "peak_tflop_s": round(self.peak / 1e12, 3), "device": self.device,
+                          "precision": self.args.precision, "recipe": self.args.recipe, "width": self.width,
+                          "results": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
+                                      for r in self.rows]}))
 
 
 if __name__ == "__main__":

@@ -115,7 +115,9 @@ def augment_torch(images, indices, seeds, epoch, mean, std, dtype, flip, shift, 
         x = x.masked_fill((rows[:, :, None] & cols[:, None, :])[..., None], 0)
     # The float32 operations that build normalize_table, elementwise, so each pixel equals its table
     # entry. Mean and std as whole 3072-value rows: a broadcast over an inner dimension of 3 is slow.
+    # A row of 255s too: CUDA divides by a scalar as a multiplication by its reciprocal, which rounds
+    # differently; by a tensor it divides.
     mean_row = torch.tensor(mean, device=x.device).repeat(32 * 32)
     std_row = torch.tensor(std, device=x.device).repeat(32 * 32)
-    out = (x.reshape(-1, 3072).float() / 255 - mean_row) / std_row
+    out = (x.reshape(-1, 3072).float() / torch.full_like(mean_row, 255) - mean_row) / std_row
     return out.to(dtype).view(m, b, 32, 32, 3)

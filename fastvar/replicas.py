@@ -32,10 +32,12 @@ class Replicas:
         params, buffers = stack_module_state(models)
         self.params = {n: p.detach().to(device) for n, p in params.items()}
         self.buffers = {n: b.to(device) for n, b in buffers.items()}
-        self.template = template(model, width, dtype, dropout, compute_dtype is not None)
+        self.template = template(model, width, dtype, dropout, strategy == "vmap" or compute_dtype is not None)
         self.size, self.strategy, self.compile = len(init_seeds), strategy, compile
         self.compute = compute_dtype and (compute_dtype, lowered_parameters(self.template))
-        self.channels_last = channels_last_is_safe(self.template, torch.device(device))
+        # Compiled, contiguous input too: inductor's vmapped conv backward expects channels-last weight
+        # gradients that the kernel does not give (a stride assertion fails, torch 2.11 on CUDA).
+        self.channels_last = channels_last_is_safe(self.template, torch.device(device)) and not compile
         # Leaves share storage with the stacks, so the optimizer's in-place updates reach them. Each
         # replica gets leaves of its own: autograd through slices of one stacked leaf would build a
         # zeroed full-size gradient per slice.
@@ -100,21 +102,38 @@ class Replicas:
 
 
 @functools.cache
-def template(model, width, dtype, dropout, mixed):
+def template(model, width, dtype, dropout, elementary_norm):
     """The model's structure without state (parameters and buffers come from the stacks), one per
-    configuration in a process: compiled steps are keyed by it, so later batches reuse them."""
+    configuration in a process: compiled steps are keyed by it, so later batches reuse them.
+    `elementary_norm`: BatchNorm as ElementaryBatchNorm2d computes it."""
     structure = build_model(model, init_seed=0, width=width, dtype=dtype, dropout=dropout).to("meta")
     for module in structure.modules():
-        if mixed and type(module) is torch.nn.BatchNorm2d:
-            module.__class__ = Float32BatchNorm2d
+        if elementary_norm and type(module) is torch.nn.BatchNorm2d:
+            module.__class__ = ElementaryBatchNorm2d
     return structure
 
 
-class Float32BatchNorm2d(torch.nn.BatchNorm2d):
-    """BatchNorm in float32 on lower-precision activations, returned in their dtype."""
+class ElementaryBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm from elementary tensor operations, in float32 at least, returned in the input's dtype.
+
+    For vmap, whose BatchNorm rule fails on CUDA (it asks a batched tensor for its memory format) and
+    takes one dtype only, and for mixed precision, whose statistics need float32. The same function as
+    nn.BatchNorm2d up to rounding; the loop strategy in full precision keeps the native one (bit for bit
+    a lone model's)."""
 
     def forward(self, x):
-        return super().forward(x.float()).to(x.dtype)
+        h = at_least_float32(x)
+        if self.training:
+            mean, var = h.mean((0, 2, 3)), h.var((0, 2, 3), unbiased=False)
+            n = h.numel() / h.shape[1]
+            with torch.no_grad():
+                self.running_mean.mul_(1 - self.momentum).add_(mean.detach() * self.momentum)
+                self.running_var.mul_(1 - self.momentum).add_(var.detach() * (self.momentum * n / (n - 1)))
+                self.num_batches_tracked.add_(1)
+        else:
+            mean, var = self.running_mean, self.running_var
+        scale = torch.rsqrt(var + self.eps) * self.weight
+        return (h * scale[:, None, None] + (self.bias - mean * scale)[:, None, None]).to(x.dtype)
 
 
 def lowered_parameters(template):

@@ -92,12 +92,12 @@ def baseline(data, recipe, width, device, warmup, seconds):
     return measure(steps, recipe["batch_size"], device, warmup, seconds)
 
 
-def fastvar(data, recipe, width, device, strategy, m, precision, compile, warmup, seconds):
+def fastvar(data, recipe, width, device, strategy, m, precision, compile, gemm_conv, warmup, seconds):
     """Images per second and seconds of warm-up (compile included) of fastvar's own loop (fit)."""
     seeds = [run_seeds("all-random", i) for i in range(m)]
     replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], width=width, strategy=strategy,
                         dtype=PRECISIONS[precision], compute_dtype=COMPUTE_DTYPE.get(precision), device=device,
-                        compile=compile)
+                        compile=compile, gemm_conv=gemm_conv)
     batch = recipe["batch_size"]
 
     def steps(n):  # whole batches of the resident data, one epoch of n steps
@@ -172,12 +172,15 @@ def parse_args():
     parser.add_argument("--compile", help="also time each strategy under torch.compile in this mode (default, "
                                           "reduce-overhead, ...); default: on CUDA only, mode default")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--gemm-conv", choices=("auto", "on", "off"), default="auto",
+                        help="vmap's convolutions as one batched matrix product (auto: on CUDA)")
     parser.add_argument("--seconds", type=float, default=10, help="timed seconds per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile happens here)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the original loop (slow on a GPU)")
     parser.add_argument("--data-dir", type=Path)
     args = parser.parse_args()
     args.device = torch.device(args.device)
+    args.gemm_conv = {"auto": None, "on": True, "off": False}[args.gemm_conv]
     args.precision = args.precision or ("bf16-mixed" if args.device.type == "cuda" else "float32")
     args.compile = None if args.no_compile else args.compile or ("default" if args.device.type == "cuda" else None)
     return args
@@ -194,7 +197,8 @@ def main():
     strategies = args.strategies.split(",")
     for strategy, compile in [(s, None) for s in strategies] + [(s, args.compile) for s in strategies if args.compile]:
         for m in map(int, args.batch_models.split(",")):
-            row = fastvar(data, recipe, width, args.device, strategy, m, args.precision, compile, args.warmup, args.seconds)
+            row = fastvar(data, recipe, width, args.device, strategy, m, args.precision, compile, args.gemm_conv,
+                          args.warmup, args.seconds)
             table.add(strategy + ("+compile" if compile else ""), m, row)
     table.summary()
 

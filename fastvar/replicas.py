@@ -19,25 +19,29 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from .models import build_model
+from .vmap_layers import at_least_float32, use_vmap_layers
 
 STRATEGIES = ("loop", "vmap")
 
 
 class Replicas:
     def __init__(self, model, init_seeds, *, width=None, strategy="loop", dtype=torch.float32, device="cpu",
-                 dropout=None, compute_dtype=None, compile=None):
+                 dropout=None, compute_dtype=None, compile=None, gemm_conv=None):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
         models = [build_model(model, init_seed=s, width=width, dtype=dtype, dropout=dropout) for s in init_seeds]
         params, buffers = stack_module_state(models)
         self.params = {n: p.detach().to(device) for n, p in params.items()}
         self.buffers = {n: b.to(device) for n, b in buffers.items()}
-        self.template = template(model, width, dtype, dropout, strategy == "vmap" or compute_dtype is not None)
+        vmapped, device = strategy == "vmap", torch.device(device)
+        # vmap layers where vmap needs them or mixed precision does; GEMM convs by device, never by a timing
+        gemm_conv = vmapped and device.type == "cuda" if gemm_conv is None else gemm_conv
+        self.template = template(model, width, dtype, dropout, vmapped or compute_dtype is not None, gemm_conv)
         self.size, self.strategy, self.compile = len(init_seeds), strategy, compile
         self.compute = compute_dtype and (compute_dtype, lowered_parameters(self.template))
         # Compiled, contiguous input too: inductor's vmapped conv backward expects channels-last weight
         # gradients that the kernel does not give (a stride assertion fails, torch 2.11 on CUDA).
-        self.channels_last = channels_last_is_safe(self.template, torch.device(device)) and not compile
+        self.channels_last = channels_last_is_safe(self.template, device) and not compile
         # Leaves share storage with the stacks, so the optimizer's in-place updates reach them. Each
         # replica gets leaves of its own: autograd through slices of one stacked leaf would build a
         # zeroed full-size gradient per slice.
@@ -102,38 +106,12 @@ class Replicas:
 
 
 @functools.cache
-def template(model, width, dtype, dropout, elementary_norm):
+def template(model, width, dtype, dropout, vmap_layers, gemm_conv):
     """The model's structure without state (parameters and buffers come from the stacks), one per
     configuration in a process: compiled steps are keyed by it, so later batches reuse them.
-    `elementary_norm`: BatchNorm as ElementaryBatchNorm2d computes it."""
+    `vmap_layers`, `gemm_conv`: as fastvar.vmap_layers.use_vmap_layers swaps them in."""
     structure = build_model(model, init_seed=0, width=width, dtype=dtype, dropout=dropout).to("meta")
-    for module in structure.modules():
-        if elementary_norm and type(module) is torch.nn.BatchNorm2d:
-            module.__class__ = ElementaryBatchNorm2d
-    return structure
-
-
-class ElementaryBatchNorm2d(torch.nn.BatchNorm2d):
-    """BatchNorm from elementary tensor operations, in float32 at least, returned in the input's dtype.
-
-    For vmap, whose BatchNorm rule fails on CUDA (it asks a batched tensor for its memory format) and
-    takes one dtype only, and for mixed precision, whose statistics need float32. The same function as
-    nn.BatchNorm2d up to rounding; the loop strategy in full precision keeps the native one (bit for bit
-    a lone model's)."""
-
-    def forward(self, x):
-        h = at_least_float32(x)
-        if self.training:
-            mean, var = h.mean((0, 2, 3)), h.var((0, 2, 3), unbiased=False)
-            n = h.numel() / h.shape[1]
-            with torch.no_grad():
-                self.running_mean.mul_(1 - self.momentum).add_(mean.detach() * self.momentum)
-                self.running_var.mul_(1 - self.momentum).add_(var.detach() * (self.momentum * n / (n - 1)))
-                self.num_batches_tracked.add_(1)
-        else:
-            mean, var = self.running_mean, self.running_var
-        scale = torch.rsqrt(var + self.eps) * self.weight
-        return (h * scale[:, None, None] + (self.bias - mean * scale)[:, None, None]).to(x.dtype)
+    return use_vmap_layers(structure, gemm_conv) if vmap_layers else structure
 
 
 def lowered_parameters(template):
@@ -166,11 +144,6 @@ def stacked_losses(template, params, buffers, x, y, label_smoothing, compute):
     """The vmap strategy's forward: each replica's mean loss [M] and logits M×B×classes."""
     logits = vmap(forward, in_dims=(None, 0, 0, 0))(template, in_compute_dtype(params, compute), buffers, x)
     return batched_cross_entropy(at_least_float32(logits), y, label_smoothing), logits
-
-
-def at_least_float32(logits):
-    """The loss in float32 at least: bfloat16 logits upcast, float64 ones kept."""
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def replica_loss(template, params, buffers, x, y, label_smoothing, compute):

@@ -1,0 +1,91 @@
+"""The vmap layers compute what nn.Conv2d and nn.BatchNorm2d compute (float64, to rounding), alone and
+batched over replicas by vmap, forward and backward; a vmap run with them trains as the loop does."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+
+from conftest import random_dataset
+from fastvar.replicas import Replicas
+from fastvar.sources import run_seeds
+from fastvar.train import RECIPES, fit
+from fastvar.vmap_layers import ElementaryBatchNorm2d, GemmConv2d, gemm_convertible
+
+# (in, out, kernel, stride, padding, bias, input size): every convolution shape the models use, and odd ones
+CONVS = [(3, 8, 7, 2, 3, False, 32), (8, 8, 3, 1, 1, False, 8), (8, 16, 3, 2, 1, False, 8), (8, 16, 1, 2, 0, False, 8),
+         (3, 8, 5, 2, 2, True, 32), (16, 8, 3, 1, 0, False, 5), (4, 6, 3, 1, 1, True, 1), (5, 7, 2, 3, 1, True, 9)]
+
+
+def as_class(module, cls):
+    module.__class__ = cls
+    return module
+
+
+@pytest.mark.parametrize("c_in,c_out,k,s,p,bias,size", CONVS)
+def test_gemm_conv_equals_conv2d_forward_and_backward(c_in, c_out, k, s, p, bias, size):
+    torch.manual_seed(size + k)
+    conv = torch.nn.Conv2d(c_in, c_out, k, stride=s, padding=p, bias=bias, dtype=torch.float64)
+    assert gemm_convertible(conv)
+    gemm = as_class(torch.nn.Conv2d(c_in, c_out, k, stride=s, padding=p, bias=bias, dtype=torch.float64), GemmConv2d)
+    gemm.load_state_dict(conv.state_dict())
+    x = torch.randn(3, c_in, size, size, dtype=torch.float64, requires_grad=True)
+    expected, got = conv(x), gemm(x)
+    assert got.shape == expected.shape and torch.allclose(got, expected, rtol=0, atol=1e-12)
+    g = torch.randn_like(expected)
+    grads = [torch.autograd.grad(out, [x, *module.parameters()], g) for out, module in ((expected, conv), (got, gemm))]
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=0, atol=1e-11)
+
+
+def test_gemm_conv_under_vmap_is_each_replicas_own_conv():
+    torch.manual_seed(0)
+    convs = [torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, dtype=torch.float64) for _ in range(3)]
+    params, _ = stack_module_state(convs)
+    template = as_class(torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, dtype=torch.float64, device="meta"), GemmConv2d)
+    x = torch.randn(3, 5, 4, 9, 9, dtype=torch.float64)
+    out = vmap(lambda p, xi: functional_call(template, p, (xi,)))(params, x)
+    for r, conv in enumerate(convs):
+        assert torch.allclose(out[r], conv(x[r]), rtol=0, atol=1e-12)
+
+
+def test_grouped_or_dilated_convs_stay_native():
+    assert not gemm_convertible(torch.nn.Conv2d(4, 4, 3, groups=2))
+    assert not gemm_convertible(torch.nn.Conv2d(4, 4, 3, dilation=2))
+    assert not gemm_convertible(torch.nn.Conv2d(4, 4, (3, 1)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_elementary_batch_norm_equals_batch_norm(dtype):
+    torch.manual_seed(1)
+    native = torch.nn.BatchNorm2d(5, dtype=torch.float64)
+    with torch.no_grad():
+        native.weight.uniform_(0.5, 1.5), native.bias.uniform_(-1, 1)
+    elementary = as_class(torch.nn.BatchNorm2d(5, dtype=torch.float64), ElementaryBatchNorm2d)
+    elementary.load_state_dict(native.state_dict())
+    x = torch.randn(6, 5, 4, 4, dtype=torch.float64) * 3 + 1
+    for _ in range(2):  # training: output, running statistics, batch count
+        expected, got = native(x), elementary(x.to(dtype))
+        assert got.dtype == dtype
+        tolerance = 1e-12 if dtype == torch.float64 else 3e-2
+        assert torch.allclose(got.double(), expected, rtol=0, atol=tolerance * 10)
+    for name, buffer in native.named_buffers():
+        assert torch.allclose(getattr(elementary, name).double(), buffer.double(), rtol=1e-2 if dtype != torch.float64 else 1e-12)
+    native.eval(), elementary.eval()
+    assert torch.allclose(elementary(x.to(dtype)).double(), native(x), rtol=0, atol=tolerance * 10)
+
+
+def test_vmap_with_gemm_convs_trains_as_the_loop_does_in_float64():
+    data = random_dataset(48, 10)
+    recipe = dict(RECIPES["seed"], epochs=1, batch_size=16)  # 3 Adam steps
+    seeds = [run_seeds("all-random", i) for i in range(2)]
+    trained = []
+    for strategy, gemm_conv in (("loop", False), ("vmap", True)):
+        replicas = Replicas("resnet18", [s.init_seed for s in seeds], width=4, strategy=strategy,
+                            dtype=torch.float64, gemm_conv=gemm_conv)
+        assert any(isinstance(m, GemmConv2d) for m in replicas.template.modules()) == gemm_conv
+        fit(replicas, data, recipe, seeds)
+        trained.append(replicas)
+    for name, loop in trained[0].params.items():
+        assert torch.allclose(trained[1].params[name], loop, rtol=0, atol=1e-9), name
+    for name, loop in trained[0].buffers.items():
+        assert torch.allclose(trained[1].buffers[name].double(), loop.double(), rtol=0, atol=1e-9), name

@@ -75,7 +75,7 @@ def baseline(data, recipe, width, device, warmup, seconds):
     model = build_model(recipe["model"], init_seed=0, width=width).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(PerSampleCIFAR(data.x_train.cpu(), data.y_train.cpu()),
-                                         batch_size=recipe["batch_size"], shuffle=True)
+                                         batch_size=recipe["batch_size"], shuffle=True, drop_last=True)
 
     def steps(n):
         done = 0
@@ -100,9 +100,12 @@ def fastvar(data, recipe, width, device, strategy, m, precision, compile, gemm_c
                         compile=compile, gemm_conv=gemm_conv)
     batch = recipe["batch_size"]
 
-    def steps(n):  # whole batches of the resident data, one epoch of n steps
-        subset = Dataset(*(t[:n * batch] for t in (data.x_train, data.y_train)), data.x_test, data.y_test)
-        fit(replicas, subset, dict(recipe, epochs=1), seeds)
+    def steps(n):  # whole batches only (a partial one would recompile), epochs over the data as needed
+        per_epoch = min(n, len(data.y_train) // batch)
+        subset = Dataset(*(t[:per_epoch * batch] for t in (data.x_train, data.y_train)), data.x_test, data.y_test)
+        epochs = -(-n // per_epoch)
+        fit(replicas, subset, dict(recipe, epochs=epochs), seeds)
+        return epochs * per_epoch
     return measure(steps, batch * m, device, warmup, seconds)
 
 
@@ -116,7 +119,7 @@ def measure(steps, images_per_step, device, warmup, seconds):
         steps(2)
     n = max(2, round(seconds * 2 / pace.seconds))
     with Timer(device) as timed:
-        steps(n)
+        n = steps(n) or n
     return {"img_s": n * images_per_step / timed.seconds, "warmup_s": first.seconds, "steps": n}
 
 

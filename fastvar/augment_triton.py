@@ -32,7 +32,9 @@ def _uniform(seed_lo, seed_hi, epoch, example, number, n):
     return (h % tl.cast(n, tl.uint32)).to(tl.int32)
 
 
-@triton.jit
+# Triton compiles an integer argument equal to 1 as a constant (a Python int, with no `.to`): the
+# epoch and the batch size must stay run-time values (seen on an H100: epoch 1 failed to compile).
+@triton.jit(do_not_specialize=["epoch", "per_replica", "shift", "cutout"])
 def _augment_kernel(images, indices, seeds, table, out, epoch, per_replica, shift, cutout,
                     FLIP: tl.constexpr, REFLECT: tl.constexpr, CUTOUT: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)

@@ -24,17 +24,22 @@ def random_input(n_images, m, b, seed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "+".join(f"{k}{v}" for k, v in o.items()) or "none")
 def test_triton_kernel_equals_torch_reference(options, dtype):
+    for epoch in (1, 7):  # 1: a compiled kernel must not take the epoch for a constant
+        compare_kernel_and_reference(options, dtype, epoch)
+
+
+def compare_kernel_and_reference(options, dtype, epoch):
     import triton  # noqa: F401  (missing Triton is a failure, not a skip)
     images, indices, seeds = random_input(40, 3, 5, seed=len(str(options)))  # odd batch size
     kwargs = dict(options, mean=MEAN, std=STD, dtype=dtype)
-    reference = augment(images, indices, seeds, 7, backend="torch", **kwargs)
+    reference = augment(images, indices, seeds, epoch, backend="torch", **kwargs)
     on_device = [t.to(KERNEL_DEVICE) for t in (images, indices, seeds)]
-    kernel = augment(*on_device, 7, backend="triton", **kwargs)
+    kernel = augment(*on_device, epoch, backend="triton", **kwargs)
     assert kernel.shape == (3, 5, 3, 32, 32) and kernel.dtype == dtype
     assert torch.equal(kernel.cpu(), reference)
     assert kernel[1].is_contiguous(memory_format=torch.channels_last)
     if KERNEL_DEVICE == "cuda":  # the reference on the GPU too: the same function on every device
-        assert torch.equal(augment(*on_device, 7, backend="torch", **kwargs).cpu(), reference)
+        assert torch.equal(augment(*on_device, epoch, backend="torch", **kwargs).cpu(), reference)
 
 
 def numpy_oracle(image, seed, epoch, index, flip=False, pad=0, translate=0, cutout=0, pad_mode="zeros"):

@@ -100,3 +100,17 @@ def test_study_api_pads_the_last_batch_and_stores_the_seeds(synthetic_dir, tmp_p
         assert r["batch_models"] == 2 and r["strategy"] == "loop" and r["precision"] == "float32"
         assert r["test_logits"].shape == (r["n_test"], 10) and 0 <= r["test_acc"] <= 1
         assert len(r["train_loss_curve"]) == len(r["train_acc_curve"]) == 1
+
+
+def test_bf16_mixed_on_the_cpu_is_a_config_of_its_own(synthetic_dir, tmp_path, capsys):
+    out = tmp_path / "study"
+    args = study_args(synthetic_dir, out, epochs=1)
+    args[args.index("--runs") + 1] = "2"
+    assert cli.main([*args, "--precision", "bf16-mixed", "--strategy", "vmap"]) == 0
+    rows = Store(out).runs()
+    assert [(r["precision"], r["strategy"], r["compiled"]) for r in rows] == [("bf16-mixed", "vmap", 0)] * 2
+    assert all(0 <= r["test_acc"] <= 1 and not r["diverged"] for r in rows)
+    capsys.readouterr()
+    assert cli.main(args) == 2  # auto is float32 on the CPU: another config, refused in one line
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "precision bf16-mixed -> float32" in err[0]

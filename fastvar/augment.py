@@ -85,9 +85,10 @@ def pad_images(x, shift, reflect):
     """E×32×32×3 → E×(32+2s)×(32+2s)×3, zeros (torchvision's RandomCrop) or reflected (airbench)."""
     if not reflect or not shift:
         return F.pad(x, (0, 0, shift, shift, shift, shift))
-    source = torch.arange(-shift, 32 + shift, device=x.device).abs()
-    source = torch.where(source > 31, 62 - source, source)
-    return x[:, source][:, :, source]
+    for dim in (1, 2):  # rows, then columns: the edge row or column itself is not repeated
+        before, after = x.narrow(dim, 1, shift).flip(dim), x.narrow(dim, 31 - shift, shift).flip(dim)
+        x = torch.cat([before, x, after], dim)
+    return x
 
 
 def augment_torch(images, indices, seeds, epoch, mean, std, dtype, flip, shift, reflect, cutout):
@@ -99,25 +100,38 @@ def augment_torch(images, indices, seeds, epoch, mean, std, dtype, flip, shift, 
 
     def uniform(number, n):  # one integer draw in [0, n) per example
         return draw(seed, epoch, example, number) % n
-    x = images.index_select(0, example)  # E×32×32×3 uint8
+    x = images.index_select(0, example)  # E×32×32×3 uint8, a copy
+    every = torch.arange(len(example), device=x.device)
     if shift:
         windows = pad_images(x, shift, reflect).unfold(1, 32, 1).unfold(2, 32, 1)  # E×(2s+1)²×3×32×32
-        every = torch.arange(len(example), device=x.device)
         x = windows.permute(0, 1, 2, 4, 5, 3)[every, uniform(DRAW_SHIFT_Y, 2 * shift + 1),
                                              uniform(DRAW_SHIFT_X, 2 * shift + 1)]
     if flip:  # of the crop, as RandomHorizontalFlip after RandomCrop
         flipped = uniform(DRAW_FLIP, 2).bool()
         x[flipped] = x[flipped].flip(2)
-    if cutout:
-        pos = torch.arange(32, device=x.device)
-        top, left = uniform(DRAW_CUT_Y, 33 - cutout)[:, None], uniform(DRAW_CUT_X, 33 - cutout)[:, None]
-        rows, cols = (pos >= top) & (pos < top + cutout), (pos >= left) & (pos < left + cutout)
-        x = x.masked_fill((rows[:, :, None] & cols[:, None, :])[..., None], 0)
-    # The float32 operations that build normalize_table, elementwise, so each pixel equals its table
-    # entry. Mean and std as whole 3072-value rows: a broadcast over an inner dimension of 3 is slow.
-    # A row of 255s too: CUDA divides by a scalar as a multiplication by its reciprocal, which rounds
-    # differently; by a tensor it divides.
+    if cutout:  # in place, through a view of all k×k squares: one index per example, no mask
+        squares = x.unfold(1, cutout, 1).unfold(2, cutout, 1)  # E×(33-k)×(33-k)×3×k×k
+        squares[every, uniform(DRAW_CUT_Y, 33 - cutout), uniform(DRAW_CUT_X, 33 - cutout)] = 0
+    return normalize_rows(x.reshape(-1, 3072), mean, std, dtype).view(m, b, 32, 32, 3)
+
+
+def normalize_rows(x, mean, std, dtype, cpu_chunk=64):
+    """E×3072 uint8 (HWC rows) → E×3072 in `dtype`, by the float32 operations that build
+    normalize_table, elementwise, so each pixel equals its table entry.
+
+    In place, on a CPU `cpu_chunk` images at a time: the float32 intermediates stay in cache (passes
+    over the whole batch were memory-bound there, 2.6× slower); on a GPU in one chunk. Mean and std as whole 3072-value rows: a
+    broadcast over an inner dimension of 3 is slow. A row of 255s too: CUDA divides by a scalar as a
+    multiplication by its reciprocal, which rounds differently; by a tensor it divides."""
+    chunk = cpu_chunk if x.device.type == "cpu" else max(len(x), 1)
     mean_row = torch.tensor(mean, device=x.device).repeat(32 * 32)
     std_row = torch.tensor(std, device=x.device).repeat(32 * 32)
-    out = (x.reshape(-1, 3072).float() / torch.full_like(mean_row, 255) - mean_row) / std_row
-    return out.to(dtype).view(m, b, 32, 32, 3)
+    scale_row = torch.full_like(mean_row, 255)
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    scratch = out if dtype == torch.float32 else torch.empty(min(chunk, len(x)), 3072, device=x.device)
+    for start in range(0, len(x), chunk):
+        part = scratch[start:start + chunk] if scratch is out else scratch[:len(x[start:start + chunk])]
+        part.copy_(x[start:start + chunk]).div_(scale_row).sub_(mean_row).div_(std_row)
+        if scratch is not out:
+            out[start:start + chunk].copy_(part)
+    return out

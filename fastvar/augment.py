@@ -16,6 +16,8 @@ a per-channel table of 256 values that torch computes (no arithmetic left in Tri
 differently, e.g. the interpreter's truncating bfloat16 downcast); the reference computes the same
 float32 operations elementwise, which is faster on a CPU than a gather and equal by construction.
 """
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -25,8 +27,10 @@ MIX = 0x45D9F3B  # below 2**27, so that a 32-bit value times MIX fits an int64 e
 MASK32 = 0xFFFFFFFF
 
 
+@functools.lru_cache(maxsize=16)
 def normalize_table(mean, std, dtype=torch.float32, device="cpu"):
-    """3×256 table: entry [c, v] is (v / 255 - mean[c]) / std[c], rounded once to `dtype`."""
+    """3×256 table: entry [c, v] is (v / 255 - mean[c]) / std[c], rounded once to `dtype`. Made once
+    per (mean, std, dtype, device), tuples: a copy to the GPU at every step would wait for the GPU."""
     values = torch.arange(256, dtype=torch.float32) / 255  # as ToTensor computes it, in float32
     table = (values[None, :] - torch.tensor(mean)[:, None]) / torch.tensor(std)[:, None]
     return table.to(dtype=dtype, device=device)
@@ -72,7 +76,7 @@ def augment(images, indices, seeds, epoch, *, flip=False, pad=0, translate=0, cu
         backend = "triton" if images.is_cuda else "torch"
     if backend == "triton":
         from .augment_triton import augment_triton
-        table = normalize_table(mean, std, dtype, images.device)
+        table = normalize_table(tuple(mean), tuple(std), dtype, images.device)
         out = augment_triton(images, indices, seeds, epoch, table, flip, shift, reflect, cutout)
     elif backend == "torch":
         out = augment_torch(images, indices, seeds, epoch, mean, std, dtype, flip, shift, reflect, cutout)

@@ -124,18 +124,19 @@ def normalize_rows(x, mean, std, dtype, cpu_chunk=64):
     normalize_table, elementwise, so each pixel equals its table entry.
 
     In place, on a CPU `cpu_chunk` images at a time: the float32 intermediates stay in cache (passes
-    over the whole batch were memory-bound there, 2.6× slower); on a GPU in one chunk. Mean and std as whole 3072-value rows: a
-    broadcast over an inner dimension of 3 is slow. A row of 255s too: CUDA divides by a scalar as a
-    multiplication by its reciprocal, which rounds differently; by a tensor it divides."""
+    over the whole batch were memory-bound there, 2.6× slower); on a GPU in one chunk. Mean and std
+    as whole 3072-value rows: a broadcast over an inner dimension of 3 is slow. A row of 255s too:
+    CUDA divides by a scalar as a multiplication by its reciprocal, which rounds differently."""
     chunk = cpu_chunk if x.device.type == "cpu" else max(len(x), 1)
     mean_row = torch.tensor(mean, device=x.device).repeat(32 * 32)
     std_row = torch.tensor(std, device=x.device).repeat(32 * 32)
     scale_row = torch.full_like(mean_row, 255)
     out = torch.empty(x.shape, dtype=dtype, device=x.device)
-    scratch = out if dtype == torch.float32 else torch.empty(min(chunk, len(x)), 3072, device=x.device)
+    scratch = None if dtype == torch.float32 else torch.empty(min(chunk, len(x)), 3072, device=x.device)
     for start in range(0, len(x), chunk):
-        part = scratch[start:start + chunk] if scratch is out else scratch[:len(x[start:start + chunk])]
-        part.copy_(x[start:start + chunk]).div_(scale_row).sub_(mean_row).div_(std_row)
-        if scratch is not out:
+        rows = x[start:start + chunk]
+        part = out[start:start + chunk] if scratch is None else scratch[:len(rows)]
+        part.copy_(rows).div_(scale_row).sub_(mean_row).div_(std_row)
+        if scratch is not None:  # rounded once, from float32, to the output dtype
             out[start:start + chunk].copy_(part)
     return out

@@ -11,8 +11,9 @@ from . import augment
 
 # A compiled kernel reads module globals only as constexpr (the interpreter is not as strict).
 MIX = tl.constexpr(augment.MIX)
-DRAW_FLIP, DRAW_SHIFT_Y, DRAW_SHIFT_X = (tl.constexpr(d) for d in (augment.DRAW_FLIP, augment.DRAW_SHIFT_Y, augment.DRAW_SHIFT_X))
-DRAW_CUT_Y, DRAW_CUT_X = tl.constexpr(augment.DRAW_CUT_Y), tl.constexpr(augment.DRAW_CUT_X)
+DRAW_FLIP, DRAW_SHIFT_Y, DRAW_SHIFT_X, DRAW_CUT_Y, DRAW_CUT_X = (
+    tl.constexpr(d) for d in (augment.DRAW_FLIP, augment.DRAW_SHIFT_Y, augment.DRAW_SHIFT_X, augment.DRAW_CUT_Y,
+                              augment.DRAW_CUT_X))
 
 
 @triton.jit

@@ -67,8 +67,10 @@ class BatchedOptimizer:
                     self.update(param[r], grads[name][r], {s: t[r] for s, t in self.state[name].items()},
                                 {k: v[r].item() for k, v in coefficients[name].items()}, constants)
             return
-        stacked = {name: {k: per_replica(v, self.params[name]) for k, v in c.items()} for name, c in coefficients.items()}
-        (compiled_update_stacked() if self.compile else update_stacked)(self.update, self.params, grads, self.state, stacked, constants)
+        stacked = {name: {k: per_replica(v, self.params[name]) for k, v in c.items()}
+                   for name, c in coefficients.items()}
+        update = compiled_update_stacked() if self.compile else update_stacked
+        update(self.update, self.params, grads, self.state, stacked, constants)
 
 
 class BatchedAdam(BatchedOptimizer):

@@ -68,8 +68,8 @@ class Study:
             experiment_sources(self.experiment)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        choices = {"recipe": RECIPES, "precision": ("auto", *PRECISIONS), "dataset": DATASETS, "strategy": ("auto", *STRATEGIES),
-                   "device": ("auto", "cpu", "cuda"), "compile": ("auto", "on", "off")}
+        choices = {"recipe": RECIPES, "precision": ("auto", *PRECISIONS), "dataset": DATASETS,
+                   "strategy": ("auto", *STRATEGIES), "device": ("auto", "cpu", "cuda"), "compile": ("auto", "on", "off")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
@@ -164,7 +164,7 @@ class Study:
         return self.width or DEFAULT_WIDTH[self.recipe_dict()["model"]]
 
     def config(self):
-        """Everything that changes a run's result; not the run count, batching, strategy or device."""
+        """Everything that changes a run's result; not the run count, batching, strategy, compile or device."""
         config = {"recipe": self.recipe, "hyperparameters": self.recipe_dict(), "width": self.resolved_width(),
                   "train_subset": self.train_subset, "test_subset": self.test_subset, "seed": self.seed,
                   "experiment": self.experiment, "precision": self.resolved_precision()}
@@ -281,7 +281,7 @@ def train_chunk(chunk, data, device, on_step, size):
     lead = chunk[0][0]
     padded = chunk + [chunk[-1]] * (size - len(chunk))
     seeds = [study.seeds(i) for study, _, i in padded]
-    strategy, precision, compile = lead.resolved_strategy(device), lead.resolved_precision(), lead.resolved_compile(device)
+    strategy, compile, precision = lead.resolved_strategy(device), lead.resolved_compile(device), lead.resolved_precision()
     keep = [r for r, (study, _, i) in enumerate(chunk) if i < study.save_weights]
     started = time.perf_counter()
     results = train_replicas(data, lead.recipe_dict(), seeds, width=lead.resolved_width(), strategy=strategy,
@@ -294,8 +294,8 @@ def train_chunk(chunk, data, device, on_step, size):
     for r in keep:  # before the rows: a stored run with saved weights always has its file
         study, store, i = chunk[r]
         save_weights(results[r].pop("weights"), weights_path(store.folder, study.experiment, i))
-    how = {"strategy": strategy, "compiled": int(compile is not None), "wall_s": wall_s, "device": str(device), "n_test": len(data.y_test), "batch_models": size,
-           "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    how = {"strategy": strategy, "compiled": int(compile is not None), "wall_s": wall_s, "device": str(device),
+           "n_test": len(data.y_test), "batch_models": size, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     by_store = {}
     for (study, store, _), s, result in zip(chunk, seeds, results):
         by_store.setdefault(store, []).append(study.row(s, result, **how))

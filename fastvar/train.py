@@ -107,8 +107,8 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
     `on_step(fraction)` is called after each step with the fraction of this batch's training done.
     """
     replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], width=width, strategy=strategy,
-                        dtype=dtype, device=data.x_train.device, dropout=recipe.get("dropout"), compute_dtype=compute_dtype,
-                        compile=compile)
+                        dtype=dtype, device=data.x_train.device, dropout=recipe.get("dropout"),
+                        compute_dtype=compute_dtype, compile=compile)
     test_scores, snapshots, latest = [], [], {}  # evaluation draws no randomness: it changes no result
     snapshot_at = snapshot_epochs(recipe)
 

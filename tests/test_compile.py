@@ -3,6 +3,7 @@ computes what eager does: checked in float64, where rounding leaves 1e-12 and an
 stride shows. One compile on the CPU (about half a minute); the CUDA path where a GPU is present."""
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from conftest import random_dataset
 from fastvar import cli
@@ -30,6 +31,12 @@ def test_compiled_vmap_step_equals_eager_in_float64():
                                            dtype=torch.float64).params[name]) or p.dim() == 1  # it trained
     for name, b in eager.buffers.items():
         assert torch.allclose(compiled.buffers[name].double(), b.double(), rtol=0, atol=1e-10), name
+    # The next batch of a study (new replicas, same configuration) reuses the compiled graphs.
+    graphs = counters["stats"]["unique_graphs"]
+    later = [run_seeds("all-random", i) for i in (2, 3)]
+    fit(Replicas("resnet6", [s.init_seed for s in later], width=4, strategy="vmap", dtype=torch.float64,
+                 gemm_conv=True, compile="default"), data, recipe, later)
+    assert counters["stats"]["unique_graphs"] == graphs > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA defaults need a GPU")

@@ -2,8 +2,9 @@
 
 `augment` takes the N×32×32×3 uint8 images, the example indices of all replicas (M×B) and each
 replica's augmentation seed, and returns the M×B×3×32×32 batch, channels-last in memory, normalised.
-Two backends compute it bit for bit alike: a Triton kernel (one launch, uint8 read once, output
-written once) on CUDA, and a batched torch reference on the CPU and as the kernel's test oracle.
+Three backends compute it bit for bit alike: a Triton kernel (one launch, uint8 read once, output
+written once) on CUDA; one fused C loop on a CPU (augment_cpu.c, built on first use where a C
+compiler is found); and a batched torch reference, the kernels' test oracle and the fallback.
 
 Every random draw of an example is a counter-based hash of (augmentation seed, epoch, example index,
 draw number), so an example's augmentation depends on nothing else: not on its position in the
@@ -11,15 +12,18 @@ batch, not on the data order, not on the other replicas.
 
 All augmentation happens in pixel space: padding and cutout blank pixels to the value 0, as
 torchvision's RandomCrop pads. Normalisation comes last and gives exactly what ToTensor + Normalize
-give, (v / 255 - mean) / std in float32, rounded once to the output dtype: the kernel gathers it from
-a per-channel table of 256 values that torch computes (no arithmetic left in Triton to round
+give, (v / 255 - mean) / std in float32, rounded once to the output dtype: the kernels gather it from
+a per-channel table of 256 values that torch computes (no arithmetic left in Triton or C to round
 differently, e.g. the interpreter's truncating bfloat16 downcast); the reference computes the same
-float32 operations elementwise, which is faster on a CPU than a gather and equal by construction.
+float32 operations elementwise, equal by construction. The C loop and the reference take the same
+draws (example_draws); the Triton kernel computes them itself from the same hash.
 """
 import functools
 
 import torch
 import torch.nn.functional as F
+
+from . import augment_cpu
 
 # Draw numbers: which random value of an example is used for what.
 DRAW_FLIP, DRAW_SHIFT_Y, DRAW_SHIFT_X, DRAW_CUT_Y, DRAW_CUT_X = range(5)
@@ -68,21 +72,37 @@ def augment(images, indices, seeds, epoch, *, flip=False, pad=0, translate=0, cu
     flip: horizontal flip with probability 0.5. pad: random crop after padding by `pad` pixels,
     zeros as torchvision's RandomCrop (or `pad_mode="reflect"`). translate: airbench's random
     translation, i.e. a crop after reflect padding. cutout: a k×k square, inside the image, blanked.
-    mean, std: 3 floats in the [0, 1] pixel scale. backend: "auto" (Triton on CUDA), "triton", "torch".
+    mean, std: 3 floats in the [0, 1] pixel scale. backend: "auto" (Triton on CUDA, the C loop on
+    a CPU where a compiler built it, else torch), "triton", "c", "torch".
     """
     check_options(flip, pad, translate, cutout, pad_mode)
     shift, reflect = max(pad, translate), bool(translate) or pad_mode == "reflect"
+    if backend not in ("auto", "triton", "c", "torch"):
+        raise ValueError(f"unknown backend {backend!r}; choose from auto, triton, c, torch")
     if backend == "auto":
-        backend = "triton" if images.is_cuda else "torch"
+        backend = "triton" if images.is_cuda else "c" if augment_cpu.load() else "torch"
     if backend == "triton":
         from .augment_triton import augment_triton
         table = normalize_table(tuple(mean), tuple(std), dtype, images.device)
         out = augment_triton(images, indices, seeds, epoch, table, flip, shift, reflect, cutout)
-    elif backend == "torch":
-        out = augment_torch(images, indices, seeds, epoch, mean, std, dtype, flip, shift, reflect, cutout)
     else:
-        raise ValueError(f"unknown backend {backend!r}; choose from auto, triton, torch")
-    return out.movedim(-1, -3)  # M×B×32×32×3 in memory, M×B×3×32×32 in shape: channels-last
+        example = indices.reshape(-1)
+        if len(example) and not 0 <= int(example.min()) <= int(example.max()) < len(images):
+            raise IndexError(f"example indices must lie in [0, {len(images)})")
+        draws = example_draws(seeds, epoch, indices, flip, shift, cutout)
+        if backend == "torch":
+            out = augment_torch(images, example, draws, mean, std, dtype, shift, reflect, cutout)
+        else:
+            out = augment_c(images, example, draws, mean, std, dtype, shift, reflect, cutout)
+    return out.view(*indices.shape, 32, 32, 3).movedim(-1, -3)  # channels-last: M×B×32×32×3 in memory
+
+
+def augment_c(images, example, draws, mean, std, dtype, shift, reflect, cutout):
+    library = augment_cpu.load()
+    if library is None or images.device.type != "cpu":
+        raise RuntimeError("the C augmentation runs on CPU tensors, where a C compiler built it")
+    table = normalize_table(tuple(mean), tuple(std), dtype, images.device)
+    return augment_cpu.augment_cpu(library, images, example, draws, table, shift, reflect, cutout)
 
 
 def pad_images(x, shift, reflect):
@@ -95,28 +115,34 @@ def pad_images(x, shift, reflect):
     return x
 
 
-def augment_torch(images, indices, seeds, epoch, mean, std, dtype, flip, shift, reflect, cutout):
-    """The reference: all M×B examples at once in block copies, no per-example Python or per-pixel
-    index arithmetic. Returns M×B×32×32×3."""
-    m, b = indices.shape
+def example_draws(seeds, epoch, indices, flip, shift, cutout):
+    """Each example's integer draws (int64 [E], None where the option is off): crop offsets dy, dx in
+    [0, 2·shift], flip in {0, 1}, cutout corner cut_y, cut_x in [0, 32 - cutout]; E = M×B, row-major."""
     example = indices.reshape(-1)
-    seed = seeds.to(indices.device).repeat_interleave(b)
+    seed = seeds.to(indices.device).repeat_interleave(indices.shape[1])
 
-    def uniform(number, n):  # one integer draw in [0, n) per example
-        return draw(seed, epoch, example, number) % n
+    def uniform(number, n, on):  # one integer draw in [0, n) per example
+        return draw(seed, epoch, example, number) % n if on else None
+    return {"dy": uniform(DRAW_SHIFT_Y, 2 * shift + 1, shift), "dx": uniform(DRAW_SHIFT_X, 2 * shift + 1, shift),
+            "flip": uniform(DRAW_FLIP, 2, flip),
+            "cut_y": uniform(DRAW_CUT_Y, 33 - cutout, cutout), "cut_x": uniform(DRAW_CUT_X, 33 - cutout, cutout)}
+
+
+def augment_torch(images, example, draws, mean, std, dtype, shift, reflect, cutout):
+    """The reference: all E examples at once in block copies, no per-example Python or per-pixel
+    index arithmetic. Returns E×32×32×3."""
     x = images.index_select(0, example)  # E×32×32×3 uint8, a copy
     every = torch.arange(len(example), device=x.device)
     if shift:
         windows = pad_images(x, shift, reflect).unfold(1, 32, 1).unfold(2, 32, 1)  # E×(2s+1)²×3×32×32
-        x = windows.permute(0, 1, 2, 4, 5, 3)[every, uniform(DRAW_SHIFT_Y, 2 * shift + 1),
-                                             uniform(DRAW_SHIFT_X, 2 * shift + 1)]
-    if flip:  # of the crop, as RandomHorizontalFlip after RandomCrop
-        flipped = uniform(DRAW_FLIP, 2).bool()
+        x = windows.permute(0, 1, 2, 4, 5, 3)[every, draws["dy"], draws["dx"]]
+    if draws["flip"] is not None:  # of the crop, as RandomHorizontalFlip after RandomCrop
+        flipped = draws["flip"].bool()
         x[flipped] = x[flipped].flip(2)
     if cutout:  # in place, through a view of all k×k squares: one index per example, no mask
         squares = x.unfold(1, cutout, 1).unfold(2, cutout, 1)  # E×(33-k)×(33-k)×3×k×k
-        squares[every, uniform(DRAW_CUT_Y, 33 - cutout), uniform(DRAW_CUT_X, 33 - cutout)] = 0
-    return normalize_rows(x.reshape(-1, 3072), mean, std, dtype).view(m, b, 32, 32, 3)
+        squares[every, draws["cut_y"], draws["cut_x"]] = 0
+    return normalize_rows(x.reshape(-1, 3072), mean, std, dtype).view(-1, 32, 32, 3)
 
 
 def normalize_rows(x, mean, std, dtype, cpu_chunk=64):

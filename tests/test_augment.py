@@ -1,9 +1,14 @@
 """The augmentation: Triton kernel == torch reference bit for bit, both == a plain numpy oracle,
 independent of batch and order, with the right statistics."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
+from fastvar import augment_cpu
 from fastvar.augment import DRAW_CUT_X, DRAW_CUT_Y, DRAW_FLIP, DRAW_SHIFT_X, DRAW_SHIFT_Y, augment, draw
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -23,22 +28,28 @@ def random_input(n_images, m, b, seed):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "+".join(f"{k}{v}" for k, v in o.items()) or "none")
-def test_triton_kernel_equals_torch_reference(options, dtype):
+@pytest.mark.parametrize("backend", ["triton", "c"])
+def test_kernels_equal_torch_reference(options, dtype, backend):
+    if backend == "triton":
+        import triton  # noqa: F401  (missing Triton is a failure, not a skip)
+    elif os.environ.get("CI"):
+        assert augment_cpu.load() is not None, "CI has a C compiler: the CPU kernel must build"
+    elif augment_cpu.load() is None:
+        pytest.skip("no C compiler on this machine")
     for epoch in (1, 7):  # 1: a compiled kernel must not take the epoch for a constant
-        compare_kernel_and_reference(options, dtype, epoch)
+        compare_kernel_and_reference(options, dtype, epoch, backend)
 
 
-def compare_kernel_and_reference(options, dtype, epoch):
-    import triton  # noqa: F401  (missing Triton is a failure, not a skip)
+def compare_kernel_and_reference(options, dtype, epoch, backend):
     images, indices, seeds = random_input(40, 3, 5, seed=len(str(options)))  # odd batch size
     kwargs = dict(options, mean=MEAN, std=STD, dtype=dtype)
     reference = augment(images, indices, seeds, epoch, backend="torch", **kwargs)
-    on_device = [t.to(KERNEL_DEVICE) for t in (images, indices, seeds)]
-    kernel = augment(*on_device, epoch, backend="triton", **kwargs)
+    on_device = [t.to(KERNEL_DEVICE if backend == "triton" else "cpu") for t in (images, indices, seeds)]
+    kernel = augment(*on_device, epoch, backend=backend, **kwargs)
     assert kernel.shape == (3, 5, 3, 32, 32) and kernel.dtype == dtype
     assert torch.equal(kernel.cpu(), reference)
     assert kernel[1].is_contiguous(memory_format=torch.channels_last)
-    if KERNEL_DEVICE == "cuda":  # the reference on the GPU too: the same function on every device
+    if backend == "triton" and KERNEL_DEVICE == "cuda":  # the reference on the GPU too: the same function
         assert torch.equal(augment(*on_device, epoch, backend="torch", **kwargs).cpu(), reference)
 
 
@@ -105,3 +116,31 @@ def test_draw_statistics():
     base = draw(torch.tensor(11), 0, index, DRAW_FLIP)
     for changed in (draw(torch.tensor(12), 0, index, DRAW_FLIP), draw(torch.tensor(11), 1, index, DRAW_FLIP)):
         assert (changed != base).double().mean() > 0.99  # another seed or epoch: other draws
+
+
+def test_without_a_c_compiler_auto_falls_back_to_the_reference(tmp_path):
+    """A fresh process with no usable compiler: one line on stderr, then the torch reference's output."""
+    script = """
+import sysconfig, torch
+sysconfig.get_config_vars()["CC"] = "no-such-compiler"
+from fastvar.augment import augment
+g = torch.Generator().manual_seed(0)
+images = torch.randint(0, 256, (10, 32, 32, 3), dtype=torch.uint8, generator=g)
+args = (images, torch.arange(6).view(2, 3), torch.tensor([1, 2]), 0)
+kw = dict(flip=True, pad=2, mean=(0.5,) * 3, std=(0.5,) * 3)
+assert torch.equal(augment(*args, **kw), augment(*args, backend="torch", **kw))
+"""
+    env = dict(os.environ, FASTVAR_CACHE=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("fastvar: no C compiler") == 1 and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("backend", ["torch", "c"])
+def test_an_index_outside_the_images_is_an_error_not_a_stray_read(backend):
+    images, indices, seeds = random_input(10, 1, 4, seed=0)
+    indices[0, 2] = 10
+    if backend == "c" and augment_cpu.load() is None:
+        pytest.skip("no C compiler on this machine")
+    with pytest.raises(IndexError):
+        augment(images, indices, seeds, 0, mean=MEAN, std=STD, backend=backend)

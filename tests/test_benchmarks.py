@@ -17,3 +17,12 @@ def test_throughput_benchmark_emits_its_json(synthetic_dir):
         ("baseline", 1), ("loop", 1), ("loop", 2), ("vmap", 1), ("vmap", 2)]
     assert all(r["img_s"] > 0 and r["peak_mb_per_replica"] > 0 for r in summary["results"])
     assert abs(summary["speedup"] - summary["best_img_s"] / summary["baseline_img_s"]) < 0.01
+
+
+def test_augment_benchmark_emits_its_json():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "augment.py"), "--batch", "32", "--replicas", "2",
+                             "--repeats", "1"], capture_output=True, text=True, check=True)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["speedup"] > 0 and summary["cpu_path"] in summary["results"]
+    ratio = summary["results"][summary["cpu_path"]] / summary["results"]["per-sample (DataLoader style), CPU"]
+    assert abs(summary["speedup"] - ratio) < 0.01 * ratio

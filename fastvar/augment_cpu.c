@@ -30,5 +30,7 @@ void NAME(const uint8_t *images, const int64_t *example, const int32_t *dy, cons
     }                                                                                               \
 }
 
-AUGMENT(augment_4byte, uint32_t) /* float32 output: the table's bits copied */
-AUGMENT(augment_2byte, uint16_t) /* bfloat16 output */
+/* The output dtype only sets how many bytes each table entry has: the entries' bits are copied. */
+AUGMENT(augment_8byte, uint64_t) /* float64 */
+AUGMENT(augment_4byte, uint32_t) /* float32 */
+AUGMENT(augment_2byte, uint16_t) /* bfloat16, float16 */

@@ -64,7 +64,7 @@ def augment_cpu(library, images, example, draws, table, shift, reflect, cutout):
     out = torch.empty(n, 32, 32, 3, dtype=table.dtype)
     arrays = [images.contiguous(), example.contiguous(), ints["dy"], ints["dx"], flip, ints["cut_y"],
               ints["cut_x"]]
-    kernel = library.augment_4byte if table.element_size() == 4 else library.augment_2byte
+    kernel = getattr(library, f"augment_{table.element_size()}byte")  # 8, 4 or 2: the table's entry size
     kernel(*(ctypes.c_void_p(a.data_ptr()) for a in arrays), ctypes.c_int64(n), ctypes.c_int32(shift),
            ctypes.c_int32(reflect), ctypes.c_int32(cutout), ctypes.c_void_p(table.contiguous().data_ptr()),
            ctypes.c_void_p(out.data_ptr()), ctypes.c_int32(torch.get_num_threads()))

@@ -26,7 +26,7 @@ def random_input(n_images, m, b, seed):
     return images, indices, seeds
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "+".join(f"{k}{v}" for k, v in o.items()) or "none")
 @pytest.mark.parametrize("backend", ["triton", "c"])
 def test_kernels_equal_torch_reference(options, dtype, backend):

@@ -92,12 +92,12 @@ def baseline(data, recipe, width, device, warmup, seconds):
     return measure(steps, recipe["batch_size"], device, warmup, seconds)
 
 
-def fastvar(data, recipe, width, device, strategy, m, precision, compile, gemm_conv, warmup, seconds):
+def fastvar(data, recipe, width, device, strategy, m, precision, compile, conv, warmup, seconds):
     """Images per second and seconds of warm-up (compile included) of fastvar's own loop (fit)."""
     seeds = [run_seeds("all-random", i) for i in range(m)]
     replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], width=width, strategy=strategy,
                         dtype=PRECISIONS[precision], compute_dtype=COMPUTE_DTYPE.get(precision), device=device,
-                        compile=compile, gemm_conv=gemm_conv)
+                        compile=compile, conv=conv)
     batch = recipe["batch_size"]
 
     def steps(n):  # whole batches only (a partial one would recompile), epochs over the data as needed
@@ -175,15 +175,14 @@ def parse_args():
     parser.add_argument("--compile", help="also time each strategy under torch.compile in this mode (default, "
                                           "reduce-overhead, ...); default: on CUDA only, mode default")
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--gemm-conv", choices=("auto", "on", "off"), default="auto",
-                        help="vmap's convolutions as one batched matrix product (auto: on CUDA)")
+    parser.add_argument("--conv", choices=("auto", "gemm", "native"), default="auto",
+                        help="fastvar's convolutions (as run.py's --conv)")
     parser.add_argument("--seconds", type=float, default=10, help="timed seconds per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile happens here)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the original loop (slow on a GPU)")
     parser.add_argument("--data-dir", type=Path)
     args = parser.parse_args()
     args.device = torch.device(args.device)
-    args.gemm_conv = {"auto": None, "on": True, "off": False}[args.gemm_conv]
     args.precision = args.precision or ("bf16-mixed" if args.device.type == "cuda" else "float32")
     args.compile = None if args.no_compile else args.compile or ("default" if args.device.type == "cuda" else None)
     return args
@@ -200,7 +199,7 @@ def main():
     strategies = args.strategies.split(",")
     for strategy, compile in [(s, None) for s in strategies] + [(s, args.compile) for s in strategies if args.compile]:
         for m in map(int, args.batch_models.split(",")):
-            row = fastvar(data, recipe, width, args.device, strategy, m, args.precision, compile, args.gemm_conv,
+            row = fastvar(data, recipe, width, args.device, strategy, m, args.precision, compile, args.conv,
                           args.warmup, args.seconds)
             table.add(strategy + ("+compile" if compile else ""), m, row)
     table.summary()
@@ -215,7 +214,7 @@ class Table:
         self.device = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" \
             else f"CPU, {torch.get_num_threads()} threads"
         print(f"{args.recipe} recipe ({recipe['model']}, width {width}, batch {recipe['batch_size']}), {source}, "
-              f"{self.device}; fastvar in {args.precision}, baseline in float32; {self.flops / 1e9:.3f} GFLOP per "
+              f"{self.device}; fastvar in {args.precision} with {args.conv} convolutions, baseline in float32; {self.flops / 1e9:.3f} GFLOP per "
               f"training image; {'float32' if args.device.type == 'cpu' else 'bf16'} matmul peak "
               f"{self.peak / 1e12:.2f} TFLOP/s")
         print(f"{'strategy':<16}{'M':>4}{'img/s':>11}{'runs/h':>9}{'x base':>8}{'of peak':>9}{'MB/replica':>12}"
@@ -243,7 +242,7 @@ class Table:
                           "best_flops_fraction": round(best["flops_fraction"], 3),
                           "runs_per_hour": round(best["runs_per_hour"], 2), "gflop_per_image": round(self.flops / 1e9, 4),
                           "peak_tflop_s": round(self.peak / 1e12, 3), "device": self.device,
-                          "precision": self.args.precision, "recipe": self.args.recipe, "width": self.width,
+                          "precision": self.args.precision, "conv": self.args.conv, "recipe": self.args.recipe, "width": self.width,
                           "results": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
                                       for r in self.rows]}))
 

@@ -96,6 +96,9 @@ def add_study_arguments(parser):
                         help="auto: loop on CPU, vmap on CUDA")
     parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
                         help="torch.compile the training step (auto: on CUDA only)")
+    parser.add_argument("--conv", default="auto", choices=("auto", "gemm", "native"),
+                        help="gemm: convolutions as im2col + one matrix product; native: the framework's; auto: gemm "
+                             "under vmap on CUDA, else for convolutions with outputs of 2x2 pixels or less")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--shard", type=shard_spec, metavar="I/N",
                         help="train only runs with index %% N == I, into a shard file of their own (default: from "
@@ -116,7 +119,7 @@ def study_arguments(args):
     return dict(experiment=experiment, recipe=args.recipe, batch_models=args.batch_models, epochs=args.epochs,
                 model=args.model, width=args.width, seed=args.seed, train_subset=args.train_subset,
                 test_subset=args.test_subset, precision=args.precision, strategy=args.strategy, device=args.device,
-                compile=args.compile,
+                compile=args.compile, conv=args.conv,
                 grid=args.grid, save_weights=args.save_weights, eval_every_epoch=args.eval_every_epoch,
                 snapshots=args.snapshots, vary=args.vary, fixed_seed=args.fixed_seed, onset_epoch=args.onset_epoch,
                 dropout=args.dropout, dataset=args.dataset, shard=args.shard or shard_from_environment())

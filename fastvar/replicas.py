@@ -19,29 +19,28 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from .models import build_model
-from .vmap_layers import at_least_float32, use_vmap_layers
+from .vmap_layers import at_least_float32, small_convs, use_vmap_layers
 
 STRATEGIES = ("loop", "vmap")
+CONVS = ("auto", "gemm", "native")
 
 
 class Replicas:
     def __init__(self, model, init_seeds, *, width=None, strategy="loop", dtype=torch.float32, device="cpu",
-                 dropout=None, compute_dtype=None, compile=None, gemm_conv=None):
+                 dropout=None, compute_dtype=None, compile=None, conv="auto"):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
         models = [build_model(model, init_seed=s, width=width, dtype=dtype, dropout=dropout) for s in init_seeds]
         params, buffers = stack_module_state(models)
         self.params = {n: p.detach().to(device) for n, p in params.items()}
         self.buffers = {n: b.to(device) for n, b in buffers.items()}
-        vmapped, device = strategy == "vmap", torch.device(device)
-        # vmap layers where vmap needs them or mixed precision does; GEMM convs by device, never by a timing
-        gemm_conv = vmapped and device.type == "cuda" if gemm_conv is None else gemm_conv
-        self.template = template(model, width, dtype, dropout, vmapped or compute_dtype is not None, gemm_conv)
+        device = torch.device(device)
+        # Written-out BatchNorm where vmap needs it or mixed precision does (vmap_layers says why)
+        elementary_norm = strategy == "vmap" or compute_dtype is not None
+        self.template = template(model, width, dtype, dropout, elementary_norm, conv_rule(conv, strategy, device))
         self.size, self.strategy, self.compile = len(init_seeds), strategy, compile
         self.compute = compute_dtype and (compute_dtype, lowered_parameters(self.template))
-        # Compiled, contiguous input too: inductor's vmapped conv backward expects channels-last weight
-        # gradients that the kernel does not give (a stride assertion fails, torch 2.11 on CUDA).
-        self.channels_last = channels_last_is_safe(self.template, device) and not compile
+        self.channels_last = channels_last_is_safe(self.template, device, compile)
         # Leaves share storage with the stacks, so the optimizer's in-place updates reach them. Each
         # replica gets leaves of its own: autograd through slices of one stacked leaf would build a
         # zeroed full-size gradient per slice.
@@ -106,12 +105,24 @@ class Replicas:
 
 
 @functools.cache
-def template(model, width, dtype, dropout, vmap_layers, gemm_conv):
+def template(model, width, dtype, dropout, elementary_norm, gemm_rule):
     """The model's structure without state (parameters and buffers come from the stacks), one per
     configuration in a process: compiled steps are keyed by it, so later batches reuse them.
-    `vmap_layers`, `gemm_conv`: as fastvar.vmap_layers.use_vmap_layers swaps them in."""
+    `elementary_norm`, `gemm_rule` ("all", "small", "none"): the layers of fastvar.vmap_layers to swap in."""
     structure = build_model(model, init_seed=0, width=width, dtype=dtype, dropout=dropout).to("meta")
-    return use_vmap_layers(structure, gemm_conv) if vmap_layers else structure
+    convs = {"all": set(structure.modules()), "small": small_convs(structure), "none": set()}[gemm_rule]
+    return use_vmap_layers(structure, elementary_norm, convs)
+
+
+def conv_rule(conv, strategy, device):
+    """Which convolutions become GEMM convolutions: conv "gemm" all, "native" none; "auto" decides by
+    device, strategy and the model's shapes, never by a timing: all under vmap on CUDA (vmap's grouped
+    convolution is slow there), else those with outputs of 2×2 pixels or less (where they beat oneDNN)."""
+    if conv not in CONVS:
+        raise ValueError(f"unknown conv {conv!r}; choose from {', '.join(CONVS)}")
+    if conv == "auto":
+        return "all" if strategy == "vmap" and device.type == "cuda" else "small"
+    return {"gemm": "all", "native": "none"}[conv]
 
 
 def lowered_parameters(template):
@@ -152,15 +163,18 @@ def replica_loss(template, params, buffers, x, y, label_smoothing, compute):
     return F.cross_entropy(at_least_float32(logits), y, label_smoothing=label_smoothing), logits
 
 
-def channels_last_is_safe(model, device):
-    """False where oneDNN's CPU backward is wrong for channels-last input: a strided 1x1 conv with
-    fewer input channels than its block (8 with AVX2, 16 with AVX-512) gets garbage weight gradients
-    and may corrupt the heap (oneDNN issue 6035, torch 2.13). Narrow models then train on contiguous
-    input; the result is the same function, only slower."""
-    if device.type != "cpu":
-        return True
-    return not any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
-                   and m.in_channels < 16 for m in model.modules())
+def channels_last_is_safe(model, device, compiled):
+    """Whether the input may be channels-last; only native convolutions care (GEMM ones take any
+    layout). False where oneDNN's CPU backward is wrong for channels-last input: a strided 1x1 conv
+    with fewer input channels than its block (8 with AVX2, 16 with AVX-512) gets garbage weight
+    gradients and may corrupt the heap (oneDNN issue 6035, torch 2.13). False when compiled: inductor's
+    vmapped conv backward expects channels-last weight gradients that the kernel does not give (a
+    stride assertion fails, torch 2.11 on CUDA). Either way the result is the same function."""
+    native = [m for m in model.modules() if type(m) is torch.nn.Conv2d]
+    if compiled and native:
+        return False
+    return device.type != "cpu" or not any(m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < 16
+                                           for m in native)
 
 
 def batched_cross_entropy(logits, y, label_smoothing=None):

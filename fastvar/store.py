@@ -37,6 +37,7 @@ COLUMNS = {
     "lr": "REAL", "weight_decay": "REAL", "label_smoothing": "REAL", "epochs": "INTEGER", "width": "INTEGER",
     "batch_size": "INTEGER",
     "compiled": "INTEGER",  # 1: trained through torch.compile
+    "conv": "TEXT",  # --conv: auto, gemm (fastvar.vmap_layers) or native
 }
 JSON_COLUMNS = ("train_loss_curve", "train_acc_curve", "test_acc_curve", "test_loss_curve")
 

@@ -17,7 +17,7 @@ from .sources import SOURCES, experiment_sources, kernel_mode, run_seeds
 from .store import Store, config_hash, run_key
 from .train import RECIPES, replica_hyperparameters, train_replicas
 from .models import DEFAULT_WIDTH, MODELS
-from .replicas import STRATEGIES
+from .replicas import CONVS, STRATEGIES
 
 # Each precision: the dtype of the weights, and that of mixed precision's convolutions and linears.
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64, "bf16-mixed": torch.float32}
@@ -48,6 +48,7 @@ class Study:
     precision: str = "auto"  # auto: bf16-mixed on CUDA, float32 on the CPU
     strategy: str = "auto"  # auto: loop on CPU, vmap on CUDA (never chosen by a timing)
     compile: str = "auto"  # torch.compile of the training step; auto: on CUDA only (a CPU compile takes minutes)
+    conv: str = "auto"  # gemm: im2col + a matrix product (fastvar.vmap_layers); native; auto: by device and shapes
     device: str = "auto"
     grid: tuple[int, int] | None = None  # (init seeds, order seeds) of the `grid` experiment
     save_weights: int = 0  # keep the final weights of runs 0 .. save_weights-1 (for CKA)
@@ -69,7 +70,8 @@ class Study:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         choices = {"recipe": RECIPES, "precision": ("auto", *PRECISIONS), "dataset": DATASETS,
-                   "strategy": ("auto", *STRATEGIES), "device": ("auto", "cpu", "cuda"), "compile": ("auto", "on", "off")}
+                   "strategy": ("auto", *STRATEGIES), "device": ("auto", "cpu", "cuda"), "compile": ("auto", "on", "off"),
+                   "conv": CONVS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
@@ -164,7 +166,8 @@ class Study:
         return self.width or DEFAULT_WIDTH[self.recipe_dict()["model"]]
 
     def config(self):
-        """Everything that changes a run's result; not the run count, batching, strategy, compile or device."""
+        """Everything that changes a run's result beyond rounding; not the run count, batching, strategy,
+        compile, conv or device (recorded in each row)."""
         config = {"recipe": self.recipe, "hyperparameters": self.recipe_dict(), "width": self.resolved_width(),
                   "train_subset": self.train_subset, "test_subset": self.test_subset, "seed": self.seed,
                   "experiment": self.experiment, "precision": self.resolved_precision()}
@@ -286,7 +289,7 @@ def train_chunk(chunk, data, device, on_step, size):
     started = time.perf_counter()
     results = train_replicas(data, lead.recipe_dict(), seeds, width=lead.resolved_width(), strategy=strategy,
                              dtype=PRECISIONS[precision], compute_dtype=COMPUTE_DTYPE.get(precision),
-                             compile=compile, on_step=on_step, keep_weights=keep,
+                             compile=compile, conv=lead.conv, on_step=on_step, keep_weights=keep,
                              eval_every_epoch=lead.eval_every_epoch, onset_epoch=lead.onset_epoch or 0,
                              fixed=run_seeds(set(), 0, lead.seed, lead.fixed_seed),
                              hyper=[replica_hyperparameters(study.recipe_dict()) for study, _, _ in padded])
@@ -294,7 +297,7 @@ def train_chunk(chunk, data, device, on_step, size):
     for r in keep:  # before the rows: a stored run with saved weights always has its file
         study, store, i = chunk[r]
         save_weights(results[r].pop("weights"), weights_path(store.folder, study.experiment, i))
-    how = {"strategy": strategy, "compiled": int(compile is not None), "wall_s": wall_s, "device": str(device),
+    how = {"strategy": strategy, "compiled": int(compile is not None), "conv": lead.conv, "wall_s": wall_s, "device": str(device),
            "n_test": len(data.y_test), "batch_models": size, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     by_store = {}
     for (study, store, _), s, result in zip(chunk, seeds, results):

@@ -61,7 +61,7 @@ class Sweep:
     def definition(self):
         """What makes a sweep folder this sweep (not the run count: more runs extend it)."""
         return {"settings": self.settings, "study": {k: v for k, v in self.study.items()
-                                                     if k not in ("batch_models", "strategy", "device", "compile")}}
+                                                     if k not in ("batch_models", "strategy", "device", "compile", "conv")}}
 
     def claim(self, out):
         """Create `out` for this sweep, or check that it holds this sweep."""

@@ -93,7 +93,7 @@ def make_optimizer(recipe, params, by_replica=False, compile=False, **vectors):
     return OPTIMIZERS[name](params, **kwargs)
 
 
-def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype=None, compile=None, on_step=None,
+def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype=None, compile=None, conv="auto", on_step=None,
                    keep_weights=(), eval_every_epoch=False, onset_epoch=0, fixed=None, hyper=None):
     """Train one replica per entry of `seeds` (RunSeeds) on `data` (already on its device); with an
     `onset_epoch`, every replica uses the `fixed` RunSeeds' order and augmentation before it; `hyper`,
@@ -103,12 +103,12 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
     with `eval_every_epoch` per-epoch test accuracy and loss (else None), with a cyclic schedule the
     test logits at the end of each cycle (`snapshot_logits`), and for the replicas listed in
     `keep_weights` their final state dict (`weights`, on the CPU).
-    `compute_dtype` (bfloat16 for mixed precision, or None) and `compile` as Replicas takes them.
+    `compute_dtype` (bfloat16 for mixed precision, or None), `compile` and `conv` as Replicas takes them.
     `on_step(fraction)` is called after each step with the fraction of this batch's training done.
     """
     replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], width=width, strategy=strategy,
                         dtype=dtype, device=data.x_train.device, dropout=recipe.get("dropout"),
-                        compute_dtype=compute_dtype, compile=compile)
+                        compute_dtype=compute_dtype, compile=compile, conv=conv)
     test_scores, snapshots, latest = [], [], {}  # evaluation draws no randomness: it changes no result
     snapshot_at = snapshot_epochs(recipe)
 

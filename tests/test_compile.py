@@ -20,7 +20,7 @@ def test_compiled_vmap_step_equals_eager_in_float64():
     trained = {}
     for compile in (None, "default"):
         replicas = Replicas("resnet6", [s.init_seed for s in seeds], width=4, strategy="vmap", dtype=torch.float64,
-                            gemm_conv=True, compile=compile)
+                            conv="gemm", compile=compile)
         curves = fit(replicas, data, recipe, seeds)
         trained[compile] = replicas, curves
     (eager, eager_curves), (compiled, compiled_curves) = trained[None], trained["default"]
@@ -35,7 +35,7 @@ def test_compiled_vmap_step_equals_eager_in_float64():
     graphs = counters["stats"]["unique_graphs"]
     later = [run_seeds("all-random", i) for i in (2, 3)]
     fit(Replicas("resnet6", [s.init_seed for s in later], width=4, strategy="vmap", dtype=torch.float64,
-                 gemm_conv=True, compile="default"), data, recipe, later)
+                 conv="gemm", compile="default"), data, recipe, later)
     assert counters["stats"]["unique_graphs"] == graphs > 0
 
 

@@ -133,7 +133,7 @@ def test_every_model_trains_in_both_strategies(name):
     x, y = torch.randn(2, 6, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (2, 6))
     grads = {}
     for strategy in ("loop", "vmap"):
-        replicas = Replicas(name, [0, 1], width=8, strategy=strategy, dtype=torch.float64, gemm_conv=strategy == "vmap")
+        replicas = Replicas(name, [0, 1], width=8, strategy=strategy, dtype=torch.float64, conv="gemm" if strategy == "vmap" else "native")
         losses, _, grads[strategy] = replicas.train_step_grads(x, y)
         assert torch.isfinite(losses).all()
     for key, g in grads["loop"].items():

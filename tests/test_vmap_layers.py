@@ -9,7 +9,8 @@ from conftest import random_dataset
 from fastvar.replicas import Replicas
 from fastvar.sources import run_seeds
 from fastvar.train import RECIPES, fit
-from fastvar.vmap_layers import ElementaryBatchNorm2d, GemmConv2d, gemm_convertible
+from fastvar.models import build_model
+from fastvar.vmap_layers import ElementaryBatchNorm2d, GemmConv2d, gemm_convertible, small_convs
 
 # (in, out, kernel, stride, padding, bias, input size): every convolution shape the models use, and odd ones
 CONVS = [(3, 8, 7, 2, 3, False, 32), (8, 8, 3, 1, 1, False, 8), (8, 16, 3, 2, 1, False, 8), (8, 16, 1, 2, 0, False, 8),
@@ -79,13 +80,29 @@ def test_vmap_with_gemm_convs_trains_as_the_loop_does_in_float64():
     recipe = dict(RECIPES["seed"], epochs=1, batch_size=16)  # 3 Adam steps
     seeds = [run_seeds("all-random", i) for i in range(2)]
     trained = []
-    for strategy, gemm_conv in (("loop", False), ("vmap", True)):
+    for strategy, conv in (("loop", "native"), ("vmap", "gemm")):
         replicas = Replicas("resnet18", [s.init_seed for s in seeds], width=4, strategy=strategy,
-                            dtype=torch.float64, gemm_conv=gemm_conv)
-        assert any(isinstance(m, GemmConv2d) for m in replicas.template.modules()) == gemm_conv
+                            dtype=torch.float64, conv=conv)
+        assert any(isinstance(m, GemmConv2d) for m in replicas.template.modules()) == (conv == "gemm")
         fit(replicas, data, recipe, seeds)
         trained.append(replicas)
     for name, loop in trained[0].params.items():
         assert torch.allclose(trained[1].params[name], loop, rtol=0, atol=1e-9), name
     for name, loop in trained[0].buffers.items():
         assert torch.allclose(trained[1].buffers[name].double(), loop.double(), rtol=0, atol=1e-9), name
+
+
+def test_auto_conv_rule_takes_small_outputs_on_a_cpu_and_all_under_vmap_on_cuda():
+    from fastvar.replicas import conv_rule, template
+    model = build_model("resnet18", init_seed=0, width=8).to("meta")
+    convs = dict(model.named_modules())
+    small = {name for name, m in convs.items() if m in small_convs(model)}
+    # 16×16 at the stem, 8×8 and 4×4 in the first two stages: native; 2×2 and 1×1 in the last two: GEMM
+    assert {"layer3.0.conv1", "layer3.0.downsample.0", "layer4.1.conv2"} <= small
+    assert not {"conv1", "layer1.0.conv1", "layer2.1.conv2"} & small and len(small) == 10
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [conv_rule("auto", s, d) for s, d in (("loop", cpu), ("vmap", cpu), ("vmap", cuda))] == ["small", "small", "all"]
+    assert (conv_rule("gemm", "loop", cpu), conv_rule("native", "vmap", cuda)) == ("all", "none")
+    narrow = template("resnet14", 8, torch.float32, None, False, "small")  # 8×8 at its smallest: all native
+    assert not any(isinstance(m, GemmConv2d) for m in narrow.modules())
+    assert sum(isinstance(m, GemmConv2d) for m in template("resnet14", 8, torch.float32, None, False, "all").modules()) == 13

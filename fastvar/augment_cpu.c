@@ -7,7 +7,7 @@
 
 #define AUGMENT(NAME, T)                                                                            \
 void NAME(const uint8_t *images, const int64_t *example, const int32_t *dy, const int32_t *dx,     \
-          const uint8_t *flip, const int32_t *cut_y, const int32_t *cut_x, int64_t n, int32_t shift, \
+          const int32_t *flip, const int32_t *cut_y, const int32_t *cut_x, int64_t n, int32_t shift, \
           int32_t reflect, int32_t cutout, const T *table, T *out, int32_t threads) {              \
     _Pragma("omp parallel for schedule(static) num_threads(threads)")                              \
     for (int64_t e = 0; e < n; e++) {                                                               \

@@ -59,11 +59,9 @@ def augment_cpu(library, images, example, draws, table, shift, reflect, cutout):
     """E examples (indices `example`) → E×32×32×3 in the table's dtype; `draws` as example_draws gives."""
     n = len(example)
     zeros = torch.zeros(n, dtype=torch.int32)
-    ints = {k: zeros if v is None else v.to(torch.int32) for k, v in draws.items()}
-    flip = zeros.to(torch.uint8) if draws["flip"] is None else draws["flip"].to(torch.uint8)
+    ints = {k: zeros if v is None else v.to(torch.int32) for k, v in draws.items()}  # an option off: zeros
     out = torch.empty(n, 32, 32, 3, dtype=table.dtype)
-    arrays = [images.contiguous(), example.contiguous(), ints["dy"], ints["dx"], flip, ints["cut_y"],
-              ints["cut_x"]]
+    arrays = [images.contiguous(), example.contiguous(), *(ints[k] for k in ("dy", "dx", "flip", "cut_y", "cut_x"))]
     kernel = getattr(library, f"augment_{table.element_size()}byte")  # 8, 4 or 2: the table's entry size
     kernel(*(ctypes.c_void_p(a.data_ptr()) for a in arrays), ctypes.c_int64(n), ctypes.c_int32(shift),
            ctypes.c_int32(reflect), ctypes.c_int32(cutout), ctypes.c_void_p(table.contiguous().data_ptr()),

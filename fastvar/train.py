@@ -93,8 +93,8 @@ def make_optimizer(recipe, params, by_replica=False, compile=False, **vectors):
     return OPTIMIZERS[name](params, **kwargs)
 
 
-def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype=None, compile=None, conv="auto", on_step=None,
-                   keep_weights=(), eval_every_epoch=False, onset_epoch=0, fixed=None, hyper=None):
+def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype=None, compile=None, conv="auto",
+                   on_step=None, keep_weights=(), eval_every_epoch=False, onset_epoch=0, fixed=None, hyper=None):
     """Train one replica per entry of `seeds` (RunSeeds) on `data` (already on its device); with an
     `onset_epoch`, every replica uses the `fixed` RunSeeds' order and augmentation before it; `hyper`,
     one dict per replica as `replica_hyperparameters` gives, sets each replica's own (default: the recipe's).

@@ -1,5 +1,6 @@
-"""Layers rewritten from elementary operations, for the vmap strategy: the same functions as
-nn.BatchNorm2d and nn.Conv2d up to rounding, in a form vmap batches well on every device.
+"""Layers rewritten from elementary operations: the same functions as nn.BatchNorm2d and
+nn.Conv2d up to rounding, in a form vmap batches well on every device (and, for convolutions with
+tiny outputs, faster than oneDNN's on a CPU, in either strategy).
 
 - ElementaryBatchNorm2d: vmap's own BatchNorm rule fails on CUDA (it asks a batched tensor for its
   memory format) and takes one dtype only; statistics here are in float32 at least.

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import torch.utils.flop_counter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fastvar import native  # noqa: E402
 from fastvar.data import DataError, Dataset, load_cifar10  # noqa: E402
 from fastvar.models import DEFAULT_WIDTH, build_model  # noqa: E402
 from fastvar.replicas import Replicas  # noqa: E402
@@ -190,6 +191,7 @@ def parse_args():
 
 def main():
     args = parse_args()
+    native.retain_freed_memory()  # for every loop measured, as run.py does
     recipe = RECIPES[args.recipe]
     width = args.width or DEFAULT_WIDTH[recipe["model"]]
     data, source = benchmark_data(args.data_dir, args.device)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from . import native
 from .data import DATASETS, DataError
 from .export import FORMATS, export
 from .models import MODELS
@@ -156,6 +157,7 @@ def main(argv=None):
         argv.insert(0, "train")  # `run.py --experiment X` means `run.py train --experiment X`
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded in what it writes
+    native.retain_freed_memory()
     try:
         return {"train": train, "sweep": sweep_command, "plot": plot, "analyze": analyze_command,
                 "compare": compare_command, "merge": merge_command, "export": export_command}[args.command](args)

@@ -3,8 +3,8 @@ moves exactly as a lone model would. Learning rate and weight decay are per-repl
 
 `update` is written once, for tensors shaped alike and hyperparameters that broadcast against them,
 and applied either to whole stacks (few large operations: GPUs) or to one replica's slice at a time
-(`by_replica=True`: a replica's parameters and state stay in cache through the update, and its
-operations are exactly those of a lone run: CPUs, the loop strategy).
+(`by_replica=True`: its operations are exactly those of a lone run: CPUs, the loop strategy). On a
+CPU, by replica, `fused_update` (fastvar.optim_cpu) runs the same arithmetic as one C loop.
 
 Each line is one single-op tensor primitive (no addcdiv, lerp or alpha=): a fused kernel may use a
 fused multiply-add in its vector path and not in its scalar tail, which would make a replica's result
@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from . import optim_cpu
 
 def per_replica(values, like):
     """A vector over replicas, shaped to broadcast against a stacked tensor `like`, on its device."""
@@ -62,9 +63,10 @@ class BatchedOptimizer:
                     for scale in {self.lr_scale.get(name, 1.0) for name in self.params}}
         coefficients = {name: by_scale[self.lr_scale.get(name, 1.0)] for name in self.params}
         if self.by_replica:
+            update = self.fused_update if optim_cpu.applies([*self.params.values(), *grads.values()]) else self.update
             for name, param in self.params.items():
                 for r in range(self.size):
-                    self.update(param[r], grads[name][r], {s: t[r] for s, t in self.state[name].items()},
+                    update(param[r], grads[name][r], {s: t[r] for s, t in self.state[name].items()},
                                 {k: v[r].item() for k, v in coefficients[name].items()}, constants)
             return
         stacked = {name: {k: per_replica(v, self.params[name]) for k, v in c.items()}
@@ -77,6 +79,7 @@ class BatchedAdam(BatchedOptimizer):
     """torch.optim.Adam (L2 weight decay) or AdamW (`decoupled=True`), per replica."""
 
     STATE = ("exp_avg", "exp_avg_sq")
+    fused_update = staticmethod(optim_cpu.adam)
 
     def __init__(self, params, lr, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8, decoupled=False, **kwargs):
         super().__init__(params, lr, weight_decay, **kwargs)
@@ -107,6 +110,7 @@ class BatchedAdam(BatchedOptimizer):
 
 class BatchedSGD(BatchedOptimizer):
     """torch.optim.SGD (momentum, Nesterov, L2 weight decay, no dampening), per replica."""
+    fused_update = staticmethod(optim_cpu.sgd)
 
     def __init__(self, params, lr, weight_decay=0.0, momentum=0.0, nesterov=False, **kwargs):
         self.STATE = ("momentum_buffer",) if momentum else ()

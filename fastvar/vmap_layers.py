@@ -44,20 +44,48 @@ class ElementaryBatchNorm2d(torch.nn.BatchNorm2d):
 
 
 class GemmConv2d(torch.nn.Conv2d):
-    """A convolution as im2col and one matrix product, channels-last throughout: the k² strided
-    slices of the padded B×H×W×C input side by side are a (B·Ho·Wo × k²·C) matrix, times the
-    (k²·C × Cout) weight gives the B×Ho×Wo×Cout output, returned as a B×Cout×Ho×Wo view (no copy)."""
+    """A convolution as one matrix product, channels-last throughout: the B×H×W×C input as a matrix
+    times a matrix made from the weight gives the B×Ho×Wo×Cout output, returned as a B×Cout×Ho×Wo
+    view (no copy). Two forms, whichever multiplies fewer numbers (shapes alone decide):
+    - im2col: the k² strided slices of the padded input side by side, (B·Ho·Wo × k²·C) by (k²·C × Cout);
+    - unrolled, for images of fewer than k² pixels: the convolution's whole linear map, (B × H·W·C) by
+      (H·W·C × Ho·Wo·Cout), which leaves out every product with the zero padding (on a 1×1 image a
+      3×3 kernel's eight outer taps, on 2×2 five of nine)."""
 
     def forward(self, x):
         (k, _), (s, _), (p, _) = self.kernel_size, self.stride, self.padding
         b, c, h, w = x.shape
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, p, p, p, p))
-        taps = [padded[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] for i in range(k) for j in range(k)]
-        cols = torch.stack(taps, dim=3).reshape(b * ho * wo, k * k * c)
-        weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, k * k * c)
-        out = (cols @ weight.t()).view(b, ho, wo, self.out_channels).permute(0, 3, 1, 2)
+        if h * w < k * k:
+            out = self.unrolled(x, k, s, p, ho, wo)
+        else:
+            padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, p, p, p, p))
+            taps = [padded[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] for i in range(k) for j in range(k)]
+            cols = torch.stack(taps, dim=3).reshape(b * ho * wo, k * k * c)
+            out = cols @ self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, k * k * c).t()
+        out = out.view(b, ho, wo, self.out_channels).permute(0, 3, 1, 2)
         return out if self.bias is None else out + self.bias[:, None, None]
+
+    def unrolled(self, x, k, s, p, ho, wo):
+        b, c, h, w = x.shape
+        if h * w == ho * wo == 1:  # one pixel to one: the tap at the padding offset alone
+            linear_map = self.weight[:, :, p, p].contiguous().t()
+        else:  # (H·W·Ho·Wo × k²) 0/1 times (k² × C·Cout): the C×Cout block of each (input, output) pixel pair
+            taps = self.weight.permute(2, 3, 1, 0).reshape(k * k, c * self.out_channels)
+            blocks = tap_selection(h, w, ho, wo, k, s, p, taps) @ taps
+            linear_map = blocks.view(h * w, ho * wo, c, self.out_channels).transpose(1, 2)
+        return x.permute(0, 2, 3, 1).reshape(b, h * w * c) @ linear_map.reshape(h * w * c, ho * wo * self.out_channels)
+
+
+def tap_selection(h, w, ho, wo, k, s, p, like):
+    """(H·W·Ho·Wo × k²), like `like`: 1 where tap (ki, kj) joins input pixel (i, j) to output pixel
+    (oi, oj), i.e. i = oi·s - p + ki and j = oj·s - p + kj; rows of pairs no tap joins are zero."""
+    def reads(size, out_size):  # [size, out_size, k]: input index == output index · s - p + tap
+        read = torch.arange(out_size, device=like.device)[:, None] * s - p + torch.arange(k, device=like.device)
+        return torch.arange(size, device=like.device)[:, None, None] == read
+    rows, cols = reads(h, ho), reads(w, wo)
+    joined = rows[:, None, :, None, :, None] & cols[None, :, None, :, None, :]  # i, j, oi, oj, ki, kj
+    return joined.reshape(h * w * ho * wo, k * k).to(like.dtype)
 
 
 def gemm_convertible(module):

@@ -1,7 +1,10 @@
 """The batched optimizers against torch.optim, replica by replica, with per-replica vectors."""
+import os
+
 import pytest
 import torch
 
+from fastvar import optim_cpu
 from fastvar.optim import BatchedAdam, BatchedSGD
 
 LRS, DECAYS = [1e-3, 3e-3, 5e-4], [0.0, 1e-2, 5e-4]
@@ -53,3 +56,30 @@ def test_by_replica_and_stacked_updates_are_bit_identical_in_float32(case):
         finals.append(params)
     for n in start:
         assert torch.equal(finals[0][n], finals[1][n]), (case, n)
+
+
+@pytest.mark.parametrize("decays", [DECAYS, [0.0] * 3], ids=["decay", "no-decay"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_the_c_update_equals_the_torch_reference_bit_for_bit(case, dtype, decays, monkeypatch):
+    """optim_cpu's loops against the optimizers' own `update`, by replica, over steps with a schedule;
+    odd sizes, so that vector loops have tails."""
+    if optim_cpu.load() is None:
+        assert not os.environ.get("CI"), "CI has a C compiler: the optimizer kernel must build"
+        pytest.skip("no C compiler on this machine")
+    batched_cls, kwargs, _ = CASES[case]
+    g = torch.Generator().manual_seed(2)
+    start = {"w": torch.randn(3, 37, 5, generator=g, dtype=dtype), "b": torch.randn(3, 7, generator=g, dtype=dtype)}
+    grads = [{n: torch.randn(t.shape, generator=g, dtype=dtype) for n, t in start.items()} for _ in range(5)]
+    finals = []
+    for fused in (False, True):
+        monkeypatch.setattr(optim_cpu, "applies", lambda tensors: fused)
+        params = {n: t.clone() for n, t in start.items()}
+        optimizer = batched_cls(params, LRS, decays, by_replica=True, **kwargs)
+        for step, step_grads in enumerate(grads):
+            optimizer.step(step_grads, lr_factor=1 - step / 10)
+        finals.append((params, optimizer.state))
+    (params, state), (fused_params, fused_state) = finals
+    for n in start:
+        assert torch.equal(params[n], fused_params[n]) and not torch.equal(params[n], start[n]), (case, n)
+        assert all(torch.equal(state[n][s], fused_state[n][s]) for s in state[n])

@@ -4,6 +4,7 @@ stride shows. One compile on the CPU (about half a minute); the CUDA path where 
 import pytest
 import torch
 from torch._dynamo.utils import counters
+from torch.func import functional_call, stack_module_state, vmap
 
 from conftest import random_dataset
 from fastvar import cli
@@ -11,6 +12,7 @@ from fastvar.replicas import Replicas
 from fastvar.sources import run_seeds
 from fastvar.store import Store
 from fastvar.train import RECIPES, fit
+from fastvar.vmap_layers import GemmConv2d
 
 
 def test_compiled_vmap_step_equals_eager_in_float64():
@@ -37,6 +39,25 @@ def test_compiled_vmap_step_equals_eager_in_float64():
     fit(Replicas("resnet6", [s.init_seed for s in later], width=4, strategy="vmap", dtype=torch.float64,
                  conv="gemm", compile="default"), data, recipe, later)
     assert counters["stats"]["unique_graphs"] == graphs > 0
+
+
+def test_compiled_unrolled_convs_under_vmap_equal_eager_in_float64():
+    """The unrolled GEMM convolutions (images of fewer than k² pixels: the seed model's last stages,
+    which CUDA's vmap path compiles) through torch.compile, forward and gradients."""
+    for size, stride in ((2, 1), (1, 2)):  # the general unrolled form; one pixel to one
+        torch.manual_seed(size)
+        convs = [torch.nn.Conv2d(4, 6, 3, stride=stride, padding=1, dtype=torch.float64) for _ in range(3)]
+        params = {n: p.requires_grad_() for n, p in stack_module_state(convs)[0].items()}
+        template = torch.nn.Conv2d(4, 6, 3, stride=stride, padding=1, dtype=torch.float64, device="meta")
+        template.__class__ = GemmConv2d
+        x = torch.randn(3, 5, 4, size, size, dtype=torch.float64)
+
+        def forward(p, x):
+            return vmap(lambda p, xi: functional_call(template, p, (xi,)))(p, x)
+        outputs = [fn(params, x) for fn in (forward, torch.compile(forward, dynamic=False))]
+        assert torch.allclose(outputs[1], outputs[0], rtol=0, atol=1e-12)
+        grads = [torch.autograd.grad(out.square().sum(), list(params.values())) for out in outputs]
+        assert all(torch.allclose(c, e, rtol=0, atol=1e-12) for e, c in zip(*grads))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA defaults need a GPU")

@@ -12,9 +12,11 @@ from fastvar.train import RECIPES, fit
 from fastvar.models import build_model
 from fastvar.vmap_layers import ElementaryBatchNorm2d, GemmConv2d, gemm_convertible, small_convs
 
-# (in, out, kernel, stride, padding, bias, input size): every convolution shape the models use, and odd ones
+# (in, out, kernel, stride, padding, bias, input size): every convolution shape the models use, and odd ones;
+# images of fewer than k² pixels take the unrolled form (2×2 and 1×1: the seed model's last two stages)
 CONVS = [(3, 8, 7, 2, 3, False, 32), (8, 8, 3, 1, 1, False, 8), (8, 16, 3, 2, 1, False, 8), (8, 16, 1, 2, 0, False, 8),
-         (3, 8, 5, 2, 2, True, 32), (16, 8, 3, 1, 0, False, 5), (4, 6, 3, 1, 1, True, 1), (5, 7, 2, 3, 1, True, 9)]
+         (3, 8, 5, 2, 2, True, 32), (16, 8, 3, 1, 0, False, 5), (4, 6, 3, 1, 1, True, 1), (5, 7, 2, 3, 1, True, 9),
+         (8, 8, 3, 1, 1, False, 2), (8, 16, 3, 2, 1, False, 2), (6, 5, 5, 1, 2, True, 3), (4, 6, 3, 1, 2, False, 1)]
 
 
 def as_class(module, cls):
@@ -38,12 +40,13 @@ def test_gemm_conv_equals_conv2d_forward_and_backward(c_in, c_out, k, s, p, bias
         assert torch.allclose(a, b, rtol=0, atol=1e-11)
 
 
-def test_gemm_conv_under_vmap_is_each_replicas_own_conv():
-    torch.manual_seed(0)
+@pytest.mark.parametrize("size", [9, 2, 1], ids=["im2col", "unrolled", "one-pixel"])
+def test_gemm_conv_under_vmap_is_each_replicas_own_conv(size):
+    torch.manual_seed(size)
     convs = [torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, dtype=torch.float64) for _ in range(3)]
     params, _ = stack_module_state(convs)
     template = as_class(torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, dtype=torch.float64, device="meta"), GemmConv2d)
-    x = torch.randn(3, 5, 4, 9, 9, dtype=torch.float64)
+    x = torch.randn(3, 5, 4, size, size, dtype=torch.float64)
     out = vmap(lambda p, xi: functional_call(template, p, (xi,)))(params, x)
     for r, conv in enumerate(convs):
         assert torch.allclose(out[r], conv(x[r]), rtol=0, atol=1e-12)

@@ -63,7 +63,7 @@ class BatchedOptimizer:
                     for scale in {self.lr_scale.get(name, 1.0) for name in self.params}}
         coefficients = {name: by_scale[self.lr_scale.get(name, 1.0)] for name in self.params}
         if self.by_replica:
-            update = self.fused_update if optim_cpu.applies([*self.params.values(), *grads.values()]) else self.update
+            update = self.fused_update if optim_cpu.applies(self.params.values()) else self.update
             for name, param in self.params.items():
                 for r in range(self.size):
                     update(param[r], grads[name][r], {s: t[r] for s, t in self.state[name].items()},

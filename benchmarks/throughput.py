@@ -12,7 +12,9 @@
 Prints a table and ends with one JSON line (baseline_img_s, best_img_s, best_strategy, speedup,
 flops_fraction, runs_per_hour, ...). runs_per_hour projects the recipe's epochs of 50,000 images.
 flops_fraction is the loop strategy's training FLOP/s (counted with torch.utils.flop_counter) over the
-matmul peak measured in the same process: float32 on the CPU, bfloat16 on CUDA.
+matmul peak measured in the same process: float32 on the CPU, bfloat16 on CUDA. The model's count
+includes the products with convolutions' zero padding, which fastvar's unrolled convolutions leave
+out; the `executed` column (executed_fraction) counts the matrix products each strategy's step runs.
 """
 import argparse
 import json
@@ -90,15 +92,17 @@ def baseline(data, recipe, width, device, warmup, seconds):
                 done += 1
                 if done == n:
                     return
-    return measure(steps, recipe["batch_size"], device, warmup, seconds)
+    return dict(measure(steps, recipe["batch_size"], device, warmup, seconds),
+                executed_flops_per_image=train_flops_per_image(recipe, width))
 
 
 def fastvar(data, recipe, width, device, strategy, m, precision, compile, conv, warmup, seconds):
-    """Images per second and seconds of warm-up (compile included) of fastvar's own loop (fit)."""
+    """Images per second and seconds of warm-up (compile included) of fastvar's own loop (fit), and
+    the FLOPs its step executes per image."""
     seeds = [run_seeds("all-random", i) for i in range(m)]
-    replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], width=width, strategy=strategy,
-                        dtype=PRECISIONS[precision], compute_dtype=COMPUTE_DTYPE.get(precision), device=device,
-                        compile=compile, conv=conv)
+    options = dict(width=width, strategy=strategy, dtype=PRECISIONS[precision],
+                   compute_dtype=COMPUTE_DTYPE.get(precision), device=device, conv=conv)
+    replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], compile=compile, **options)
     batch = recipe["batch_size"]
 
     def steps(n):  # whole batches only (a partial one would recompile), epochs over the data as needed
@@ -107,7 +111,17 @@ def fastvar(data, recipe, width, device, strategy, m, precision, compile, conv, 
         epochs = -(-n // per_epoch)
         fit(replicas, subset, dict(recipe, epochs=epochs), seeds)
         return epochs * per_epoch
-    return measure(steps, batch * m, device, warmup, seconds)
+    executed = executed_flops_per_image(Replicas(recipe["model"], [0], **options), batch)
+    return dict(measure(steps, batch * m, device, warmup, seconds), executed_flops_per_image=executed)
+
+
+def executed_flops_per_image(replicas, batch):
+    """The FLOPs one eager replica's step runs per image, counted on its own matrix products: fewer
+    than the model's count where unrolled convolutions leave out the products with the padding."""
+    x = torch.randn(1, batch, 3, 32, 32, device=replicas.params["fc.weight"].device, dtype=replicas.input_dtype())
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        replicas.train_step_grads(x, torch.zeros(1, batch, dtype=torch.int64, device=x.device))
+    return counter.get_total_flops() / batch
 
 
 def measure(steps, images_per_step, device, warmup, seconds):
@@ -219,16 +233,18 @@ class Table:
               f"{self.device}; fastvar in {args.precision} with {args.conv} convolutions, baseline in float32; {self.flops / 1e9:.3f} GFLOP per "
               f"training image; {'float32' if args.device.type == 'cpu' else 'bf16'} matmul peak "
               f"{self.peak / 1e12:.2f} TFLOP/s")
-        print(f"{'strategy':<16}{'M':>4}{'img/s':>11}{'runs/h':>9}{'x base':>8}{'of peak':>9}{'MB/replica':>12}"
-              f"{'warm-up s':>11}", flush=True)
+        print(f"{'strategy':<16}{'M':>4}{'img/s':>11}{'runs/h':>9}{'x base':>8}{'of peak':>9}{'executed':>10}"
+              f"{'MB/replica':>12}{'warm-up s':>11}", flush=True)
 
     def add(self, strategy, m, row):
         row = dict(strategy=strategy, batch_models=m, **row, peak_mb_per_replica=peak_memory_mb(self.args.device) / m,
                    runs_per_hour=row["img_s"] * 3600 / (self.recipe["epochs"] * TRAIN_IMAGES),
-                   flops_fraction=row["img_s"] * self.flops / self.peak)
+                   flops_fraction=row["img_s"] * self.flops / self.peak,
+                   executed_fraction=row["img_s"] * row["executed_flops_per_image"] / self.peak)
         self.rows.append(row)
         print(f"{strategy:<16}{m:>4}{row['img_s']:>11.1f}{row['runs_per_hour']:>9.2f}{row['img_s'] / self.base():>8.2f}"
-              f"{row['flops_fraction']:>9.3f}{row['peak_mb_per_replica']:>12.0f}{row['warmup_s']:>11.1f}", flush=True)
+              f"{row['flops_fraction']:>9.3f}{row['executed_fraction']:>10.3f}{row['peak_mb_per_replica']:>12.0f}"
+              f"{row['warmup_s']:>11.1f}", flush=True)
 
     def base(self):
         return self.rows[0]["img_s"] if self.rows[0]["strategy"] == "baseline" else float("nan")

@@ -17,6 +17,7 @@ import torch
 
 from . import optim_cpu
 
+
 def per_replica(values, like):
     """A vector over replicas, shaped to broadcast against a stacked tensor `like`, on its device."""
     return values.to(like.device, like.dtype).view(-1, *([1] * (like.dim() - 1)))
@@ -67,7 +68,7 @@ class BatchedOptimizer:
             for name, param in self.params.items():
                 for r in range(self.size):
                     update(param[r], grads[name][r], {s: t[r] for s, t in self.state[name].items()},
-                                {k: v[r].item() for k, v in coefficients[name].items()}, constants)
+                           {k: v[r].item() for k, v in coefficients[name].items()}, constants)
             return
         stacked = {name: {k: per_replica(v, self.params[name]) for k, v in c.items()}
                    for name, c in coefficients.items()}

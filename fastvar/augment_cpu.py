@@ -23,9 +23,11 @@ def augment_cpu(library, images, example, draws, table, shift, reflect, cutout):
     zeros = torch.zeros(n, dtype=torch.int32)
     ints = {k: zeros if v is None else v.to(torch.int32) for k, v in draws.items()}  # an option off: zeros
     out = torch.empty(n, 32, 32, 3, dtype=table.dtype)
+    # Held in variables, not passed as temporaries, which would be freed before the kernel reads them
     arrays = [images.contiguous(), example.contiguous(), *(ints[k] for k in ("dy", "dx", "flip", "cut_y", "cut_x"))]
+    table = table.contiguous()
     kernel = getattr(library, f"augment_{table.element_size()}byte")  # 8, 4 or 2: the table's entry size
     kernel(*(native.pointer(a) for a in arrays), ctypes.c_int64(n), ctypes.c_int32(shift),
-           ctypes.c_int32(reflect), ctypes.c_int32(cutout), native.pointer(table.contiguous()),
+           ctypes.c_int32(reflect), ctypes.c_int32(cutout), native.pointer(table),
            native.pointer(out), ctypes.c_int32(torch.get_num_threads()))
     return out

@@ -26,9 +26,10 @@ def adam(param, grad, state, c, k):
     """As BatchedAdam.update, for one replica's contiguous CPU tensors; c and k hold Python numbers."""
     real, suffix, threads = C_TYPES[param.dtype], str(param.dtype)[6:], ctypes.c_int32(torch.get_num_threads())
     exp_avg, exp_avg_sq, n = state["exp_avg"], state["exp_avg_sq"], ctypes.c_int64(param.numel())
+    grad = grad.contiguous()  # held here: a temporary would be freed before the kernel reads it
     decay_mode = 0 if not k["decay"] else 2 if k["decoupled"] else 1
     getattr(load(), f"adam_moments_{suffix}")(
-        *map(native.pointer, (param, grad.contiguous(), exp_avg, exp_avg_sq)), n, ctypes.c_int32(decay_mode),
+        *map(native.pointer, (param, grad, exp_avg, exp_avg_sq)), n, ctypes.c_int32(decay_mode),
         real(c["decay"]), real(k["beta1"]), real(1 - k["beta1"]), real(k["beta2"]), real(1 - k["beta2"]), threads)
     root = exp_avg_sq.sqrt()  # torch's, as the reference's
     getattr(load(), f"adam_step_{suffix}")(*map(native.pointer, (param, exp_avg, root)), n, real(c["bias2_sqrt"]),
@@ -39,8 +40,9 @@ def sgd(param, grad, state, c, k):
     """As BatchedSGD.update, for one replica's contiguous CPU tensors; c and k hold Python numbers."""
     real = C_TYPES[param.dtype]
     buffer = state.get("momentum_buffer", param)  # not touched without momentum
+    grad = grad.contiguous()  # held here: a temporary would be freed before the kernel reads it
     momentum_mode = 0 if not k["momentum"] else 1 if k["first"] else 2
     kernel = getattr(load(), f"sgd_{str(param.dtype)[6:]}")
-    kernel(*map(native.pointer, (param, grad.contiguous(), buffer)), ctypes.c_int64(param.numel()),
+    kernel(*map(native.pointer, (param, grad, buffer)), ctypes.c_int64(param.numel()),
            ctypes.c_int32(k["decay"]), real(c["weight_decay"]), ctypes.c_int32(momentum_mode),
            real(k["momentum"]), ctypes.c_int32(k["nesterov"]), real(c["lr"]), ctypes.c_int32(torch.get_num_threads()))

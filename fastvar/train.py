@@ -147,9 +147,11 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     vectors = {k: torch.tensor([h[k] for h in hyper], dtype=torch.float64) for k in hyper[0]}
     smoothing = vectors.pop("label_smoothing")
     smoothing = smoothing.to(device) if smoothing.any() else None
-    # The loop strategy updates replica by replica too: its slices stay in cache (CPUs).
-    optimizer = make_optimizer(recipe, replicas.params, by_replica=replicas.strategy == "loop",
-                               compile=bool(replicas.compile), **vectors)
+    # Replica by replica for the loop strategy (a lone run's operations) and on any uncompiled CPU
+    # run (the C loops of fastvar.optim_cpu); both orders give the same bits.
+    by_replica = replicas.strategy == "loop" or (device.type == "cpu" and not replicas.compile)
+    optimizer = make_optimizer(recipe, replicas.params, by_replica=by_replica, compile=bool(replicas.compile),
+                               **vectors)
     before = fixed if onset_epoch else None
     orders = [DataOrder(s.order_seed, before and before.order_seed, onset_epoch) for s in seeds]
     own_aug = torch.tensor([s.aug_seed for s in seeds], dtype=torch.int64, device=device)

@@ -63,14 +63,15 @@ def test_by_replica_and_stacked_updates_are_bit_identical_in_float32(case):
 @pytest.mark.parametrize("case", CASES)
 def test_the_c_update_equals_the_torch_reference_bit_for_bit(case, dtype, decays, monkeypatch):
     """optim_cpu's loops against the optimizers' own `update`, by replica, over steps with a schedule;
-    odd sizes, so that vector loops have tails."""
+    odd sizes, so that vector loops have tails, and a non-contiguous gradient (vmap's may be)."""
     if optim_cpu.load() is None:
         assert not os.environ.get("CI"), "CI has a C compiler: the optimizer kernel must build"
         pytest.skip("no C compiler on this machine")
     batched_cls, kwargs, _ = CASES[case]
     g = torch.Generator().manual_seed(2)
     start = {"w": torch.randn(3, 37, 5, generator=g, dtype=dtype), "b": torch.randn(3, 7, generator=g, dtype=dtype)}
-    grads = [{n: torch.randn(t.shape, generator=g, dtype=dtype) for n, t in start.items()} for _ in range(5)]
+    grads = [{"w": torch.randn(3, 5, 37, generator=g, dtype=dtype).transpose(1, 2),
+              "b": torch.randn(3, 7, generator=g, dtype=dtype)} for _ in range(5)]
     finals = []
     for fused in (False, True):
         monkeypatch.setattr(optim_cpu, "applies", lambda tensors: fused)

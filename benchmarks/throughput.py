@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastvar import native  # noqa: E402
 from fastvar.data import DataError, Dataset, load_cifar10  # noqa: E402
 from fastvar.models import DEFAULT_WIDTH, build_model  # noqa: E402
-from fastvar.replicas import Replicas  # noqa: E402
+from fastvar.replicas import CONVS, Replicas  # noqa: E402
 from fastvar.sources import run_seeds  # noqa: E402
 from fastvar.study import COMPUTE_DTYPE, PRECISIONS  # noqa: E402
 from fastvar.train import RECIPES, fit  # noqa: E402
@@ -92,8 +92,7 @@ def baseline(data, recipe, width, device, warmup, seconds):
                 done += 1
                 if done == n:
                     return
-    return dict(measure(steps, recipe["batch_size"], device, warmup, seconds),
-                executed_flops_per_image=train_flops_per_image(recipe, width))
+    return measure(steps, recipe["batch_size"], device, warmup, seconds)
 
 
 def fastvar(data, recipe, width, device, strategy, m, precision, compile, conv, warmup, seconds):
@@ -190,7 +189,7 @@ def parse_args():
     parser.add_argument("--compile", help="also time each strategy under torch.compile in this mode (default, "
                                           "reduce-overhead, ...); default: on CUDA only, mode default")
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--conv", choices=("auto", "gemm", "native"), default="auto",
+    parser.add_argument("--conv", choices=CONVS, default="auto",
                         help="fastvar's convolutions (as run.py's --conv)")
     parser.add_argument("--seconds", type=float, default=10, help="timed seconds per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile happens here)")
@@ -237,10 +236,12 @@ class Table:
               f"{'MB/replica':>12}{'warm-up s':>11}", flush=True)
 
     def add(self, strategy, m, row):
+        """`row` as measure gives it; fastvar's rows add the FLOPs their step executes (the baseline
+        executes the model's count)."""
+        executed = row.get("executed_flops_per_image", self.flops)
         row = dict(strategy=strategy, batch_models=m, **row, peak_mb_per_replica=peak_memory_mb(self.args.device) / m,
                    runs_per_hour=row["img_s"] * 3600 / (self.recipe["epochs"] * TRAIN_IMAGES),
-                   flops_fraction=row["img_s"] * self.flops / self.peak,
-                   executed_fraction=row["img_s"] * row["executed_flops_per_image"] / self.peak)
+                   flops_fraction=row["img_s"] * self.flops / self.peak, executed_fraction=row["img_s"] * executed / self.peak)
         self.rows.append(row)
         print(f"{strategy:<16}{m:>4}{row['img_s']:>11.1f}{row['runs_per_hour']:>9.2f}{row['img_s'] / self.base():>8.2f}"
               f"{row['flops_fraction']:>9.3f}{row['executed_fraction']:>10.3f}{row['peak_mb_per_replica']:>12.0f}"

@@ -15,6 +15,7 @@ from .data import DATASETS, DataError
 from .export import FORMATS, export
 from .models import MODELS
 from .plots import plot_study
+from .replicas import CONVS
 from .report import (AnalysisError, analyze, compare_folders, comparison_lines, default_report_path, json_line,
                      pairwise_note, sweep_summary, tables, write_report)
 from .sources import EXPERIMENTS, SOURCES
@@ -97,7 +98,7 @@ def add_study_arguments(parser):
                         help="auto: loop on CPU, vmap on CUDA")
     parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
                         help="torch.compile the training step (auto: on CUDA only)")
-    parser.add_argument("--conv", default="auto", choices=("auto", "gemm", "native"),
+    parser.add_argument("--conv", default="auto", choices=CONVS,
                         help="gemm: convolutions as im2col + one matrix product; native: the framework's; auto: gemm "
                              "under vmap on CUDA, else for convolutions with outputs of 2x2 pixels or less")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

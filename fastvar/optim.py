@@ -51,6 +51,8 @@ class BatchedOptimizer:
         self.weight_decay = torch.as_tensor(weight_decay, dtype=torch.float64).expand(self.size).clone().to(**vector)
         self.decay = bool(self.weight_decay.any())
         self.lr_scale, self.by_replica, self.compile = lr_scale or {}, by_replica, compile and not by_replica
+        # By replica on a CPU, the C loops where they build (the same bits as `update`)
+        self.replica_update = self.fused_update if by_replica and optim_cpu.applies(params.values()) else self.update
         self.state = {n: {s: torch.zeros_like(p) for s in self.STATE} for n, p in params.items()}
         self.steps = 0
 
@@ -64,11 +66,10 @@ class BatchedOptimizer:
                     for scale in {self.lr_scale.get(name, 1.0) for name in self.params}}
         coefficients = {name: by_scale[self.lr_scale.get(name, 1.0)] for name in self.params}
         if self.by_replica:
-            update = self.fused_update if optim_cpu.applies(self.params.values()) else self.update
             for name, param in self.params.items():
                 for r in range(self.size):
-                    update(param[r], grads[name][r], {s: t[r] for s, t in self.state[name].items()},
-                           {k: v[r].item() for k, v in coefficients[name].items()}, constants)
+                    self.replica_update(param[r], grads[name][r], {s: t[r] for s, t in self.state[name].items()},
+                                        {k: v[r].item() for k, v in coefficients[name].items()}, constants)
             return
         stacked = {name: {k: per_replica(v, self.params[name]) for k, v in c.items()}
                    for name, c in coefficients.items()}

@@ -3,37 +3,33 @@
    so results are equal bit for bit; scalars arrive rounded to the tensors' dtype, as torch rounds a
    Python number before it meets a tensor. decay_mode: 0 none, 1 L2 (added to the gradient),
    2 decoupled (AdamW: the parameter scaled first). */
+#include <math.h>
 #include <stdint.h>
 
-/* Adam in two passes around torch's own square root, which is not IEEE's correctly rounded one
-   on every CPU (MKL's, on x86): the moments (and decay), then the step from sqrt(exp_avg_sq). */
-#define ADAM_MOMENTS(NAME, T)                                                                      \
-void NAME(T *param, const T *grad, T *exp_avg, T *exp_avg_sq, int64_t n, int32_t decay_mode,      \
-          T decay, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, int32_t threads) {      \
-    _Pragma("omp parallel for schedule(static) num_threads(threads)")                             \
-    for (int64_t i = 0; i < n; i++) {                                                              \
-        T g = grad[i];                                                                             \
-        if (decay_mode == 2) param[i] = param[i] * decay;                                          \
-        if (decay_mode == 1) { T l2 = param[i] * decay; g = g + l2; }                              \
-        T m = exp_avg[i] * beta1, m_step = g * one_minus_beta1;                                    \
-        exp_avg[i] = m + m_step;                                                                   \
-        T v = exp_avg_sq[i] * beta2, v_step = g * g;                                               \
-        v_step = v_step * one_minus_beta2;                                                         \
-        exp_avg_sq[i] = v + v_step;                                                                \
-    }                                                                                              \
-}
-
-#define ADAM_STEP(NAME, T)                                                                         \
-void NAME(T *param, const T *exp_avg, const T *root, int64_t n, T bias2_sqrt, T eps, T step_size, \
-          int32_t threads) {                                                                       \
-    _Pragma("omp parallel for schedule(static) num_threads(threads)")                             \
-    for (int64_t i = 0; i < n; i++) {                                                              \
-        T denom = root[i] / bias2_sqrt;                                                            \
-        denom = denom + eps;                                                                       \
-        T step = exp_avg[i] / denom;                                                               \
-        step = step * step_size;                                                                   \
-        param[i] = param[i] - step;                                                                \
-    }                                                                                              \
+/* Adam in one pass, float32 only: sqrtf is IEEE's correctly rounded root, which the reference
+   computes through float64 (optim.sqrt_rounded_once). No C float64 root matches torch's on CPUs
+   whose float64 sqrt is MKL's, so float64 keeps the reference. */
+void adam_float32(float *param, const float *grad, float *exp_avg, float *exp_avg_sq, int64_t n,
+                  int32_t decay_mode, float decay, float beta1, float one_minus_beta1, float beta2,
+                  float one_minus_beta2, float bias2_sqrt, float eps, float step_size, int32_t threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < n; i++) {
+        float p = param[i], g = grad[i];
+        if (decay_mode == 2) p = p * decay;
+        if (decay_mode == 1) { float l2 = p * decay; g = g + l2; }
+        float m = exp_avg[i] * beta1, m_step = g * one_minus_beta1;
+        m = m + m_step;
+        exp_avg[i] = m;
+        float v = exp_avg_sq[i] * beta2, v_step = g * g;
+        v_step = v_step * one_minus_beta2;
+        v = v + v_step;
+        exp_avg_sq[i] = v;
+        float denom = sqrtf(v) / bias2_sqrt;
+        denom = denom + eps;
+        float step = m / denom;
+        step = step * step_size;
+        param[i] = p - step;
+    }
 }
 
 /* momentum_mode: 0 none, 1 the first step (the buffer starts at the gradient), 2 later steps. */
@@ -55,9 +51,5 @@ void NAME(T *param, const T *grad, T *buffer, int64_t n, int32_t decay, T weight
     }                                                                                              \
 }
 
-ADAM_MOMENTS(adam_moments_float32, float)
-ADAM_MOMENTS(adam_moments_float64, double)
-ADAM_STEP(adam_step_float32, float)
-ADAM_STEP(adam_step_float64, double)
 SGD(sgd_float32, float)
 SGD(sgd_float64, double)

@@ -30,14 +30,15 @@ class Replicas:
                  dropout=None, compute_dtype=None, compile=None, conv="auto"):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
-        models = [build_model(model, init_seed=s, width=width, dtype=dtype, dropout=dropout) for s in init_seeds]
-        params, buffers = stack_module_state(models)
-        self.params = {n: p.detach().to(device) for n, p in params.items()}
-        self.buffers = {n: b.to(device) for n, b in buffers.items()}
         device = torch.device(device)
         # Written-out BatchNorm where vmap needs it or mixed precision does (vmap_layers says why)
         elementary_norm = strategy == "vmap" or compute_dtype is not None
         self.template = template(model, width, dtype, dropout, elementary_norm, conv_rule(conv, strategy, device))
+        models = [build_model(model, init_seed=s, width=width, dtype=dtype, dropout=dropout) for s in init_seeds]
+        params, buffers = stack_module_state(models)
+        orders = memory_orders(self.template)
+        self.params = {n: laid_out(p.detach().to(device), orders.get(n)) for n, p in params.items()}
+        self.buffers = {n: b.to(device) for n, b in buffers.items()}
         self.size, self.strategy, self.compile = len(init_seeds), strategy, compile
         self.compute = compute_dtype and (compute_dtype, lowered_parameters(self.template))
         self.channels_last = channels_last_is_safe(self.template, device, compile)
@@ -100,8 +101,8 @@ class Replicas:
         return self.compute[0] if self.compute else next(iter(self.params.values())).dtype
 
     def state_dict(self, r):
-        """Replica r as an ordinary state dict (copies), loadable into the model it was built from."""
-        return {n: t[r].clone() for n, t in {**self.params, **self.buffers}.items()}
+        """Replica r as an ordinary state dict (contiguous copies), loadable into the model it was built from."""
+        return {n: t[r].clone(memory_format=torch.contiguous_format) for n, t in {**self.params, **self.buffers}.items()}
 
 
 @functools.cache
@@ -112,6 +113,22 @@ def template(model, width, dtype, dropout, elementary_norm, gemm_rule):
     structure = build_model(model, init_seed=0, width=width, dtype=dtype, dropout=dropout).to("meta")
     convs = {"all": set(structure.modules()), "small": small_convs(structure), "none": set()}[gemm_rule]
     return use_vmap_layers(structure, elementary_norm, convs)
+
+
+def memory_orders(template):
+    """{parameter name: memory order} for the layers that declare the order of their weight's
+    dimensions in memory (WEIGHT_MEMORY_ORDER, outermost first) in which they use it without copying."""
+    return {f"{name}.weight": module.WEIGHT_MEMORY_ORDER for name, module in template.named_modules()
+            if hasattr(module, "WEIGHT_MEMORY_ORDER")}
+
+
+def laid_out(stacked, order):
+    """A stacked [M, ...] tensor with each replica's dimensions in memory in `order` (None: as they
+    are); the same shape and values, replicas outermost."""
+    if order is None:
+        return stacked
+    memory = stacked.permute(0, *(d + 1 for d in order)).contiguous()
+    return memory.permute(0, *(order.index(d) + 1 for d in range(len(order))))
 
 
 def conv_rule(conv, strategy, device):

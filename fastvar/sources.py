@@ -129,12 +129,13 @@ def perturb_one_ulp(params, replica, perturb_seed):
     """Move one element of replica `replica`'s first-layer weight to the adjacent representable value
     (up or down), both chosen by `perturb_seed`, as numpy.nextafter would. Returns (name, index)."""
     name = first_weight_name(params)
-    weight = params[name][replica].view(-1)
+    weight = params[name][replica]
     generator = torch.Generator().manual_seed(perturb_seed)
     index = int(torch.randint(weight.numel(), (1,), generator=generator))
     upward = bool(torch.randint(2, (1,), generator=generator))
     target = torch.tensor(float("inf") if upward else float("-inf"), dtype=weight.dtype, device=weight.device)
-    weight[index] = torch.nextafter(weight[index], target)
+    element = tuple(int(i) for i in torch.unravel_index(torch.tensor(index), weight.shape))  # any memory layout
+    weight[element] = torch.nextafter(weight[element], target)
     return name, index
 
 

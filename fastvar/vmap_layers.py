@@ -52,31 +52,37 @@ class GemmConv2d(torch.nn.Conv2d):
     - im2col: the k² strided slices of the padded input side by side, (B·Ho·Wo × k²·C) by (k²·C × Cout);
     - unrolled, for images of fewer than k² pixels: the convolution's whole linear map, (B × H·W·C) by
       (H·W·C × Ho·Wo·Cout), which leaves out every product with the zero padding (on a 1×1 image a
-      3×3 kernel's eight outer taps, on 2×2 five of nine)."""
+      3×3 kernel's eight outer taps, on 2×2 five of nine).
+    Both read the weight as k×k×C×Cout taps: a view, with no copy forward or backward, where the
+    weight lies in memory in that order (WEIGHT_MEMORY_ORDER; fastvar.replicas lays stacks out so)."""
+
+    WEIGHT_MEMORY_ORDER = (2, 3, 1, 0)
 
     def forward(self, x):
         (k, _), (s, _), (p, _) = self.kernel_size, self.stride, self.padding
         b, c, h, w = x.shape
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        taps = self.weight.permute(self.WEIGHT_MEMORY_ORDER)
         if h * w < k * k:
-            out = self.unrolled(x, k, s, p, ho, wo)
+            out = self.unrolled(x, taps, s, p, ho, wo)
         else:
             padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, p, p, p, p))
-            taps = [padded[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] for i in range(k) for j in range(k)]
-            cols = torch.stack(taps, dim=3).reshape(b * ho * wo, k * k * c)
-            out = cols @ self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, k * k * c).t()
+            windows = [padded[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] for i in range(k) for j in range(k)]
+            cols = torch.stack(windows, dim=3).reshape(b * ho * wo, k * k * c)
+            out = cols @ taps.reshape(k * k * c, self.out_channels)
         out = out.view(b, ho, wo, self.out_channels).permute(0, 3, 1, 2)
         return out if self.bias is None else out + self.bias[:, None, None]
 
-    def unrolled(self, x, k, s, p, ho, wo):
+    def unrolled(self, x, taps, s, p, ho, wo):
         b, c, h, w = x.shape
+        k, cout = taps.shape[0], self.out_channels
+        taps = taps.reshape(k * k, c, cout)
         if h * w == ho * wo == 1 and p < k:  # one pixel to one: the tap at the padding offset alone
-            linear_map = self.weight[:, :, p, p].contiguous().t()
+            linear_map = taps[p * k + p]
         else:  # (H·W·Ho·Wo × k²) 0/1 times (k² × C·Cout): the C×Cout block of each (input, output) pixel pair
-            taps = self.weight.permute(2, 3, 1, 0).reshape(k * k, c * self.out_channels)
-            blocks = tap_selection(h, w, ho, wo, k, s, p, taps) @ taps
-            linear_map = blocks.view(h * w, ho * wo, c, self.out_channels).transpose(1, 2)
-        return x.permute(0, 2, 3, 1).reshape(b, h * w * c) @ linear_map.reshape(h * w * c, ho * wo * self.out_channels)
+            blocks = tap_selection(h, w, ho, wo, k, s, p, taps) @ taps.reshape(k * k, c * cout)
+            linear_map = blocks.view(h * w, ho * wo, c, cout).transpose(1, 2)
+        return x.permute(0, 2, 3, 1).reshape(b, h * w * c) @ linear_map.reshape(h * w * c, ho * wo * cout)
 
 
 def tap_selection(h, w, ho, wo, k, s, p, like):

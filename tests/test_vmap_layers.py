@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from conftest import random_dataset
-from fastvar.replicas import Replicas
+from fastvar.replicas import Replicas, laid_out
 from fastvar.sources import run_seeds
 from fastvar.train import RECIPES, fit
 from fastvar.models import build_model
@@ -24,13 +24,18 @@ def as_class(module, cls):
     return module
 
 
+@pytest.mark.parametrize("weight_layout", ["contiguous", "laid-out"])
 @pytest.mark.parametrize("c_in,c_out,k,s,p,bias,size", CONVS)
-def test_gemm_conv_equals_conv2d_forward_and_backward(c_in, c_out, k, s, p, bias, size):
+def test_gemm_conv_equals_conv2d_forward_and_backward(c_in, c_out, k, s, p, bias, size, weight_layout):
+    """In either weight layout; laid out as the layer asks, the weight's gradient comes in its layout."""
     torch.manual_seed(size + k)
     conv = torch.nn.Conv2d(c_in, c_out, k, stride=s, padding=p, bias=bias, dtype=torch.float64)
     assert gemm_convertible(conv)
     gemm = as_class(torch.nn.Conv2d(c_in, c_out, k, stride=s, padding=p, bias=bias, dtype=torch.float64), GemmConv2d)
     gemm.load_state_dict(conv.state_dict())
+    if weight_layout == "laid-out":
+        gemm.weight = torch.nn.Parameter(laid_out(gemm.weight.detach()[None], GemmConv2d.WEIGHT_MEMORY_ORDER)[0])
+        assert not gemm.weight.is_contiguous() or k == c_in == 1
     x = torch.randn(3, c_in, size, size, dtype=torch.float64, requires_grad=True)
     expected, got = conv(x), gemm(x)
     assert got.shape == expected.shape and torch.allclose(got, expected, rtol=0, atol=1e-12)
@@ -38,6 +43,9 @@ def test_gemm_conv_equals_conv2d_forward_and_backward(c_in, c_out, k, s, p, bias
     grads = [torch.autograd.grad(out, [x, *module.parameters()], g) for out, module in ((expected, conv), (got, gemm))]
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=0, atol=1e-11)
+    assert torch.equal(gemm.weight, conv.weight)
+    if weight_layout == "laid-out":
+        assert grads[1][1].stride() == gemm.weight.stride()
 
 
 @pytest.mark.parametrize("size", [9, 2, 1], ids=["im2col", "unrolled", "one-pixel"])

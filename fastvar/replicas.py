@@ -69,7 +69,7 @@ class Replicas:
         return losses.detach(), correct_counts(logits, y), dict(zip(self.params, grads))
 
     def _loop_grads(self, x, y, buffers, label_smoothing):
-        grads = {n: torch.empty_like(p) for n, p in self.params.items()}
+        grads = {n: torch.empty_like(p) for n, p in self.params.items()} if self.size > 1 else {}
         losses, correct = [], []
         for r in range(self.size):
             leaves = self.replica_leaves[r]
@@ -77,7 +77,10 @@ class Replicas:
             loss, logits = self._run(replica_loss)(self.template, leaves, buffers[r], x[r], y[r], smoothing,
                                                    self.compute)
             for name, g in zip(leaves, torch.autograd.grad(loss, list(leaves.values()))):
-                grads[name][r].copy_(g)
+                if self.size == 1:  # a lone replica's gradients are a stack of one as they are
+                    grads[name] = g[None]
+                else:
+                    grads[name][r].copy_(g)
             losses.append(loss.detach())
             correct.append(correct_counts(logits, y[r]))
         return torch.stack(losses), torch.stack(correct), grads

@@ -103,6 +103,24 @@ def test_vmap_with_gemm_convs_trains_as_the_loop_does_in_float64():
         assert torch.allclose(trained[1].buffers[name].double(), loop.double(), rtol=0, atol=1e-9), name
 
 
+@pytest.mark.parametrize("replicas_count", [1, 2])
+def test_replicas_lay_gemm_weights_out_as_the_layer_reads_them(replicas_count):
+    """The taps are a view of each replica's weight, the loop's gradients arrive in the weight's
+    layout (nothing to copy before the optimizer), and state dicts stay contiguous and equal."""
+    replicas = Replicas("resnet18", list(range(replicas_count)), width=4, conv="auto")
+    plain = build_model("resnet18", init_seed=replicas_count - 1, width=4).state_dict()
+    x, y = torch.randn(replicas_count, 8, 3, 32, 32), torch.randint(0, 10, (replicas_count, 8))
+    _, _, grads = replicas.train_step_grads(x, y)
+    gemm = [f"{name}.weight" for name, m in replicas.template.named_modules() if isinstance(m, GemmConv2d)]
+    assert len(gemm) == 10
+    for name in gemm:
+        weight = replicas.params[name]
+        assert weight[-1].permute(GemmConv2d.WEIGHT_MEMORY_ORDER).is_contiguous(), name
+        assert grads[name][-1].stride() == weight[-1].stride(), name
+    state = replicas.state_dict(replicas_count - 1)
+    assert all(t.is_contiguous() and torch.equal(t, plain[n]) for n, t in state.items() if n in replicas.params)
+
+
 def test_auto_conv_rule_takes_small_outputs_on_a_cpu_and_all_under_vmap_on_cuda():
     from fastvar.replicas import conv_rule, template
     model = build_model("resnet18", init_seed=0, width=8).to("meta")

@@ -1,0 +1,35 @@
+"""A results folder made by an earlier fastvar keeps opening, resuming and analysing.
+
+tests/fixtures/v0.1-fixed-init was made by fastvar 0.1.0 at commit f1c1661 with
+    Study(experiment="fixed-init", runs=2, batch_models=2, width=4, epochs=2, eval_every_epoch=True)
+        .run(folder, data=random_dataset(320, 100))
+"""
+import shutil
+import sqlite3
+from pathlib import Path
+
+import fastvar
+from fastvar.store import Store
+from conftest import random_dataset
+
+FIXTURE = Path(__file__).parent / "fixtures" / "v0.1-fixed-init"
+
+
+def stored_rows(folder):
+    with sqlite3.connect(folder / "runs.sqlite") as db:
+        return db.execute("SELECT * FROM runs ORDER BY run_index").fetchall()
+
+
+def test_an_old_folder_opens_resumes_and_analyses(tmp_path):
+    folder = tmp_path / "old"
+    shutil.copytree(FIXTURE, folder)
+    before = stored_rows(folder)
+    assert len(before) == 2
+    study = fastvar.Study(experiment="fixed-init", runs=3, batch_models=2, width=4, epochs=2, eval_every_epoch=True)
+    study.run(folder, data=random_dataset(320, 100))
+    rows = Store(folder).runs()
+    assert [r["run_index"] for r in rows] == [0, 1, 2]
+    assert stored_rows(folder)[:2] == [tuple(r) + (None,) * (len(stored_rows(folder)[0]) - len(r)) for r in before]
+    assert rows[2]["init_seed"] == rows[0]["init_seed"]  # fixed-init: the new run has the old runs' init
+    (analysis,) = fastvar.analyze(folder)
+    assert analysis.metrics["n"] == 3 and 0 <= analysis.metrics["acc_mean"] <= 1

@@ -1,30 +1,39 @@
-"""The command line: `train` (the default subcommand), `sweep`, `plot`, `analyze`, `compare`, `export`.
-A thin layer over fastvar.Study and fastvar.report."""
-import argparse
-import os
-import shlex
-import sys
-import time
-from pathlib import Path
+"""The command line: `train` (the default subcommand), `sweep`, `plot`, `analyze`, `compare`, `merge`,
+`export`, `download`. A thin layer over fastvar.Study and fastvar.report."""
+from .launch import set_openmp_wait
 
-import numpy as np
-from tqdm import tqdm
+set_openmp_wait()  # before torch loads (the imports below): the runtime reads it once
 
-from . import native
-from .data import DATASETS, DataError
-from .export import FORMATS, export
-from .models import MODELS
-from .plots import plot_study
-from .replicas import CONVS
-from .report import (AnalysisError, analyze, compare_folders, comparison_lines, default_report_path, json_line,
-                     pairwise_note, sweep_summary, tables, write_report)
-from .sources import EXPERIMENTS, SOURCES
-from .store import Store, StoreError, merge
-from .study import PRECISIONS, ConfigError, Study
-from .sweep import SETTINGS, Sweep, parse_setting
-from .train import RECIPES
+import argparse  # noqa: E402
+import os  # noqa: E402
+import shlex  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-COMMANDS = ("train", "sweep", "plot", "analyze", "compare", "merge", "export")
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from . import native  # noqa: E402
+from .data import DATASETS, default_data_dir, load_dataset  # noqa: E402
+from .errors import FastvarError, writing  # noqa: E402
+from .export import FORMATS, export  # noqa: E402
+from .models import MODELS  # noqa: E402
+from .plots import plot_study  # noqa: E402
+from .replicas import CONVS  # noqa: E402
+from .report import analyze, compare_folders, comparison_lines, json_line, notes, sweep_summary, tables, write_report  # noqa: E402,E501
+from .sources import EPOCH_ORDERS, EXPERIMENTS, SOURCES  # noqa: E402
+from .store import Store, merge  # noqa: E402
+from .study import PRECISIONS, Study  # noqa: E402
+from .sweep import SETTINGS, Sweep, parse_setting  # noqa: E402
+from .train import RECIPES  # noqa: E402
+
+COMMANDS = ("train", "sweep", "plot", "analyze", "compare", "merge", "export", "download")
+MAIN_COMMAND = "--experiment fixed-init --batch-models 16"
+# A study that finishes in minutes on a CPU: 8 runs at width 8 on 5,000 images for 5 epochs.
+CPU_SIZED = "--runs 8 --batch-models 1 --width 8 --train-subset 5000 --epochs 5"
+PROJECT_AFTER_S = 15  # seconds of steps measured before the projected total time is printed
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -34,10 +43,12 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"fastvar: error: {message}\n")
 
 
-def build_parser():
-    parser = OneLineParser(prog="run.py", description="Measure run-to-run variance of training.")
+def build_parser(prog):
+    parser = OneLineParser(prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description="Measure run-to-run variance of training. `train` is the default "
+                                       f"subcommand: `{prog} --experiment X` is `{prog} train --experiment X`.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    train = commands.add_parser("train", help="train a study's runs into a results folder (resumable)")
+    train = commands.add_parser("train", help="train a study's runs into a results folder (resumable; the default)")
     add_study_arguments(train)
     train.add_argument("--list-recipes", action="store_true", help="print the recipes and exit")
     train.add_argument("--list-experiments", action="store_true",
@@ -53,11 +64,12 @@ def build_parser():
     sweep.add_argument("--out", type=Path, default=Path("results/sweep"), help="the sweep folder")
     plot = commands.add_parser("plot", help="draw the plots of an existing results folder")
     plot.add_argument("folder", type=Path)
+    plot.add_argument("--out", type=Path, help="default: FOLDER/plots")
     analyze = commands.add_parser("analyze", help="the spread metrics of results folders, and report.md")
     analyze.add_argument("folders", type=Path, nargs="+")
-    analyze.add_argument("--json", action="store_true", help="print one JSON object per folder instead")
+    analyze.add_argument("--json", action="store_true", help="print one JSON object per folder instead (writes nothing)")
     analyze.add_argument("--cka", action="store_true", help="linear CKA between runs with saved weights")
-    analyze.add_argument("--report", type=Path, help="default: report.md in the folders' common parent")
+    analyze.add_argument("--report", type=Path, help="default: report.md in the first folder")
     analyze.add_argument("--data-dir", type=Path, help="CIFAR-10, for --cka and for folders without labels")
     compare = commands.add_parser("compare", help="is B's mean test accuracy different from A's?")
     compare.add_argument("folder_a", type=Path)
@@ -67,9 +79,21 @@ def build_parser():
     export = commands.add_parser("export", help="write a folder's runs as numpy files")
     export.add_argument("folder", type=Path)
     export.add_argument("--format", choices=FORMATS, default="npz")
-    export.add_argument("--out", type=Path, help="default: FOLDER/logits.npz or FOLDER/seed-npy/")
+    export.add_argument("--out", type=Path, help="default: FOLDER/logits.npz or FOLDER/seed-npy/ (created if missing)")
     export.add_argument("--data-dir", type=Path, help="CIFAR-10, for folders without stored labels")
+    download = commands.add_parser("download", help="fetch CIFAR-10 (MD5-checked) where fastvar looks for it")
+    download.add_argument("--data-dir", type=Path, help="default: $FASTVAR_DATA, else ~/.cache/fastvar")
+    parser.epilog = f"train, the default subcommand, takes:\n\n{train.format_help()}"
     return parser
+
+
+def short_usage(prog):
+    return (f"usage: {prog} [train] [flags] | sweep | plot | analyze | compare | merge | export | download\n"
+            f"  the seed study's main command (1000 runs, resumable; CIFAR-10 is fetched if absent):\n"
+            f"    {prog} {MAIN_COMMAND}\n"
+            f"  a study that finishes in minutes on a CPU:\n"
+            f"    {prog} --experiment fixed-init {CPU_SIZED}\n"
+            f"  every flag: {prog} --help")
 
 
 def add_study_arguments(parser):
@@ -81,6 +105,9 @@ def add_study_arguments(parser):
     parser.add_argument("--fixed-seed", type=int, default=0, help="the constant fixed sources draw from")
     parser.add_argument("--onset-epoch", type=int, metavar="K",
                         help="varied sources follow the fixed ones before epoch K (0-based), their own from K on")
+    parser.add_argument("--epoch-order", choices=EPOCH_ORDERS, default="fresh",
+                        help="fresh: a new permutation every epoch; same: each run's first permutation in every "
+                             "epoch (with fixed-order, the seed study's exp2)")
     parser.add_argument("--grid", type=grid_shape, metavar="IxJ",
                         help="the grid experiment: I init seeds crossed with J order seeds, I×J runs")
     parser.add_argument("--recipe", default="seed", choices=RECIPES)
@@ -102,11 +129,15 @@ def add_study_arguments(parser):
                         help="gemm: convolutions as im2col + one matrix product; native: the framework's; auto: gemm "
                              "under vmap on CUDA, else for convolutions with outputs of 2x2 pixels or less")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch's CPU threads (default: torch's); on a CPU they change float32 rounding, "
+                             "so every row records them")
     parser.add_argument("--shard", type=shard_spec, metavar="I/N",
                         help="train only runs with index %% N == I, into a shard file of their own (default: from "
                              "torchrun's RANK/WORLD_SIZE or a SLURM array's task id and count)")
     parser.add_argument("--data-dir", type=Path, help="default: $FASTVAR_DATA, else ~/.cache/fastvar")
-    parser.add_argument("--download", action="store_true", help="fetch the official CIFAR-10 archive if absent")
+    parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                        help="fetch the official CIFAR-10 archive (MD5-checked) where none is found (default: on)")
     parser.add_argument("--save-weights", type=int, default=0, metavar="K",
                         help="keep the final weights of the first K runs in OUT/weights (for analyze --cka)")
     parser.add_argument("--eval-every-epoch", action="store_true",
@@ -121,7 +152,7 @@ def study_arguments(args):
     return dict(experiment=experiment, recipe=args.recipe, batch_models=args.batch_models, epochs=args.epochs,
                 model=args.model, width=args.width, seed=args.seed, train_subset=args.train_subset,
                 test_subset=args.test_subset, precision=args.precision, strategy=args.strategy, device=args.device,
-                compile=args.compile, conv=args.conv,
+                compile=args.compile, conv=args.conv, threads=args.threads, epoch_order=args.epoch_order,
                 grid=args.grid, save_weights=args.save_weights, eval_every_epoch=args.eval_every_epoch,
                 snapshots=args.snapshots, vary=args.vary, fixed_seed=args.fixed_seed, onset_epoch=args.onset_epoch,
                 dropout=args.dropout, dataset=args.dataset, shard=args.shard or shard_from_environment())
@@ -152,17 +183,23 @@ def grid_shape(text):
     return int(rows), int(columns)
 
 
-def main(argv=None):
+def main(argv=None, prog="fastvar"):
+    """Run the command line on `argv` (default: sys.argv[1:]); `prog` is how it was called, for the
+    usage line and the reports. Returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS + ("-h", "--help"):
+    if not argv:  # a bare call explains itself instead of starting a 1000-run study
+        print(short_usage(prog), file=sys.stderr)
+        return 2
+    if argv[0] not in COMMANDS + ("-h", "--help"):
         argv.insert(0, "train")  # `run.py --experiment X` means `run.py train --experiment X`
-    args = build_parser().parse_args(argv)
-    args.argv = argv  # recorded in what it writes
+    args = build_parser(prog).parse_args(argv)
+    args.prog, args.command_line = prog, f"{prog} {shlex.join(argv)}"  # recorded in what it writes
     native.retain_freed_memory()
     try:
         return {"train": train, "sweep": sweep_command, "plot": plot, "analyze": analyze_command,
-                "compare": compare_command, "merge": merge_command, "export": export_command}[args.command](args)
-    except (DataError, StoreError, ConfigError, AnalysisError) as e:
+                "compare": compare_command, "merge": merge_command, "export": export_command,
+                "download": download_command}[args.command](args)
+    except FastvarError as e:
         print(f"fastvar: error: {e}", file=sys.stderr)
         return 2
 
@@ -178,34 +215,84 @@ def train(args):
     for note in study.notes():
         print(f"fastvar: note: {note}", file=sys.stderr)
     out = args.out or Path("results") / study.experiment
-    store = run_with_progress(study, study.runs, out, args)
+    store = run_with_progress(study, study, study.runs, out, args, small_command(args.prog, study))
     if store is None:
         return 130
     rows = store.runs()
     if args.plot:
-        plot_study(rows, out / "plots")
+        with writing(out / "plots"):
+            paths = plot_study(rows, out / "plots", f"{study.experiment}, {out}")
+        print(f"{len(paths)} plots of {len(rows)} runs in {out / 'plots'}")
     print(summary_line(rows, out))
     return 0
 
 
-def run_with_progress(target, total, out, args):
-    """Train a Study or a Sweep into `out` with a progress bar of `total` runs; return what its run
-    returns, or None after Ctrl-C (its finished runs are kept)."""
-    bar = ProgressBar(total)
+def run_with_progress(target, lead, total, out, args, small=None):
+    """Train a Study or a Sweep (`target`, whose first study is `lead`) into `out` with a progress bar
+    of `total` runs; return what its run returns, or None after Ctrl-C (its finished runs are kept).
+    Says what it loads, then what it trains, then (after PROJECT_AFTER_S of steps) the projected time,
+    with `small`, a command sized for a CPU, where that projects beyond a day there."""
+    where = args.data_dir or default_data_dir()
+    print(f"fastvar: loading {DATASETS[lead.dataset]} from {where} ...", file=sys.stderr, flush=True)
+    data = lead.load_data(args.data_dir, args.download)
+    device = lead.resolved_device()
+    bar = ProgressBar(total, lambda todo: plan_line(lead, total, todo, out, len(data.y_train)),
+                      lambda todo, rate: projection_lines(todo, rate, device.type, small))
     try:
-        result = target.run(out, data_dir=args.data_dir, download=args.download, progress=bar.update)
+        result = target.run(out, data=data, progress=bar.update)
     except KeyboardInterrupt:
         result = None
-    bar.close()
+    finally:
+        bar.close()
     if result is None:
         print(f"interrupted: finished runs are kept in {out}; the same command carries on", file=sys.stderr)
     return result
 
 
+def plan_line(study, total, todo, out, images):
+    """One line naming what will run."""
+    device = study.resolved_device()
+    threads = f" with {torch.get_num_threads()} threads" if device.type == "cpu" else ""  # set by Study.run
+    width = study.resolved_width()
+    return (f"fastvar: training {todo} of {total} runs of {study.experiment} into {out} "
+            f"({total - todo} there already): the {study.recipe} recipe, {study.recipe_dict()['model']} at width "
+            f"{width}, {study.recipe_dict()['epochs']} epochs of {images:,} images, on {device}{threads}, "
+            f"{study.resolved_strategy(device)} strategy, M = {study.batch_models}, {study.resolved_precision()}")
+
+
+def projection_lines(todo, runs_per_hour, device_type, small=None):
+    """The projected time of `todo` runs at `runs_per_hour`; beyond a day on a CPU, a word and `small`."""
+    hours = todo / runs_per_hour
+    lines = [f"fastvar: projected: {todo:g} runs in about {duration(hours)} ({per_hour(runs_per_hour)} so far)"]
+    if device_type == "cpu" and hours > 24:
+        lines.append("fastvar: that is more than a day on this CPU; "
+                     + (f"a study sized for it finishes in minutes: {small}" if small else
+                        "fewer runs, a smaller --width or a --train-subset finish in minutes"))
+    return lines
+
+
+def per_hour(rate):
+    return f"{rate:,.0f} runs/h" if rate >= 100 else f"{rate:.3g} runs/h"
+
+
+def duration(hours):
+    if hours < 1 / 60:
+        return f"{hours * 3600:.0f} s"
+    return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h" if hours < 10 else f"{hours:.0f} h"
+
+
+def small_command(prog, study):
+    """`prog` train for this study's experiment at the CPU_SIZED size."""
+    what = f"--vary {','.join(study.vary)}" if study.vary else f"--experiment {study.experiment}"
+    recipe = f" --recipe {study.recipe}" if study.recipe != "seed" else ""
+    return f"{prog} {what}{recipe} {CPU_SIZED} --out results/{study.experiment}-cpu"
+
+
 def sweep_command(args):
     sweep = Sweep(dict(parse_setting(text) for text in args.set), runs_per_point=args.runs_per_point,
                   study=study_arguments(args))
-    if run_with_progress(sweep, len(sweep.studies) * sweep.runs_per_point, args.out, args) is None:
+    total = len(sweep.studies) * sweep.runs_per_point
+    if run_with_progress(sweep, sweep.studies[0][1], total, args.out, args) is None:
         return 130
     table, verdict = sweep_summary(args.out)
     print(f"{table}\n{verdict}")
@@ -214,21 +301,24 @@ def sweep_command(args):
 
 def plot(args):
     rows = Store(args.folder).runs()
-    paths = plot_study(rows, args.folder / "plots")
-    print(f"{len(paths)} plots of {len(rows)} runs in {args.folder / 'plots'}")
+    out = args.out or args.folder / "plots"
+    with writing(out, "give --out DIR in a writable place"):
+        paths = plot_study(rows, out, f"{rows[0]['experiment']}, {args.folder}" if rows else str(args.folder))
+    print(f"{len(paths)} plots of {len(rows)} runs in {out}")
     return 0
 
 
 def analyze_command(args):
     analyses = analyze(*args.folders, data_dir=args.data_dir, cka=args.cka)
-    if args.json:
+    if args.json:  # a machine's reading: it prints, and writes nothing
         print("\n".join(json_line(a) for a in analyses))
-    else:
-        print(pairwise_note(analyses))
-        for title, table in tables(analyses):
-            print(f"\n{title}\n\n{table}")
-    path = write_report(analyses, args.report or default_report_path(args.folders),
-                        "python run.py " + shlex.join(args.argv))
+        return 0
+    print(notes(analyses))
+    for title, table in tables(analyses):
+        print(f"\n{title}\n\n{table}")
+    path = args.report or args.folders[0] / "report.md"
+    with writing(path, "give --report PATH in a writable place, or --json"):
+        write_report(analyses, path, args.command_line)
     print(f"report: {path}", file=sys.stderr)
     return 0
 
@@ -250,8 +340,17 @@ def merge_command(args):
 
 
 def export_command(args):
-    paths = export(args.folder, args.format, args.out, args.data_dir)
+    paths, note = export(args.folder, args.format, args.out, args.data_dir)
     print(f"wrote {', '.join(str(p) for p in paths)}")
+    if note:
+        print(f"fastvar: note: {note}", file=sys.stderr)
+    return 0
+
+
+def download_command(args):
+    data = load_dataset("cifar10", args.data_dir, download=True)
+    print(f"CIFAR-10 ready in {args.data_dir or default_data_dir()}: {len(data.y_train):,} training and "
+          f"{len(data.y_test):,} test images")
     return 0
 
 
@@ -279,22 +378,40 @@ def experiment_table(recipe):
 
 def summary_line(rows, out):
     acc = np.array([r["test_acc"] for r in rows]) * 100
-    sd = acc.std(ddof=1) if len(acc) > 1 else float("nan")
-    return f"{len(rows)} runs in {out}: test accuracy {acc.mean():.2f} % ± {sd:.2f} % (mean ± SD)"
+    if len(acc) == 1:
+        return f"1 run in {out}: test accuracy {acc[0]:.2f} % (one run: no spread yet)"
+    return f"{len(rows)} runs in {out}: test accuracy {acc.mean():.2f} % ± {acc.std(ddof=1):.2f} % (mean ± SD)"
 
 
 class ProgressBar:
-    """Runs in the folder of the study's total, runs per hour and ETA; created on the first report."""
+    """Runs in the folder of the study's total, runs per hour and the ETA, both from one estimate: the
+    runs done since the first step over the time since it (setup and the first step, where compiles
+    happen, left out). `describe(todo)` gives the line printed before training, `project(todo, rate)`
+    the lines printed once PROJECT_AFTER_S seconds of steps are measured."""
 
-    def __init__(self, total):
-        self.total, self.bar, self.started = total, None, time.perf_counter()
+    def __init__(self, total, describe, project):
+        self.total, self.describe, self.project = total, describe, project
+        self.bar = self.first = None
+        self.projected = False
 
     def update(self, done, todo):
-        if self.bar is None:
+        now = time.perf_counter()
+        if self.bar is None:  # the first call: training is about to start
+            tqdm.write(self.describe(todo), file=sys.stderr)
             self.bar = tqdm(total=self.total, initial=self.total - todo, unit="run", dynamic_ncols=True,
-                            bar_format="{l_bar}{bar}| {n:.1f}/{total} runs [{elapsed}<{remaining}{postfix}]")
+                            bar_format="{l_bar}{bar}| {n:.1f}/{total} runs [{elapsed}{postfix}]")
         self.bar.update(self.total - todo + done - self.bar.n)
-        self.bar.set_postfix_str(f"{done / (time.perf_counter() - self.started) * 3600:.1f} runs/h", refresh=False)
+        if done and self.first is None:
+            self.first = now, done
+            return
+        if self.first is None or now == self.first[0] or done == self.first[1]:
+            return
+        rate = (done - self.first[1]) / (now - self.first[0]) * 3600
+        self.bar.set_postfix_str(f"{per_hour(rate)}, ETA {duration((todo - done) / rate)}", refresh=False)
+        if not self.projected and now - self.first[0] >= PROJECT_AFTER_S:
+            self.projected = True
+            for line in self.project(todo, rate):
+                tqdm.write(line, file=sys.stderr)
 
     def close(self):
         if self.bar is not None:

@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import pickle
+import sys
 import tarfile
 import urllib.request
 import zipfile
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .errors import DataError
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -29,10 +32,6 @@ DATASETS = {"cifar10": "CIFAR-10", "mnist": "MNIST"}
 MNIST_NPZ = "mnist.npz"
 MNIST_IDX = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
              "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
-
-
-class DataError(Exception):
-    """Missing, corrupt or malformed data; the message is one line a user can act on."""
 
 
 @dataclass
@@ -52,13 +51,11 @@ def default_data_dir():
 
 def load_dataset(name="cifar10", data_dir=None, *, download=False, train_subset=None, test_subset=None):
     """`name` (cifar10 or mnist) from `data_dir` (default: $FASTVAR_DATA, else ~/.cache/fastvar), as
-    CPU tensors."""
+    CPU tensors; with `download`, the official CIFAR-10 archive is fetched where no CIFAR-10 is found."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     root = Path(data_dir) if data_dir else default_data_dir()
-    if name == "mnist":
-        if download:
-            raise DataError("--download fetches CIFAR-10 only; put mnist.npz or the MNIST idx files in " + str(root))
+    if name == "mnist":  # fastvar fetches CIFAR-10 only
         arrays = read_mnist(root)
     else:
         if download and not any((root / f).exists() for f in (NPZ, FOLDER, ARCHIVE)):
@@ -76,22 +73,26 @@ def load_cifar10(data_dir=None, **kwargs):
 
 def read_arrays(root):
     if (root / NPZ).is_file():
-        return read_npz(root / NPZ)
+        return read_npz(root / NPZ, "delete it and run again with downloading on (fastvar then fetches the "
+                                    "official CIFAR-10 archive), or replace it with a good copy")
     if (root / FOLDER).is_dir():
         return read_official(lambda name: (root / FOLDER / name).read_bytes(), root / FOLDER)
     if (root / ARCHIVE).is_file():
         return read_archive(root / ARCHIVE)
     raise DataError(
-        f"no CIFAR-10 in {root} (looked for {NPZ}, {FOLDER}/, {ARCHIVE}); "
-        f"add --download, or point --data-dir / $FASTVAR_DATA at a folder holding one of them")
+        f"no CIFAR-10 in {root} (looked for {NPZ}, {FOLDER}/, {ARCHIVE}); run without --no-download to "
+        f"fetch it, or point --data-dir / $FASTVAR_DATA at a folder holding one of them")
 
 
-def read_npz(path):
+def read_npz(path, remedy):
+    """The four arrays of an npz; `remedy` says how to get a good file where this one is corrupt."""
     try:
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"corrupt {path}: {e}; delete it and fetch the data again") from None
+    except KeyError as e:
+        raise DataError(f"malformed {path}: no array {e.args[0]} (it needs x_train, y_train, x_test, y_test)") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # numpy's reasons name its internals
+        raise DataError(f"corrupt {path}: not a readable npz of numeric arrays; {remedy}") from None
 
 
 def read_archive(path):
@@ -171,7 +172,7 @@ def balanced_subset(x, y, size, split):
 
 def read_mnist(root):
     if (root / MNIST_NPZ).is_file():
-        arrays = read_npz(root / MNIST_NPZ)
+        arrays = read_npz(root / MNIST_NPZ, "replace it with a good copy")
     else:
         arrays = {key: read_idx(root, name) for key, name in MNIST_IDX.items()}
     for split in ("train", "test"):
@@ -187,7 +188,8 @@ def read_idx(root, name):
     """One idx file (the MNIST format: a magic number giving the type and rank, big-endian sizes, data)."""
     path = next((root / f for f in (name, name + ".gz") if (root / f).is_file()), None)
     if path is None:
-        raise DataError(f"no MNIST in {root} (looked for {MNIST_NPZ} and the idx files, {name} missing)")
+        raise DataError(f"no MNIST in {root} (looked for {MNIST_NPZ} and the idx files, {name} missing); "
+                        f"fastvar downloads CIFAR-10 only: put MNIST there")
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as e:
@@ -200,10 +202,13 @@ def read_idx(root, name):
 
 
 def download_cifar10(root):
-    """Fetch the official archive into `root`, keeping it only if its MD5 is right."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Fetch the official archive into `root`, keeping it only if its MD5 is right; one line on stderr
+    says where it goes."""
+    print(f"fastvar: no CIFAR-10 in {root}; downloading {CIFAR10_URL} (163 MB, MD5-checked) into it",
+          file=sys.stderr, flush=True)
     partial = root / (ARCHIVE + ".part")
     try:
+        root.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(CIFAR10_URL, timeout=60) as response, open(partial, "wb") as out:
             md5 = hashlib.md5()
             while chunk := response.read(1 << 20):
@@ -211,7 +216,8 @@ def download_cifar10(root):
                 out.write(chunk)
     except OSError as e:
         partial.unlink(missing_ok=True)
-        raise DataError(f"could not download {CIFAR10_URL}: {e}") from None
+        raise DataError(f"could not download {CIFAR10_URL} ({getattr(e, 'reason', None) or e}); put {ARCHIVE} "
+                        f"from there, or a {NPZ}, into {root}, or point --data-dir at a folder that holds one") from None
     if md5.hexdigest() != CIFAR10_MD5:
         partial.unlink()
         raise DataError(f"downloaded archive has MD5 {md5.hexdigest()}, expected {CIFAR10_MD5}; nothing kept")

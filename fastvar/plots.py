@@ -12,15 +12,17 @@ PLOTS = ("train_loss", "train_acc", "test_acc", "test_loss")
 
 
 def curves_figure(curves, ylabel, title):
-    """One thin line per run, the mean over runs, and a ±1 SD band."""
+    """One thin line per run, the mean over runs, and a ±1 SD band; whole epochs on the axis."""
     curves = np.asarray(curves, dtype=float)
     epochs = np.arange(1, curves.shape[1] + 1)
     fig, ax = plt.subplots(figsize=(6, 4))
     for curve in curves:
         ax.plot(epochs, curve, color="tab:blue", alpha=0.15, linewidth=0.7, gid="run")
     mean, sd = curves.mean(0), curves.std(0, ddof=1) if len(curves) > 1 else np.zeros(curves.shape[1])
-    ax.fill_between(epochs, mean - sd, mean + sd, color="tab:orange", alpha=0.3, label="mean ± SD")
+    ax.fill_between(epochs, mean - sd, mean + sd, color="tab:orange", alpha=0.3, label="±1 SD")
     ax.plot(epochs, mean, color="tab:orange", linewidth=2, label="mean", gid="mean")
+    ax.plot([], [], color="tab:blue", alpha=0.4, linewidth=0.7, label="one run")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel=ylabel, title=f"{title} ({len(curves)} runs)")
     ax.legend()
     return fig
@@ -33,21 +35,25 @@ def histogram_figure(values, xlabel, title):
     ax.hist(values, bins=min(30, max(5, len(values) // 5)), color="tab:blue", alpha=0.8)
     mean, sd = values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
     ax.axvline(mean, color="black", label=f"mean {mean:.4g}")
-    for edge in (mean - sd, mean + sd):
-        ax.axvline(edge, color="black", linestyle="--")
+    for k, edge in enumerate((mean - sd, mean + sd)):
+        ax.axvline(edge, color="black", linestyle="--", label=None if k else f"±1 SD ({sd:.3g})")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel=xlabel, ylabel="runs", title=f"{title} (SD {sd:.3g}, {len(values)} runs)")
     ax.legend()
     return fig
 
 
-def plot_study(rows, out_dir):
-    """Write the four PNGs into `out_dir`; return their paths by plot name."""
+def plot_study(rows, out_dir, study="results"):
+    """Write the four PNGs into `out_dir`, each titled with `study` (experiment and folder); return
+    their paths by plot name. Accuracies in percent, as in every other plot and table."""
+    percent = lambda key: [np.asarray(r[key]) * 100 for r in rows]  # noqa: E731
     figures = {
-        "train_loss": curves_figure([r["train_loss_curve"] for r in rows], "training loss", "Training loss"),
-        "train_acc": curves_figure([r["train_acc_curve"] for r in rows], "training accuracy", "Training accuracy"),
-        "test_acc": histogram_figure([r["test_acc"] for r in rows], "test accuracy", "Test accuracy"),
-        "test_loss": histogram_figure([r["test_loss"] for r in rows], "test loss", "Test loss"),
+        "train_loss": curves_figure([r["train_loss_curve"] for r in rows], "training loss (cross-entropy)",
+                                    f"Training loss, {study}"),
+        "train_acc": curves_figure(percent("train_acc_curve"), "training accuracy (%)", f"Training accuracy, {study}"),
+        "test_acc": histogram_figure(percent("test_acc"), "test accuracy (%)", f"Test accuracy, {study}"),
+        "test_loss": histogram_figure([r["test_loss"] for r in rows], "test loss (cross-entropy)",
+                                      f"Test loss, {study}"),
     }
     return save_figures(figures, out_dir)
 
@@ -104,6 +110,9 @@ def ensemble_figure(analyses):
         ax.plot([int(s) for s in sizes], [a.metrics["ensembles"][s]["acc"] * 100 for s in sizes], "o-",
                 label=a.folder.name, gid=a.name)
     ax.set_xscale("log")
+    sizes = sorted({int(s) for a in analyses for s in a.metrics["ensembles"]})
+    ax.set_xticks(sizes, [str(s) for s in sizes])  # the sizes themselves, not powers of ten
+    ax.minorticks_off()
     ax.set(xlabel="runs in the ensemble", ylabel="test accuracy (%)", title="Ensemble accuracy by size")
     ax.legend()
     return fig
@@ -155,6 +164,8 @@ def divergence_figure(analyses):
         low, median, high = np.percentile(curves, [2.5, 50, 97.5], axis=0)
         range_ax.fill_between(epochs, low, high, alpha=0.25)
         range_ax.plot(epochs, median, label=a.folder.name)
+    for ax in (sd_ax, range_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     sd_ax.set_yscale("log")
     sd_ax.set(xlabel="epoch", ylabel="SD of test cross-entropy", title="Divergence over training")
     range_ax.set(xlabel="epoch", ylabel="test cross-entropy", title="Median and middle 95 % of runs")

@@ -2,7 +2,6 @@
 report.md with its plots."""
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,16 +14,13 @@ from .data import balanced_subset, load_dataset
 from .metrics import snapshot_ensembles, summarize
 from .plots import analysis_figures, save_figures
 from .stats import paired, runs_per_arm, variance_components, welch
-from .store import Store, StoreError, flatten, shard_stores
+from .errors import AnalysisError, StoreError
+from .store import Store, flatten, shard_stores
 from .study import PRECISIONS, weights_path
 from .train import normalized
 from .sweep import folder_name, sweep_points
 
 DIFFERENCES_PP = (0.05, 0.1, 0.2, 0.5)  # accuracy differences the power table plans for
-
-
-class AnalysisError(Exception):
-    """Folders that cannot give the asked-for analysis; the message is one line a user can act on."""
 
 
 @dataclass
@@ -87,6 +83,8 @@ def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
         metrics["snapshots"] = snapshot_ensembles(
             np.stack([snapshots[r["run_key"]] for r in rows if r["run_key"] in snapshots]), labels, seed)
     metrics["diverged"] = diverged
+    metrics["mixed"] = {name: {str(value): runs for value, runs in by_value.items()}
+                        for name, by_value in mixed_settings(rows).items()}
     metrics["runs_per_arm"] = {f"{d:g}": runs_per_arm(metrics["acc_sd"], d / 100) if metrics["n"] > 1 else None
                                for d in DIFFERENCES_PP}
     analysis = Analysis(Path(folder), store.config, rows, labels, metrics)
@@ -224,7 +222,60 @@ def tables(analyses):
     return out
 
 
-def pairwise_note(analyses):
+# How a run was trained, beyond its config: rows that differ here round differently (float32 CPU
+# convolutions round by thread count; vmap by its M), so a folder that mixes them mixes regimes.
+TRAINED_WITH = ("device", "strategy", "precision", "conv", "compiled", "threads", "batch_models")
+
+
+def trained_with(row):
+    """The row's training regime: threads count on the CPU only, M under vmap only."""
+    regime = {k: row.get(k) for k in TRAINED_WITH}
+    if not str(regime["device"]).startswith("cpu"):
+        regime["threads"] = None
+    if regime["strategy"] != "vmap":
+        regime["batch_models"] = None
+    return regime
+
+
+def mixed_settings(rows):
+    """{setting: {value: run indices}} for each TRAINED_WITH setting whose value differs between rows
+    (an older folder's unrecorded value is None); empty when every run was trained alike."""
+    mixed = {}
+    for name in TRAINED_WITH:
+        by_value = {}
+        for row in rows:
+            by_value.setdefault(trained_with(row)[name], []).append(row["run_index"])
+        if len(by_value) > 1:
+            mixed[name] = by_value
+    return mixed
+
+
+def index_ranges(indices):
+    """[0, 1, 2, 5] -> "0–2, 5"."""
+    spans, start = [], None
+    for i, k in enumerate(indices):
+        if start is None:
+            start = k
+        if i + 1 == len(indices) or indices[i + 1] != k + 1:
+            spans.append(f"{start}–{k}" if k > start else f"{k}")
+            start = None
+    return ", ".join(spans)
+
+
+def mixed_note(analysis):
+    """One sentence naming the settings a folder's runs were trained with differently, and which runs."""
+    mixed = mixed_settings(analysis.rows)
+    if not mixed:
+        return ""
+    parts = ["; ".join(f"{name} {'not recorded' if value is None else value} "
+                       f"({'run' if len(runs) == 1 else 'runs'} {index_ranges(runs)})"
+                       for value, runs in by_value.items()) for name, by_value in mixed.items()]
+    return (f" {analysis.name} mixes how its runs were trained, so their spread mixes rounding regimes: "
+            + "; ".join(parts) + ".")
+
+
+def notes(analyses):
+    """The paragraph printed above the tables: how to read them, and what to watch for."""
     sampled = [a for a in analyses if a.metrics["n"] * (a.metrics["n"] - 1) // 2 > a.metrics["pairs"]]
     note = ("SDs are sample SDs (ddof 1), ± the SD of the SD over 10,000 seeded bootstrap resamples of runs. "
             "Disagreement and Spearman ρ are exact means over all pairs of runs.")
@@ -234,7 +285,7 @@ def pairwise_note(analyses):
     if sampled:
         note += " Ensemble gain uses a seeded sample of " + ", ".join(
             f"{a.metrics['pairs']} pairs ({a.name})" for a in sampled) + "; elsewhere all pairs."
-    return note
+    return note + "".join(mixed_note(a) for a in analyses)
 
 
 def differing_setting(analyses):
@@ -253,16 +304,11 @@ def write_report(analyses, path, command):
     plot_dir = path.parent / f"{path.stem}_plots"
     paths = save_figures(analysis_figures(analyses, differing_setting(analyses)), plot_dir)
     parts = [f"# fastvar report\n\n`{command}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.\n",
-             pairwise_note(analyses) + "\n"]
+             notes(analyses) + "\n"]
     parts += [f"## {title}\n\n{table}\n" for title, table in tables(analyses)]
     parts += ["## Plots\n"] + [f"![{name}]({p.relative_to(path.parent).as_posix()})\n" for name, p in paths.items()]
     path.write_text("\n".join(parts))
     return path
-
-
-def default_report_path(folders):
-    """report.md in the folder, or in the folders' closest common parent."""
-    return Path(os.path.commonpath([Path(f).resolve() for f in folders])) / "report.md"
 
 
 SEED_COLUMNS = ("init_seed", "order_seed", "aug_seed", "dropout_seed", "perturb_seed")

@@ -85,20 +85,32 @@ def run_seeds(varied, run_index, base_seed=0, fixed_seed=0, grid_columns=None):
                     seeds["perturb"] if "perturb" in varied else None, int("kernels" in varied))
 
 
-class DataOrder:
-    """A run's data order: a fresh permutation each epoch from its own generator, like a shuffling
-    DataLoader. Drawn on the CPU so that a run sees the same order on every device. With an onset,
-    epochs before it come from the fixed order's generator instead, and the run's own from it on."""
+EPOCH_ORDERS = ("fresh", "same")
 
-    def __init__(self, order_seed, fixed_order_seed=None, onset_epoch=0):
+
+class DataOrder:
+    """A run's data order: epoch e is the e-th `torch.randperm` of its own generator, like a shuffling
+    DataLoader (`fresh`), or its first permutation in every epoch (`same`: the seed repository's exp2,
+    which shuffles once and then reads that order every epoch). Drawn on the CPU so that a run sees the
+    same order on every device. With an onset, epochs before it come from the fixed order's generator
+    instead, and the run's own from it on."""
+
+    def __init__(self, order_seed, fixed_order_seed=None, onset_epoch=0, epoch_order="fresh"):
+        if epoch_order not in EPOCH_ORDERS:
+            raise ValueError(f"unknown epoch order {epoch_order!r}; choose from {', '.join(EPOCH_ORDERS)}")
         self.generator = torch.Generator().manual_seed(order_seed)
         self.before_onset = onset_epoch and torch.Generator().manual_seed(fixed_order_seed)
-        self.onset_epoch, self.epochs_drawn = onset_epoch, 0
+        self.onset_epoch, self.epochs_drawn, self.same = onset_epoch, 0, epoch_order == "same"
+        self.first = {}  # generator -> its first permutation, for `same`
 
     def epoch(self, n):
         generator = self.before_onset if self.epochs_drawn < self.onset_epoch else self.generator
         self.epochs_drawn += 1
-        return torch.randperm(n, generator=generator)
+        if not self.same:
+            return torch.randperm(n, generator=generator)
+        if generator not in self.first:
+            self.first[generator] = torch.randperm(n, generator=generator)
+        return self.first[generator]
 
 
 class DropoutMasks:

@@ -10,10 +10,13 @@ import json
 import os
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .errors import StoreError
 
 DB_NAME = "runs.sqlite"
 SHARD_PATTERN = "runs-shard-*-of-*.sqlite"
@@ -38,12 +41,12 @@ COLUMNS = {
     "batch_size": "INTEGER",
     "compiled": "INTEGER",  # 1: trained through torch.compile
     "conv": "TEXT",  # --conv: auto, gemm (fastvar.vmap_layers) or native
+    "threads": "INTEGER",  # torch's intra-op threads: on a CPU they change float32 rounding
+    # the seed repository's averages: means of per-batch mean losses (batches of 128 for the test set)
+    "train_loss_batch_mean_curve": "TEXT", "test_loss_batch_mean": "REAL",
 }
-JSON_COLUMNS = ("train_loss_curve", "train_acc_curve", "test_acc_curve", "test_loss_curve")
-
-
-class StoreError(Exception):
-    """The folder cannot hold this study; the message is one line a user can act on."""
+JSON_COLUMNS = ("train_loss_curve", "train_acc_curve", "test_acc_curve", "test_loss_curve",
+                "train_loss_batch_mean_curve")
 
 
 def config_hash(config):
@@ -57,17 +60,20 @@ def run_key(experiment, run_index):
 class Store:
     def __init__(self, folder, config=None, shard=None):
         """Open `folder`'s store (shard I of N's file, with `shard`). With `config`, create it if new
-        and refuse a different config."""
+        and refuse a different config; without, open it read-only (a folder on a read-only file system
+        reads as any other, and reading can change nothing)."""
         self.folder = Path(folder)
         self.path = self.folder / db_name(shard)
         self.lock_file = None
         if config is None and not self.path.is_file():
             raise StoreError(f"no results in {self.folder} (no {self.path.name})")
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=30)
-            self.db.execute("PRAGMA synchronous=FULL")
-            if config is not None:
+            if config is None:
+                self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            else:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(self.path, timeout=30)
+                self.db.execute("PRAGMA synchronous=FULL")
                 self._claim(config)
             self.config = json.loads(self.db.execute("SELECT value FROM meta WHERE key='config'").fetchone()[0])
         except (sqlite3.DatabaseError, OSError, TypeError) as e:
@@ -97,7 +103,10 @@ class Store:
 
     def lock(self):
         """Claim the store for this process until it exits: a second trainer on it is refused."""
-        self.lock_file = open(self.path.with_name(self.path.name + ".lock"), "w")
+        try:
+            self.lock_file = open(self.path.with_name(self.path.name + ".lock"), "w")
+        except OSError as e:
+            raise StoreError(f"cannot write into {self.folder}: {e.strerror}") from None
         try:
             fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -108,7 +117,7 @@ class Store:
         labels = [int(v) for v in labels]
         stored = self.labels()
         if stored is None:
-            with self.db:
+            with self.writing():
                 self.db.execute("INSERT INTO meta VALUES ('test_labels', ?)", (json.dumps(labels),))
         elif stored.tolist() != labels:
             raise StoreError(f"{self.folder} was trained on a test set with other labels; is this the same data?")
@@ -127,12 +136,21 @@ class Store:
         records = [tuple(encode(name, row[name]) for name in names) for row in rows]
         snapshots = [(row["run_key"], cycle, encode("test_logits", logits))
                      for row in rows for cycle, logits in enumerate(row.get("snapshot_logits", ()))]
-        with self.db:
+        with self.writing():
             self.db.executemany(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                                 records)
             self.db.executemany("INSERT INTO snapshots VALUES (?, ?, ?)", snapshots)
             if os.environ.get("FASTVAR_TEST_COMMIT_DELAY_S"):  # a test hook: time to kill mid-commit
                 time.sleep(float(os.environ["FASTVAR_TEST_COMMIT_DELAY_S"]))
+
+    @contextmanager
+    def writing(self):
+        """One transaction; a folder that takes no writes (read-only, full) is a StoreError."""
+        try:
+            with self.db:
+                yield
+        except sqlite3.OperationalError as e:
+            raise StoreError(f"cannot write {self.path}: {e}") from None
 
     def snapshots(self):
         """run_key -> cycles × n_test × classes float32 logits, for runs trained with snapshots."""

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from .data import DATASETS, load_dataset
-from .sources import SOURCES, experiment_sources, kernel_mode, run_seeds
+from .errors import ConfigError
+from .sources import EPOCH_ORDERS, SOURCES, experiment_sources, kernel_mode, run_seeds
 from .store import Store, config_hash, run_key
 from .train import RECIPES, replica_hyperparameters, train_replicas
 from .models import DEFAULT_WIDTH, MODELS
@@ -27,10 +28,6 @@ COMPUTE_DTYPE = {"bf16-mixed": torch.bfloat16}
 # Recipe hyperparameters a study may replace, with their allowed range [low, high).
 OVERRIDABLE = {"lr": (1e-12, float("inf")), "weight_decay": (0, float("inf")), "label_smoothing": (0, 1),
                "batch_size": (1, float("inf"))}
-
-
-class ConfigError(ValueError):
-    """An impossible setting; the message is one line a user can act on."""
 
 
 @dataclass
@@ -61,6 +58,8 @@ class Study:
     dataset: str = "cifar10"  # or mnist
     overrides: dict | None = None  # the recipe's lr, weight_decay, label_smoothing or batch_size, replaced
     shard: tuple[int, int] | None = None  # (I, N): train only the runs with run_index % N == I
+    epoch_order: str = "fresh"  # fresh: a new permutation each epoch; same: the first one every epoch (seed's exp2)
+    threads: int | None = None  # torch's intra-op threads (None: as torch has them); recorded per row
 
     def __post_init__(self):
         if self.vary is not None:
@@ -71,14 +70,14 @@ class Study:
             raise ConfigError(str(e)) from None
         choices = {"recipe": RECIPES, "precision": ("auto", *PRECISIONS), "dataset": DATASETS,
                    "strategy": ("auto", *STRATEGIES), "device": ("auto", "cpu", "cuda"), "compile": ("auto", "on", "off"),
-                   "conv": CONVS}
+                   "conv": CONVS, "epoch_order": EPOCH_ORDERS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
         if self.model is not None and self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
         self._check_grid()
-        for name in ("runs", "batch_models", "epochs", "width", "train_subset", "test_subset"):
+        for name in ("runs", "batch_models", "epochs", "width", "train_subset", "test_subset", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
@@ -107,6 +106,9 @@ class Study:
     def _name_custom_experiment(self):
         if self.experiment is not None:
             raise ConfigError("--experiment and --vary both name what varies; give one of them")
+        unknown = sorted(set(self.vary) - set(SOURCES))
+        if unknown:
+            raise ConfigError(f"--vary: unknown source {', '.join(map(repr, unknown))}; choose from {', '.join(SOURCES)}")
         self.vary = tuple(sorted(set(self.vary)))
         self.experiment = f"vary-{'+'.join(self.vary)}"  # the name its run keys carry; checked as any other
 
@@ -174,7 +176,8 @@ class Study:
         # Newer settings only where set, so that older folders keep their config hash.
         optional = {"grid": self.grid and list(self.grid), "vary": self.vary and list(self.vary),
                     "fixed_seed": self.fixed_seed, "onset_epoch": self.onset_epoch,
-                    "dataset": self.dataset if self.dataset != "cifar10" else None}
+                    "dataset": self.dataset if self.dataset != "cifar10" else None,
+                    "epoch_order": self.epoch_order if self.epoch_order != "fresh" else None}
         return {**config, **{k: v for k, v in optional.items() if v}}
 
     def notes(self):
@@ -223,11 +226,18 @@ class Study:
 
     def run(self, out, *, data_dir=None, download=False, data=None, progress=None):
         """Train the runs `out` does not hold yet; return the store. `progress(done, todo)` is called
-        as training advances: runs done so far in this call (fractions included) of `todo` left."""
+        as training starts (done 0) and advances: runs done so far in this call (fractions included)
+        of the `todo` it had left."""
+        self.apply_threads()
         data = self.load_data(data_dir, download) if data is None else data
         store = self.open_store(out, data)
         train_runs([(self, store, i) for i in self.unfinished(store)], data, progress)
         return store
+
+    def apply_threads(self):
+        """Set torch's intra-op threads, before any work: on a CPU their count changes float32 rounding."""
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
 
     def seeds(self, run_index):
         return run_seeds(self.varied(), run_index, self.seed, self.fixed_seed, self.grid and self.grid[1])
@@ -249,6 +259,8 @@ def train_runs(entries, data, progress=None):
     one call may differ only in the hyperparameters a batch can hold per replica (a sweep's points)."""
     if not entries:
         return
+    if progress:
+        progress(0, len(entries))  # training starts
     lead = entries[0][0]
     device = lead.resolved_device()
     data = data.to(device)
@@ -279,26 +291,28 @@ def train_or_split(chunk, data, device, on_step, size):
 
 
 def train_chunk(chunk, data, device, on_step, size):
-    # Pad with copies of the chunk's last run, trained and thrown away, so every batch has `size`
-    # replicas: static shapes, and a vmap result never depends on how full its batch was.
+    # Under vmap, pad with copies of the chunk's last run, trained and thrown away, so every batch has
+    # `size` replicas: static shapes, and a vmap result never depends on how full its batch was. A
+    # loop run does not depend on its batch, so the loop trains exactly the runs it has.
     lead = chunk[0][0]
-    padded = chunk + [chunk[-1]] * (size - len(chunk))
-    seeds = [study.seeds(i) for study, _, i in padded]
     strategy, compile, precision = lead.resolved_strategy(device), lead.resolved_compile(device), lead.resolved_precision()
+    padded = chunk + [chunk[-1]] * (size - len(chunk)) if strategy == "vmap" else chunk
+    seeds = [study.seeds(i) for study, _, i in padded]
     keep = [r for r, (study, _, i) in enumerate(chunk) if i < study.save_weights]
     started = time.perf_counter()
     results = train_replicas(data, lead.recipe_dict(), seeds, width=lead.resolved_width(), strategy=strategy,
                              dtype=PRECISIONS[precision], compute_dtype=COMPUTE_DTYPE.get(precision),
                              compile=compile, conv=lead.conv, on_step=on_step, keep_weights=keep,
                              eval_every_epoch=lead.eval_every_epoch, onset_epoch=lead.onset_epoch or 0,
-                             fixed=run_seeds(set(), 0, lead.seed, lead.fixed_seed),
+                             fixed=run_seeds(set(), 0, lead.seed, lead.fixed_seed), epoch_order=lead.epoch_order,
                              hyper=[replica_hyperparameters(study.recipe_dict()) for study, _, _ in padded])
     wall_s = (time.perf_counter() - started) / len(padded)
     for r in keep:  # before the rows: a stored run with saved weights always has its file
         study, store, i = chunk[r]
         save_weights(results[r].pop("weights"), weights_path(store.folder, study.experiment, i))
     how = {"strategy": strategy, "compiled": int(compile is not None), "conv": lead.conv, "wall_s": wall_s, "device": str(device),
-           "n_test": len(data.y_test), "batch_models": size, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+           "n_test": len(data.y_test), "batch_models": len(padded), "threads": torch.get_num_threads(),
+           "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     by_store = {}
     for (study, store, _), s, result in zip(chunk, seeds, results):
         by_store.setdefault(store, []).append(study.row(s, result, **how))

@@ -11,17 +11,18 @@ that change shapes or step counts (epochs, width, batch size) train in batches o
 """
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .store import StoreError
-from .study import ConfigError, Study, train_runs
+from .errors import ConfigError, StoreError
+from .study import Study, train_runs
 
 BATCHABLE = ("lr", "weight_decay", "label_smoothing")
 STUDY_FIELDS = ("epochs", "width")  # set on the Study itself; the rest replace recipe values
 SETTINGS = BATCHABLE + ("batch_size",) + STUDY_FIELDS
 ALIASES = {"wd": "weight_decay", "ls": "label_smoothing"}
 DEFINITION = "sweep.json"
+HOW = ("batch_models", "strategy", "device", "compile", "conv", "threads", "shard")  # Study fields that change no result
 
 
 def parse_setting(text):
@@ -54,21 +55,21 @@ class Sweep:
         return grid_points(self.settings)
 
     def point_study(self, point):
-        fields = {k: v for k, v in point.items() if k in STUDY_FIELDS}
+        own = {k: v for k, v in point.items() if k in STUDY_FIELDS}
         overrides = {k: v for k, v in point.items() if k not in STUDY_FIELDS}
-        return Study(**{**self.study, **fields, "runs": self.runs_per_point, "overrides": overrides or None})
+        return Study(**{**self.study, **own, "runs": self.runs_per_point, "overrides": overrides or None})
 
     def definition(self):
         """What makes a sweep folder this sweep (not the run count: more runs extend it)."""
-        return {"settings": self.settings, "study": {k: v for k, v in self.study.items()
-                                                     if k not in ("batch_models", "strategy", "device", "compile", "conv")}}
+        return definition(self.settings, self.study)
 
     def claim(self, out):
         """Create `out` for this sweep, or check that it holds this sweep."""
         out.mkdir(parents=True, exist_ok=True)
         path = out / DEFINITION
         if path.is_file():
-            if json.loads(path.read_text()) != json.loads(json.dumps(self.definition())):
+            stored = json.loads(path.read_text())
+            if definition(stored["settings"], stored["study"]) != json.loads(json.dumps(self.definition())):
                 raise StoreError(f"{out} holds another sweep ({path}); choose another --out")
         else:
             path.write_text(json.dumps(self.definition(), indent=1, sort_keys=True))
@@ -76,6 +77,7 @@ class Sweep:
     def run(self, out, *, data_dir=None, download=False, data=None, progress=None):
         """Train every point's unfinished runs; return [(point, store)]."""
         out = Path(out)
+        self.studies[0][1].apply_threads()
         data = self.studies[0][1].load_data(data_dir, download) if data is None else data
         self.claim(out)
         stores = [(point, study, study.open_store(out / folder_name(point), data)) for point, study in self.studies]
@@ -95,6 +97,15 @@ class Sweep:
             train_runs(group, data, progress and (lambda d, t, base=done: progress(base + d, total)))
             done += len(group)
         return [(point, store) for point, _, store in stores]
+
+
+def definition(settings, study):
+    """A sweep's settings and the Study arguments its points share that change results: not how they
+    run (HOW, such as the shard), and not those left at Study's defaults, so that a setting added to
+    Study later leaves every earlier sweep folder this sweep's."""
+    defaults = {f.name: f.default for f in fields(Study)}
+    return {"settings": settings, "study": {k: v for k, v in study.items()
+                                            if k not in HOW and not (k in defaults and v == defaults[k])}}
 
 
 def grid_points(settings):

@@ -50,6 +50,7 @@ RECIPES = {
 }
 
 EVAL_BATCH = 1000
+SEED_TEST_BATCH = 128  # the seed repository's test loader, whose batch means it averaged
 
 
 def lr_factor(schedule, step, steps_per_epoch, total_steps):
@@ -94,12 +95,15 @@ def make_optimizer(recipe, params, by_replica=False, compile=False, **vectors):
 
 
 def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype=None, compile=None, conv="auto",
-                   on_step=None, keep_weights=(), eval_every_epoch=False, onset_epoch=0, fixed=None, hyper=None):
+                   on_step=None, keep_weights=(), eval_every_epoch=False, onset_epoch=0, fixed=None, hyper=None,
+                   epoch_order="fresh"):
     """Train one replica per entry of `seeds` (RunSeeds) on `data` (already on its device); with an
     `onset_epoch`, every replica uses the `fixed` RunSeeds' order and augmentation before it; `hyper`,
-    one dict per replica as `replica_hyperparameters` gives, sets each replica's own (default: the recipe's).
+    one dict per replica as `replica_hyperparameters` gives, sets each replica's own (default: the recipe's);
+    `epoch_order` as fastvar.sources.DataOrder takes it.
 
-    Returns one dict per replica: per-epoch training loss and accuracy, test logits, accuracy, loss,
+    Returns one dict per replica: per-epoch training loss and accuracy (fit's curves), test logits,
+    accuracy, loss,
     with `eval_every_epoch` per-epoch test accuracy and loss (else None), with a cyclic schedule the
     test logits at the end of each cycle (`snapshot_logits`), and for the replicas listed in
     `keep_weights` their final state dict (`weights`, on the CPU).
@@ -121,11 +125,12 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
                 test_scores.append(scores(logits, data.y_test))
             if epoch in snapshot_at:
                 snapshots.append(logits.cpu())
-    loss_curves, acc_curves = fit(replicas, data, recipe, seeds, onset_epoch=onset_epoch, fixed=fixed,
-                                  hyper=hyper, on_step=on_step, on_epoch=on_epoch)
+    curves = fit(replicas, data, recipe, seeds, onset_epoch=onset_epoch, fixed=fixed, hyper=hyper,
+                 on_step=on_step, on_epoch=on_epoch, epoch_order=epoch_order)
     final = recipe["epochs"] - 1  # evaluated already where every epoch is, or where the last cycle ends
     logits = latest[final] if final in latest else evaluate(replicas, data, recipe)
-    results = [result(logits[r], data.y_test, loss_curves[r], acc_curves[r]) for r in range(replicas.size)]
+    results = [result(logits[r], data.y_test, {name: c[r] for name, c in curves.items()})
+               for r in range(replicas.size)]
     for r, row in enumerate(results):
         row["test_acc_curve"] = [acc[r].item() for acc, _ in test_scores] if eval_every_epoch else None
         row["test_loss_curve"] = [loss[r].item() for _, loss in test_scores] if eval_every_epoch else None
@@ -135,8 +140,12 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
     return results
 
 
-def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None, on_step=None, on_epoch=None):
-    """Train `replicas` in place for the recipe's epochs; return per-replica loss and accuracy curves.
+def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None, on_step=None, on_epoch=None,
+        epoch_order="fresh"):
+    """Train `replicas` in place for the recipe's epochs. Returns per-epoch curves by name, each one
+    list per replica: `train_loss_curve` (mean loss over the epoch's examples), `train_acc_curve`, and
+    `train_loss_batch_mean_curve` (the mean of the batches' mean losses, the last partial batch weighted
+    like a full one, as the seed repository averaged).
 
     Before `onset_epoch`, order and augmentation come from the `fixed` seeds; the one-ulp perturbation
     of the replicas with a perturb seed lands at its start (0: right after init). `hyper`: each
@@ -153,7 +162,7 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     optimizer = make_optimizer(recipe, replicas.params, by_replica=by_replica, compile=bool(replicas.compile),
                                **vectors)
     before = fixed if onset_epoch else None
-    orders = [DataOrder(s.order_seed, before and before.order_seed, onset_epoch) for s in seeds]
+    orders = [DataOrder(s.order_seed, before and before.order_seed, onset_epoch, epoch_order) for s in seeds]
     own_aug = torch.tensor([s.aug_seed for s in seeds], dtype=torch.int64, device=device)
     fixed_aug = torch.full_like(own_aug, before.aug_seed) if before else own_aug
     masks = None
@@ -164,7 +173,7 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     n, batch, epochs = len(data.y_train), recipe["batch_size"], recipe["epochs"]
     steps_per_epoch = math.ceil(n / batch)
     total_steps = epochs * steps_per_epoch
-    loss_curves, acc_curves = [], []
+    curves = {"train_loss_curve": [], "train_acc_curve": [], "train_loss_batch_mean_curve": []}
     for epoch in range(epochs):
         if epoch == onset_epoch:
             for r, s in enumerate(seeds):
@@ -173,6 +182,7 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
         aug_seeds = own_aug if epoch >= onset_epoch else fixed_aug
         order = torch.stack([o.epoch(n) for o in orders]).to(device)  # M×N
         loss_sum = torch.zeros(replicas.size, dtype=torch.float64, device=device)
+        batch_mean_sum = torch.zeros_like(loss_sum)
         correct = torch.zeros(replicas.size, dtype=torch.int64, device=device)
         for step, start in enumerate(range(0, n, batch)):  # the last, partial batch is kept
             indices = order[:, start:start + batch]
@@ -183,14 +193,16 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
             done = epoch * steps_per_epoch + step
             optimizer.step(grads, lr_factor(recipe["schedule"], done, steps_per_epoch, total_steps))
             loss_sum += losses * indices.shape[1]
+            batch_mean_sum += losses
             correct += hits
             if on_step:
                 on_step((done + 1) / total_steps)
-        loss_curves.append((loss_sum / n).tolist())  # read once per epoch: no sync inside it
-        acc_curves.append((correct / n).tolist())
+        for name, value in (("train_loss_curve", loss_sum / n), ("train_acc_curve", correct / n),
+                            ("train_loss_batch_mean_curve", batch_mean_sum / steps_per_epoch)):
+            curves[name].append(value.tolist())  # read once per epoch: no sync inside it
         if on_epoch:
             on_epoch(epoch)
-    return [list(c) for c in zip(*loss_curves)], [list(c) for c in zip(*acc_curves)]
+    return {name: [list(c) for c in zip(*by_epoch)] for name, by_epoch in curves.items()}
 
 
 def evaluate(replicas, data, recipe):
@@ -216,17 +228,26 @@ def scores(logits, labels):
     return accuracy, loss.view(logits.shape[:-1]).double().mean(-1)
 
 
-def result(logits, labels, loss_curve, acc_curve):
-    """A replica's results; `diverged` if its training loss or test logits stopped being finite (its
-    test loss is then stored as infinity: SQLite keeps no NaN)."""
+def batch_mean_loss(logits, labels, batch=SEED_TEST_BATCH):
+    """The mean over consecutive batches of `batch` test examples of each batch's mean cross-entropy,
+    the last partial batch weighted like a full one (the seed repository's test loss), as float64."""
+    losses = F.cross_entropy(logits.float(), labels, reduction="none").double()
+    return torch.stack([chunk.mean() for chunk in losses.split(batch)]).mean()
+
+
+def result(logits, labels, curves):
+    """A replica's results, with its training `curves` (fit's, for this replica); `diverged` if its
+    training loss or test logits stopped being finite (its test losses are then stored as infinity:
+    SQLite keeps no NaN)."""
     logits = logits.float()
     accuracy, loss = scores(logits, labels)
-    diverged = not (all(map(math.isfinite, loss_curve)) and torch.isfinite(logits).all().item())
+    diverged = not (all(map(math.isfinite, curves["train_loss_curve"])) and torch.isfinite(logits).all().item())
+    finite = lambda value: value if math.isfinite(value) else math.inf  # noqa: E731
     return {
         "diverged": int(diverged),
         "test_acc": accuracy.item(),
-        "test_loss": loss.item() if math.isfinite(loss.item()) else math.inf,
-        "train_loss_curve": loss_curve,
-        "train_acc_curve": acc_curve,
+        "test_loss": finite(loss.item()),
+        "test_loss_batch_mean": finite(batch_mean_loss(logits, labels).item()),
+        **curves,
         "test_logits": logits.cpu(),
     }

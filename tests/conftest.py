@@ -28,6 +28,12 @@ def random_dataset(n_train, n_test, seed=0):
     return Dataset(*(torch.from_numpy(arrays[k]) for k in ("x_train", "y_train", "x_test", "y_test")))
 
 
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """No test reaches the internet: a download goes to a closed port on this machine and fails at once."""
+    monkeypatch.setattr("fastvar.data.CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+
+
 @pytest.fixture
 def synthetic_dir(tmp_path):
     """A data folder holding a small random cifar10.npz."""
@@ -42,7 +48,7 @@ def real_data_dir():
     """The real CIFAR-10 folder. Missing data skips locally and fails in CI, where it must be fetched."""
     folder = default_data_dir()
     if not (folder / "cifar10.npz").is_file():
-        message = f"real CIFAR-10 not found in {folder}; run shared/data/get_cifar10.sh"
+        message = f"real CIFAR-10 not found in {folder}; run `python run.py download` (the README's set-up)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

@@ -115,8 +115,12 @@ def folder_bytes(folder):
 
 
 BAD_INPUTS = {  # the README's table, as (flags, what the line says); {name}: a place the test makes
-    "missing data folder": (["--data-dir", "{missing}"], "no CIFAR-10"),
+    "missing data folder": (["--data-dir", "{missing}", "--no-download"], "no CIFAR-10"),
+    "no data, and the download fails": (["--data-dir", "{missing}"], "could not download"),
     "corrupt archive": (["--data-dir", "{corrupt}"], "corrupt"),
+    "corrupt npz": (["--data-dir", "{corrupt_npz}"], "corrupt"),
+    "unknown source in --vary": (["--vary", "init,bogus"], "unknown source 'bogus'"),
+    "--threads 0": (["--threads", "0"], "--threads"),
     "wrong-shape data": (["--data-dir", "{wrong_shape}"], "malformed"),
     "unknown experiment": (["--experiment", "nope"], "--experiment"),
     "unknown recipe": (["--recipe", "nope"], "--recipe"),
@@ -143,8 +147,10 @@ def test_every_bad_input_gives_one_line_exit_2_and_damages_nothing(synthetic_dir
     np.savez(tmp_path / "wrong_shape" / "cifar10.npz", x_train=np.zeros((4, 28, 28), np.uint8), y_train=np.zeros(4),
              x_test=np.zeros((4, 28, 28), np.uint8), y_test=np.zeros(4))
     (tmp_path / "file").write_text("a file, not a folder")
+    (tmp_path / "corrupt_npz").mkdir()
+    (tmp_path / "corrupt_npz" / "cifar10.npz").write_bytes(b"PK\x03\x04 a zip in name only")
     places = {"missing": tmp_path / "missing", "corrupt": tmp_path / "corrupt", "wrong_shape": tmp_path / "wrong_shape",
-              "file": tmp_path / "file"}
+              "file": tmp_path / "file", "corrupt_npz": tmp_path / "corrupt_npz"}
     flags, message = BAD_INPUTS[case]
     flags = [f.format(**places) for f in flags]
     capsys.readouterr()
@@ -152,6 +158,16 @@ def test_every_bad_input_gives_one_line_exit_2_and_damages_nothing(synthetic_dir
         code = cli.main([*good, *flags])
     except SystemExit as e:  # argparse's own checks
         code = e.code
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert folder_bytes(out) == stored
+
+
+STATUS = ("fastvar: loading ", "fastvar: no CIFAR-10 in ")  # what fastvar says it is doing before it fails
+
+
+def error_lines(stderr):
+    """stderr's lines but the status lines, checked to come before the one error line."""
+    lines = stderr.strip().splitlines()
+    assert all(line.startswith(STATUS) for line in lines[:-1]), lines
+    return [line for line in lines if not line.startswith(STATUS)]

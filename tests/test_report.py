@@ -46,12 +46,14 @@ def test_analyze_json_agrees_with_the_stored_runs(folders, capsys):
             assert isinstance(result[key], float), key
         assert 0 < result["disagreement"] < 1 and 0 < result["spearman"] < 1
         assert set(result["runs_per_arm"]) == {"0.05", "0.1", "0.2", "0.5"}
-    report = folders / "report.md"  # the folders' common parent
+    assert not (folders / "report.md").exists() and not (folders / "all-random" / "report.md").exists()  # --json
+    assert cli.main(["analyze", str(folders / "all-random"), str(folders / "fixed-init")], prog="python run.py") == 0
+    report = folders / "all-random" / "report.md"  # the first folder's
     text = report.read_text()
     assert f"| {folders / 'all-random'} |" in text and "Runs needed per arm" in text
     assert "`python run.py analyze " in text
     for name in ("accuracy", "sd", "ensembles", "per_example", "binomial"):
-        assert (folders / "report_plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (folders / "all-random" / "report_plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_plots_draw_what_was_measured(folders):

@@ -11,6 +11,7 @@ import pytest
 from fastvar import cli
 from fastvar.store import Store
 from conftest import ROOT
+from test_failures import error_lines
 
 RUNS = 8
 
@@ -69,7 +70,7 @@ def test_another_config_is_refused_and_the_folder_left_as_it_was(synthetic_dir, 
     before = (out / "runs.sqlite").read_bytes()
     capsys.readouterr()
     assert cli.main(study_args(synthetic_dir, out, epochs=2)) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "epochs 1 -> 2" in err[0]
     assert (out / "runs.sqlite").read_bytes() == before
     assert cli.main([*args[:args.index("--runs")], "--runs", "5", *args[args.index("--runs") + 2:]]) == 0
@@ -87,17 +88,18 @@ def test_impossible_flags_give_one_line_and_exit_2(synthetic_dir, tmp_path, caps
     assert not (tmp_path / "study").exists()
 
 
-def test_study_api_pads_the_last_batch_and_stores_the_seeds(synthetic_dir, tmp_path):
+def test_study_api_trains_the_last_loop_batch_unpadded_and_stores_the_seeds(synthetic_dir, tmp_path):
     from fastvar import Study
     from fastvar.sources import run_seeds
     study = Study(experiment="fixed-init", runs=3, batch_models=2, epochs=1, width=4)
     rows = study.run(tmp_path / "api", data_dir=synthetic_dir).runs()
     assert [r["run_index"] for r in rows] == [0, 1, 2]
+    assert [r["batch_models"] for r in rows] == [2, 2, 1]  # the loop pads nothing
     for r in rows:
         seeds = run_seeds("fixed-init", r["run_index"])
         assert (r["init_seed"], r["order_seed"]) == (seeds.init_seed, seeds.order_seed)
         assert r["aug_seed"] is None  # the seed recipe does not augment: no augmentation seed
-        assert r["batch_models"] == 2 and r["strategy"] == "loop" and r["precision"] == "float32"
+        assert r["strategy"] == "loop" and r["precision"] == "float32"
         assert r["test_logits"].shape == (r["n_test"], 10) and 0 <= r["test_acc"] <= 1
         assert len(r["train_loss_curve"]) == len(r["train_acc_curve"]) == 1
 
@@ -112,5 +114,5 @@ def test_bf16_mixed_on_the_cpu_is_a_config_of_its_own(synthetic_dir, tmp_path, c
     assert all(0 <= r["test_acc"] <= 1 and not r["diverged"] for r in rows)
     capsys.readouterr()
     assert cli.main(args) == 2  # auto is float32 on the CPU: another config, refused in one line
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "precision bf16-mixed -> float32" in err[0]

@@ -1,7 +1,8 @@
 """From the device-resident uint8 dataset to the training batch of all replicas, augmented.
 
-`augment` takes the N×32×32×3 uint8 images, the example indices of all replicas (M×B) and each
-replica's augmentation seed, and returns the M×B×3×32×32 batch, channels-last in memory, normalised.
+`augment` takes the N×H×W×C uint8 images (any size and channel count), the example indices of all
+replicas (M×B) and each replica's augmentation seed, and returns the M×B×C×H×W batch, channels-last
+in memory, normalised.
 Three backends compute it bit for bit alike: a Triton kernel (one launch, uint8 read once, output
 written once) on CUDA; one fused C loop on a CPU (augment_cpu.c, built on first use where a C
 compiler is found); and a batched torch reference, the kernels' test oracle and the fallback.
@@ -33,7 +34,7 @@ MASK32 = 0xFFFFFFFF
 
 @functools.lru_cache(maxsize=16)
 def normalize_table(mean, std, dtype=torch.float32, device="cpu"):
-    """3×256 table: entry [c, v] is (v / 255 - mean[c]) / std[c], rounded once to `dtype`. Made once
+    """C×256 table: entry [c, v] is (v / 255 - mean[c]) / std[c], rounded once to `dtype`. Made once
     per (mean, std, dtype, device), tuples: a copy to the GPU at every step would wait for the GPU."""
     values = torch.arange(256, dtype=torch.float32) / 255  # as ToTensor computes it, in float32
     table = (values[None, :] - torch.tensor(mean)[:, None]) / torch.tensor(std)[:, None]
@@ -56,26 +57,31 @@ def draw(seeds, epoch, indices, number):
     return mix32(h ^ number)
 
 
-def check_options(flip, pad, translate, cutout, pad_mode):
+def check_options(images, flip, pad, translate, cutout, pad_mode, mean, std):
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError(f"images must be uint8 N×H×W×C, not {images.dtype} {tuple(images.shape)}")
+    side, channels = min(images.shape[1:3]), images.shape[3]
     if pad and translate:
         raise ValueError("pad and translate both shift the image; choose one")
     if pad_mode not in ("zeros", "reflect"):
         raise ValueError(f"pad_mode must be 'zeros' or 'reflect', not {pad_mode!r}")
-    if not 0 <= max(pad, translate) < 32 or not 0 <= cutout <= 32:
-        raise ValueError("pad and translate must be in [0, 32), cutout in [0, 32]")
+    if not 0 <= max(pad, translate) < side or not 0 <= cutout <= side:
+        raise ValueError(f"pad and translate must be in [0, {side}), cutout in [0, {side}] for {side}-pixel images")
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean and std need one value per channel ({channels}), not {len(mean)} and {len(std)}")
 
 
 def augment(images, indices, seeds, epoch, *, flip=False, pad=0, translate=0, cutout=0, pad_mode="zeros",
             mean, std, dtype=torch.float32, backend="auto"):
-    """images N×32×32×3 uint8; indices M×B int64; seeds M int64 → M×B×3×32×32 in `dtype`.
+    """images N×H×W×C uint8; indices M×B int64; seeds M int64 → M×B×C×H×W in `dtype`.
 
     flip: horizontal flip with probability 0.5. pad: random crop after padding by `pad` pixels,
     zeros as torchvision's RandomCrop (or `pad_mode="reflect"`). translate: airbench's random
     translation, i.e. a crop after reflect padding. cutout: a k×k square, inside the image, blanked.
-    mean, std: 3 floats in the [0, 1] pixel scale. backend: "auto" (Triton on CUDA, the C loop on
+    mean, std: C floats in the [0, 1] pixel scale. backend: "auto" (Triton on CUDA, the C loop on
     a CPU where a compiler built it, else torch), "triton", "c", "torch".
     """
-    check_options(flip, pad, translate, cutout, pad_mode)
+    check_options(images, flip, pad, translate, cutout, pad_mode, mean, std)
     shift, reflect = max(pad, translate), bool(translate) or pad_mode == "reflect"
     if backend not in ("auto", "triton", "c", "torch"):
         raise ValueError(f"unknown backend {backend!r}; choose from auto, triton, c, torch")
@@ -89,12 +95,12 @@ def augment(images, indices, seeds, epoch, *, flip=False, pad=0, translate=0, cu
         example = indices.reshape(-1)
         if len(example) and not 0 <= int(example.min()) <= int(example.max()) < len(images):
             raise IndexError(f"example indices must lie in [0, {len(images)})")
-        draws = example_draws(seeds, epoch, indices, flip, shift, cutout)
+        draws = example_draws(seeds, epoch, indices, flip, shift, cutout, images.shape[1:3])
         if backend == "torch":
             out = augment_torch(images, example, draws, mean, std, dtype, shift, reflect, cutout)
         else:
             out = augment_c(images, example, draws, mean, std, dtype, shift, reflect, cutout)
-    return out.view(*indices.shape, 32, 32, 3).movedim(-1, -3)  # channels-last: M×B×32×32×3 in memory
+    return out.view(*indices.shape, *images.shape[1:]).movedim(-1, -3)  # channels-last: M×B×H×W×C in memory
 
 
 def augment_c(images, example, draws, mean, std, dtype, shift, reflect, cutout):
@@ -106,18 +112,19 @@ def augment_c(images, example, draws, mean, std, dtype, shift, reflect, cutout):
 
 
 def pad_images(x, shift, reflect):
-    """E×32×32×3 → E×(32+2s)×(32+2s)×3, zeros (torchvision's RandomCrop) or reflected (airbench)."""
+    """E×H×W×C → E×(H+2s)×(W+2s)×C, zeros (torchvision's RandomCrop) or reflected (airbench)."""
     if not reflect or not shift:
         return F.pad(x, (0, 0, shift, shift, shift, shift))
     for dim in (1, 2):  # rows, then columns: the edge row or column itself is not repeated
-        before, after = x.narrow(dim, 1, shift).flip(dim), x.narrow(dim, 31 - shift, shift).flip(dim)
+        before, after = x.narrow(dim, 1, shift).flip(dim), x.narrow(dim, x.shape[dim] - 1 - shift, shift).flip(dim)
         x = torch.cat([before, x, after], dim)
     return x
 
 
-def example_draws(seeds, epoch, indices, flip, shift, cutout):
+def example_draws(seeds, epoch, indices, flip, shift, cutout, size):
     """Each example's integer draws (int64 [E], None where the option is off): crop offsets dy, dx in
-    [0, 2·shift], flip in {0, 1}, cutout corner cut_y, cut_x in [0, 32 - cutout]; E = M×B, row-major."""
+    [0, 2·shift], flip in {0, 1}, cutout corner cut_y in [0, H - cutout], cut_x in [0, W - cutout]
+    for images of `size` (H, W); E = M×B, row-major."""
     example = indices.reshape(-1)
     seed = seeds.to(indices.device).repeat_interleave(indices.shape[1])
 
@@ -125,40 +132,43 @@ def example_draws(seeds, epoch, indices, flip, shift, cutout):
         return draw(seed, epoch, example, number) % n if on else None
     return {"dy": uniform(DRAW_SHIFT_Y, 2 * shift + 1, shift), "dx": uniform(DRAW_SHIFT_X, 2 * shift + 1, shift),
             "flip": uniform(DRAW_FLIP, 2, flip),
-            "cut_y": uniform(DRAW_CUT_Y, 33 - cutout, cutout), "cut_x": uniform(DRAW_CUT_X, 33 - cutout, cutout)}
+            "cut_y": uniform(DRAW_CUT_Y, size[0] + 1 - cutout, cutout),
+            "cut_x": uniform(DRAW_CUT_X, size[1] + 1 - cutout, cutout)}
 
 
 def augment_torch(images, example, draws, mean, std, dtype, shift, reflect, cutout):
     """The reference: all E examples at once in block copies, no per-example Python or per-pixel
-    index arithmetic. Returns E×32×32×3."""
-    x = images.index_select(0, example)  # E×32×32×3 uint8, a copy
+    index arithmetic. Returns E×H×W×C."""
+    x = images.index_select(0, example)  # E×H×W×C uint8, a copy
+    height, width = x.shape[1:3]
     every = torch.arange(len(example), device=x.device)
     if shift:
-        windows = pad_images(x, shift, reflect).unfold(1, 32, 1).unfold(2, 32, 1)  # E×(2s+1)²×3×32×32
+        windows = pad_images(x, shift, reflect).unfold(1, height, 1).unfold(2, width, 1)  # E×(2s+1)²×C×H×W
         x = windows.permute(0, 1, 2, 4, 5, 3)[every, draws["dy"], draws["dx"]]
     if draws["flip"] is not None:  # of the crop, as RandomHorizontalFlip after RandomCrop
         flipped = draws["flip"].bool()
         x[flipped] = x[flipped].flip(2)
     if cutout:  # in place, through a view of all k×k squares: one index per example, no mask
-        squares = x.unfold(1, cutout, 1).unfold(2, cutout, 1)  # E×(33-k)×(33-k)×3×k×k
+        squares = x.unfold(1, cutout, 1).unfold(2, cutout, 1)  # E×(H+1-k)×(W+1-k)×C×k×k
         squares[every, draws["cut_y"], draws["cut_x"]] = 0
-    return normalize_rows(x.reshape(-1, 3072), mean, std, dtype).view(-1, 32, 32, 3)
+    return normalize_rows(x.reshape(len(x), -1), mean, std, dtype).view(x.shape)
 
 
 def normalize_rows(x, mean, std, dtype, cpu_chunk=64):
-    """E×3072 uint8 (HWC rows) → E×3072 in `dtype`, by the float32 operations that build
+    """E×(H·W·C) uint8 (HWC rows) → the same in `dtype`, by the float32 operations that build
     normalize_table, elementwise, so each pixel equals its table entry.
 
     In place, on a CPU `cpu_chunk` images at a time: the float32 intermediates stay in cache (passes
     over the whole batch were memory-bound there, 2.6× slower); on a GPU in one chunk. Mean and std
-    as whole 3072-value rows: a broadcast over an inner dimension of 3 is slow. A row of 255s too:
+    as whole rows: a broadcast over an inner dimension of C is slow. A row of 255s too:
     CUDA divides by a scalar as a multiplication by its reciprocal, which rounds differently."""
     chunk = cpu_chunk if x.device.type == "cpu" else max(len(x), 1)
-    mean_row = torch.tensor(mean, device=x.device).repeat(32 * 32)
-    std_row = torch.tensor(std, device=x.device).repeat(32 * 32)
+    pixels = x.shape[1] // len(mean)
+    mean_row = torch.tensor(mean, device=x.device).repeat(pixels)
+    std_row = torch.tensor(std, device=x.device).repeat(pixels)
     scale_row = torch.full_like(mean_row, 255)
     out = torch.empty(x.shape, dtype=dtype, device=x.device)
-    scratch = None if dtype == torch.float32 else torch.empty(min(chunk, len(x)), 3072, device=x.device)
+    scratch = None if dtype == torch.float32 else torch.empty(min(chunk, len(x)), x.shape[1], device=x.device)
     for start in range(0, len(x), chunk):
         rows = x[start:start + chunk]
         part = out[start:start + chunk] if scratch is None else scratch[:len(rows)]

@@ -1,30 +1,32 @@
 /* The augmentation as one fused pass for CPUs: for each example, read the uint8 image once, write
    the output once, with the shift, flip, cutout and the normalisation table applied per pixel.
    Draws come from the caller (fastvar.augment.example_draws), so this file holds no randomness.
-   Mirrors fastvar/augment_triton.py: output column j reads crop column 31 - j when flipped; a
-   source pixel outside the image (zero padding) or inside the cutout square reads value 0. */
+   Images are H×W×C. Mirrors fastvar/augment_triton.py: output column j reads crop column W-1-j when
+   flipped; a source pixel outside the image (zero padding) or inside the cutout square reads 0. */
 #include <stdint.h>
 
 #define AUGMENT(NAME, T)                                                                            \
 void NAME(const uint8_t *images, const int64_t *example, const int32_t *dy, const int32_t *dx,     \
-          const int32_t *flip, const int32_t *cut_y, const int32_t *cut_x, int64_t n, int32_t shift, \
-          int32_t reflect, int32_t cutout, const T *table, T *out, int32_t threads) {              \
+          const int32_t *flip, const int32_t *cut_y, const int32_t *cut_x, int64_t n, int32_t h,   \
+          int32_t w, int32_t ch, int32_t shift, int32_t reflect, int32_t cutout, const T *table,   \
+          T *out, int32_t threads) {                                                                \
+    const int64_t size = (int64_t)h * w * ch;                                                       \
     _Pragma("omp parallel for schedule(static) num_threads(threads)")                              \
     for (int64_t e = 0; e < n; e++) {                                                               \
-        const uint8_t *image = images + example[e] * 3072;                                          \
-        T *o = out + e * 3072;                                                                      \
-        for (int i = 0; i < 32; i++) {                                                              \
+        const uint8_t *image = images + example[e] * size;                                          \
+        T *o = out + e * size;                                                                      \
+        for (int i = 0; i < h; i++) {                                                               \
             int r = i + dy[e] - shift;                                                              \
-            if (reflect) r = r < 0 ? -r : (r > 31 ? 62 - r : r);                                    \
+            if (reflect) r = r < 0 ? -r : (r > h - 1 ? 2 * (h - 1) - r : r);                        \
             int row_cut = cutout && i >= cut_y[e] && i < cut_y[e] + cutout;                         \
-            for (int j = 0; j < 32; j++) {                                                          \
-                int c = (flip[e] ? 31 - j : j) + dx[e] - shift;                                     \
-                if (reflect) c = c < 0 ? -c : (c > 31 ? 62 - c : c);                                \
-                int blank = r < 0 || r > 31 || c < 0 || c > 31                                     \
+            for (int j = 0; j < w; j++) {                                                           \
+                int c = (flip[e] ? w - 1 - j : j) + dx[e] - shift;                                  \
+                if (reflect) c = c < 0 ? -c : (c > w - 1 ? 2 * (w - 1) - c : c);                    \
+                int blank = r < 0 || r > h - 1 || c < 0 || c > w - 1                               \
                             || (row_cut && j >= cut_x[e] && j < cut_x[e] + cutout);                 \
-                const uint8_t *pixel = image + r * 96 + c * 3;                                      \
-                for (int ch = 0; ch < 3; ch++)                                                      \
-                    o[i * 96 + j * 3 + ch] = table[ch * 256 + (blank ? 0 : pixel[ch])];             \
+                const uint8_t *pixel = image + ((int64_t)r * w + c) * ch;                           \
+                for (int k = 0; k < ch; k++)                                                        \
+                    o[((int64_t)i * w + j) * ch + k] = table[k * 256 + (blank ? 0 : pixel[k])];     \
             }                                                                                       \
         }                                                                                           \
     }                                                                                               \

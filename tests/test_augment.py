@@ -18,9 +18,9 @@ OPTIONS = [dict(), dict(flip=True), dict(pad=4), dict(pad=4, flip=True), dict(pa
 KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU runs it under TRITON_INTERPRET=1
 
 
-def random_input(n_images, m, b, seed):
+def random_input(n_images, m, b, seed, size=(32, 32, 3)):
     g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n_images, 32, 32, 3), dtype=torch.uint8, generator=g)
+    images = torch.randint(0, 256, (n_images, *size), dtype=torch.uint8, generator=g)
     indices = torch.randint(0, n_images, (m, b), generator=g)
     seeds = torch.randint(0, 2 ** 63 - 1, (m,), generator=g)
     return images, indices, seeds
@@ -53,22 +53,24 @@ def compare_kernel_and_reference(options, dtype, epoch, backend):
         assert torch.equal(augment(*on_device, epoch, backend="torch", **kwargs).cpu(), reference)
 
 
-def numpy_oracle(image, seed, epoch, index, flip=False, pad=0, translate=0, cutout=0, pad_mode="zeros"):
-    """One example rebuilt from its draws alone: pad, slice, flip, blank the cutout, normalise."""
+def numpy_oracle(image, seed, epoch, index, flip=False, pad=0, translate=0, cutout=0, pad_mode="zeros",
+                 mean=MEAN, std=STD):
+    """One example (H×W×C) rebuilt from its draws alone: pad, slice, flip, blank the cutout, normalise."""
+    height, width = image.shape[:2]
     def uniform(number, n):
         return int(draw(torch.tensor(seed), epoch, torch.tensor(index), number)) % n
     shift = max(pad, translate)
     mode = "reflect" if translate or pad_mode == "reflect" else "constant"
     padded = np.pad(image, ((shift, shift), (shift, shift), (0, 0)), mode=mode)
     top, left = (uniform(DRAW_SHIFT_Y, 2 * shift + 1), uniform(DRAW_SHIFT_X, 2 * shift + 1)) if shift else (0, 0)
-    out = padded[top:top + 32, left:left + 32].copy()
+    out = padded[top:top + height, left:left + width].copy()
     if flip and uniform(DRAW_FLIP, 2):
         out = out[:, ::-1]
     if cutout:
-        y, x = uniform(DRAW_CUT_Y, 33 - cutout), uniform(DRAW_CUT_X, 33 - cutout)
+        y, x = uniform(DRAW_CUT_Y, height + 1 - cutout), uniform(DRAW_CUT_X, width + 1 - cutout)
         out[y:y + cutout, x:x + cutout] = 0
     scaled = out.astype(np.float32) / np.float32(255)
-    return ((scaled - np.float32(MEAN)) / np.float32(STD)).transpose(2, 0, 1)
+    return ((scaled - np.float32(mean)) / np.float32(std)).transpose(2, 0, 1)
 
 
 @pytest.mark.parametrize("options", OPTIONS[1:], ids=lambda o: "+".join(f"{k}{v}" for k, v in o.items()))
@@ -79,6 +81,30 @@ def test_reference_matches_a_plain_numpy_oracle(options):
         for j in range(6):
             expected = numpy_oracle(images[indices[r, j]].numpy(), int(seeds[r]), 3, int(indices[r, j]), **options)
             assert np.array_equal(out[r, j].numpy(), expected), (options, r, j)
+
+
+SIZES = [(28, 28, 1), (40, 40, 3), (24, 36, 2)]  # MNIST, larger, and neither square nor RGB
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("options", [dict(flip=True, pad=4, cutout=8), dict(flip=True, translate=3, cutout=5)],
+                         ids=["pad", "translate"])
+def test_every_image_size_gives_the_same_bits_on_every_path_and_the_oracles(size, options):
+    channels = size[2]
+    mean, std = MEAN[:channels] + (0.5,) * (channels - len(MEAN)), STD[:channels] + (0.25,) * (channels - len(STD))
+    images, indices, seeds = random_input(20, 2, 5, seed=channels, size=size)
+    kwargs = dict(options, mean=mean, std=std)
+    reference = augment(images, indices, seeds, 2, backend="torch", **kwargs)
+    assert reference.shape == (2, 5, channels, *size[:2])
+    for r in range(2):
+        for j in range(5):
+            expected = numpy_oracle(images[indices[r, j]].numpy(), int(seeds[r]), 2, int(indices[r, j]), **kwargs)
+            assert np.array_equal(reference[r, j].numpy(), expected), (r, j)
+    backends = ["triton"] + (["c"] if augment_cpu.load() is not None else [])
+    for backend in backends:
+        device = KERNEL_DEVICE if backend == "triton" else "cpu"
+        out = augment(*(t.to(device) for t in (images, indices, seeds)), 2, backend=backend, **kwargs)
+        assert torch.equal(out.cpu(), reference), backend
 
 
 def test_the_oracle_catches_a_shift_by_one():

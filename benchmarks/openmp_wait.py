@@ -35,7 +35,8 @@ def worker(args):
     from fastvar.data import Dataset
     from fastvar.replicas import Replicas
     from fastvar.sources import run_seeds
-    from fastvar.train import RECIPES, fit
+    from fastvar.recipes import RECIPES
+    from fastvar.train import fit
     recipe = RECIPES["seed"]
     batch = recipe["batch_size"]
     g = torch.Generator().manual_seed(0)

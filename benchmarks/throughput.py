@@ -32,11 +32,12 @@ import torch.utils.flop_counter
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastvar import native  # noqa: E402
 from fastvar.data import DataError, Dataset, load_cifar10  # noqa: E402
-from fastvar.models import DEFAULT_WIDTH, build_model  # noqa: E402
+from fastvar.models import MODELS, build_model  # noqa: E402
 from fastvar.replicas import CONVS, Replicas  # noqa: E402
 from fastvar.sources import run_seeds  # noqa: E402
-from fastvar.study import COMPUTE_DTYPE, PRECISIONS  # noqa: E402
-from fastvar.train import RECIPES, fit  # noqa: E402
+from fastvar.precisions import COMPUTE_DTYPE, PRECISIONS  # noqa: E402
+from fastvar.recipes import RECIPES  # noqa: E402
+from fastvar.train import fit  # noqa: E402
 
 TRAIN_IMAGES = 50_000
 
@@ -208,7 +209,7 @@ def main():
     args = parse_args()
     native.retain_freed_memory()  # for every loop measured, as run.py does
     recipe = RECIPES[args.recipe]
-    width = args.width or DEFAULT_WIDTH[recipe["model"]]
+    width = args.width or MODELS[recipe["model"]].width
     data, source = benchmark_data(args.data_dir, args.device)
     table = Table(args, recipe, width, source)
     if not args.no_baseline:

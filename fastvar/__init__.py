@@ -10,6 +10,9 @@ _EXPORTS = {
     "load_cifar10": "data", "load_dataset": "data",
     "FastvarError": "errors", "ConfigError": "errors", "DataError": "errors", "StoreError": "errors",
     "AnalysisError": "errors",
+    "Recipe": "recipes", "Adam": "recipes", "SGD": "recipes", "Constant": "recipes", "Linear": "recipes",
+    "Cosine": "recipes", "Augment": "recipes", "RECIPES": "recipes",
+    "Dataset": "data", "register_model": "models",
 }
 __all__ = list(_EXPORTS)
 

@@ -176,3 +176,25 @@ def normalize_rows(x, mean, std, dtype, cpu_chunk=64):
         if scratch is not None:  # rounded once, from float32, to the output dtype
             out[start:start + chunk].copy_(part)
     return out
+
+
+def batch_inputs(x, indices, aug_seeds, epoch, recipe, dtype):
+    """The M×B batch the replicas train on: uint8 N×H×W×C images augmented and normalised
+    (M×B×C×H×W), or float features N×D as they are, in `dtype` (M×B×D)."""
+    if x.dtype != torch.uint8:
+        return x[indices].to(dtype)
+    mean, std = (per_channel(recipe[k], x.shape[3]) for k in ("mean", "std"))
+    return augment(x, indices, aug_seeds, epoch, **recipe["augment"], mean=mean, std=std, dtype=dtype)
+
+
+def per_channel(values, channels):
+    """A recipe's mean or std for images of `channels` channels: as given, or one value for every
+    channel where the recipe gives the same value for each (the seed recipe's 0.5)."""
+    return values if len(values) == channels or len(set(values)) != 1 else [values[0]] * channels
+
+
+def normalized(images, indices, recipe, dtype):
+    """images[indices] as the model sees them in evaluation: normalised, not augmented (uint8 NHWC),
+    or features as they are."""
+    return batch_inputs(images, indices[None], torch.zeros(1, dtype=torch.int64), 0, dict(recipe, augment={}),
+                        dtype)[0]

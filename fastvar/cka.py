@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import torch
 
-from .models import FEATURE_LAYERS, build_model
+from .models import build_model, classifier_name, feature_layers, model_spec
 
 PROBE_SIZE = 1000  # the first 100 test images of each class
 
@@ -25,16 +25,18 @@ def linear_cka(gram_a, gram_b):
 
 
 @torch.no_grad()
-def layer_grams(model_name, width, state_dict, images, dropout=None):
+def layer_grams(model_name, width, state_dict, images, dropout=None, num_classes=10):
     """Centred Gram matrices of one trained model's representations of `images` (already normalised),
-    by layer name: those of FEATURE_LAYERS, then `pooled` and `logits`."""
-    model = build_model(model_name, init_seed=0, width=width, dtype=images.dtype, dropout=dropout)
+    by layer name: its feature layers (fastvar.models.feature_layers), then `pooled` and `logits` (the
+    classifier's input and output)."""
+    model = build_model(model_name, init_seed=0, width=width, dtype=images.dtype, dropout=dropout,
+                        num_classes=num_classes)
     model.load_state_dict(state_dict)
     model.eval()
     seen, modules = {}, dict(model.named_modules())
     hooks = [modules[path].register_forward_hook(lambda m, i, out, name=name: seen.__setitem__(name, out))
-             for name, path in FEATURE_LAYERS[model_name].items()]
-    hooks.append(modules["fc"].register_forward_hook(
+             for name, path in feature_layers(model, model_spec(model_name)).items()]
+    hooks.append(modules[classifier_name(model)].register_forward_hook(
         lambda m, inputs, out: seen.update(pooled=inputs[0], logits=out)))
     model(images)
     for hook in hooks:

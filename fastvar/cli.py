@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from . import native  # noqa: E402
-from .data import DATASETS, default_data_dir, load_dataset  # noqa: E402
+from .data import DATASETS, default_data_dir, load_arrays, load_dataset  # noqa: E402
 from .errors import FastvarError, writing  # noqa: E402
 from .export import FORMATS, export  # noqa: E402
 from .models import MODELS  # noqa: E402
@@ -25,9 +25,10 @@ from .replicas import CONVS  # noqa: E402
 from .report import analyze, compare_folders, comparison_lines, json_line, notes, sweep_summary, tables, write_report  # noqa: E402,E501
 from .sources import EPOCH_ORDERS, EXPERIMENTS, SOURCES  # noqa: E402
 from .store import Store, merge  # noqa: E402
-from .study import PRECISIONS, Study  # noqa: E402
+from .precisions import PRECISIONS  # noqa: E402
+from .study import Study  # noqa: E402
 from .sweep import SETTINGS, Sweep, parse_setting  # noqa: E402
-from .train import RECIPES  # noqa: E402
+from .recipes import RECIPES  # noqa: E402
 
 COMMANDS = ("train", "sweep", "plot", "analyze", "compare", "merge", "export", "download")
 MAIN_COMMAND = "--experiment fixed-init --batch-models 16"
@@ -113,7 +114,9 @@ def add_study_arguments(parser):
     parser.add_argument("--recipe", default="seed", choices=RECIPES)
     parser.add_argument("--batch-models", type=int, default=16, help="replicas trained in one batched step")
     parser.add_argument("--epochs", type=int, help="default: the recipe's")
-    parser.add_argument("--model", choices=MODELS, help="default: the recipe's")
+    parser.add_argument("--model", metavar="NAME", help=f"default: the recipe's; one of {', '.join(MODELS)}, or an "
+                                                         "import path package.module:factory (a callable that "
+                                                         "returns an nn.Module)")
     parser.add_argument("--width", type=int, help="channels of the first stage (default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="base seed every run's seeds derive from")
     parser.add_argument("--dataset", default="cifar10", choices=DATASETS, help="cifar10, or mnist (padded to 32x32)")
@@ -136,6 +139,9 @@ def add_study_arguments(parser):
                         help="train only runs with index %% N == I, into a shard file of their own (default: from "
                              "torchrun's RANK/WORLD_SIZE or a SLURM array's task id and count)")
     parser.add_argument("--data-dir", type=Path, help="default: $FASTVAR_DATA, else ~/.cache/fastvar")
+    parser.add_argument("--data", type=Path, metavar="NPZ",
+                        help="your own data instead: an npz with x_train, y_train, x_test, y_test (uint8 images "
+                             "N×H×W×C or float features N×D, integer labels)")
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                         help="fetch the official CIFAR-10 archive (MD5-checked) where none is found (default: on)")
     parser.add_argument("--save-weights", type=int, default=0, metavar="K",
@@ -148,6 +154,8 @@ def add_study_arguments(parser):
 
 def study_arguments(args):
     """Study keyword arguments from the parsed flags of add_study_arguments."""
+    if args.model and ":" in args.model and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # an import path names the user's module, as `python -m` would find it
     experiment = args.experiment or ("grid" if args.grid else None if args.vary else "all-random")
     return dict(experiment=experiment, recipe=args.recipe, batch_models=args.batch_models, epochs=args.epochs,
                 model=args.model, width=args.width, seed=args.seed, train_subset=args.train_subset,
@@ -232,9 +240,9 @@ def run_with_progress(target, lead, total, out, args, small=None):
     of `total` runs; return what its run returns, or None after Ctrl-C (its finished runs are kept).
     Says what it loads, then what it trains, then (after PROJECT_AFTER_S of steps) the projected time,
     with `small`, a command sized for a CPU, where that projects beyond a day there."""
-    where = args.data_dir or default_data_dir()
-    print(f"fastvar: loading {DATASETS[lead.dataset]} from {where} ...", file=sys.stderr, flush=True)
-    data = lead.load_data(args.data_dir, args.download)
+    where, name = (args.data, "data") if args.data else (args.data_dir or default_data_dir(), DATASETS[lead.dataset])
+    print(f"fastvar: loading {name} from {where} ...", file=sys.stderr, flush=True)
+    data = load_arrays(args.data) if args.data else lead.load_data(args.data_dir, args.download)
     device = lead.resolved_device()
     bar = ProgressBar(total, lambda todo: plan_line(lead, total, todo, out, len(data.y_train)),
                       lambda todo, rate: projection_lines(todo, rate, device.type, small))
@@ -253,10 +261,10 @@ def plan_line(study, total, todo, out, images):
     """One line naming what will run."""
     device = study.resolved_device()
     threads = f" with {torch.get_num_threads()} threads" if device.type == "cpu" else ""  # set by Study.run
-    width = study.resolved_width()
+    width = f" at width {study.resolved_width()}" if study.resolved_width() is not None else ""
     return (f"fastvar: training {todo} of {total} runs of {study.experiment} into {out} "
-            f"({total - todo} there already): the {study.recipe} recipe, {study.recipe_dict()['model']} at width "
-            f"{width}, {study.recipe_dict()['epochs']} epochs of {images:,} images, on {device}{threads}, "
+            f"({total - todo} there already): the {study.recipe_name()} recipe, {study.recipe_dict()['model']}{width}, "
+            f"{study.recipe_dict()['epochs']} epochs of {images:,} examples, on {device}{threads}, "
             f"{study.resolved_strategy(device)} strategy, M = {study.batch_models}, {study.resolved_precision()}")
 
 

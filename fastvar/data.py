@@ -36,13 +36,62 @@ MNIST_IDX = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1
 
 @dataclass
 class Dataset:
-    x_train: torch.Tensor  # N×32×32×3 uint8
-    y_train: torch.Tensor  # N int64
+    """Training and test examples with their labels: uint8 images N×H×W×C, or float features N×D."""
+    x_train: torch.Tensor  # N×H×W×C uint8, or N×D floating point
+    y_train: torch.Tensor  # N int64, in 0 .. classes-1
     x_test: torch.Tensor
     y_test: torch.Tensor
+    name: str = "cifar10"  # what a study's config records of its data: a dataset's name, or arrays-<digest>
+
+    @classmethod
+    def from_arrays(cls, x_train, y_train, x_test, y_test):
+        """A dataset of the user's own (numpy or torch arrays), checked: uint8 images N×H×W×C of any
+        size and channel count, or floating-point features N×D; integer labels from 0, any number of
+        classes. Its name is a digest of the arrays, so a folder trained on other data refuses it."""
+        arrays = {k: torch.as_tensor(np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v).cpu()
+                  for k, v in (("x_train", x_train), ("y_train", y_train), ("x_test", x_test), ("y_test", y_test))}
+        check_user_arrays(arrays)
+        arrays = {k: v.long() if k.startswith("y") else v.contiguous() for k, v in arrays.items()}
+        digest = hashlib.sha256()
+        for key in ("x_train", "y_train", "x_test", "y_test"):
+            digest.update(f"{key}{tuple(arrays[key].shape)}{arrays[key].dtype}".encode())
+            digest.update(arrays[key].numpy().tobytes())
+        return cls(**arrays, name=f"arrays-{digest.hexdigest()[:16]}")
+
+    @property
+    def num_classes(self):
+        """CIFAR-10's and MNIST's 10 (a subset may lack some); a user's, one past the largest label."""
+        return NUM_CLASSES if self.name in DATASETS else int(max(self.y_train.max(), self.y_test.max())) + 1
+
+    @property
+    def example_shape(self):
+        """One example as a model takes it: (C, H, W) for images, (D,) for features."""
+        shape = tuple(self.x_train.shape[1:])
+        return (shape[2], shape[0], shape[1]) if self.x_train.dtype == torch.uint8 else shape
 
     def to(self, device):
-        return Dataset(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)))
+        return Dataset(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)), name=self.name)
+
+
+def check_user_arrays(arrays):
+    """One line for the first thing wrong with a user's arrays."""
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        images, features = x.dtype == torch.uint8 and x.dim() == 4, x.is_floating_point() and x.dim() == 2
+        if not (images or features):
+            raise DataError(f"x_{split} is {x.dtype} {tuple(x.shape)}; expected uint8 images N×H×W×C or "
+                            f"floating-point features N×D")
+        if len(x) == 0:
+            raise DataError(f"x_{split} holds no examples")
+        if y.dim() != 1 or len(y) != len(x) or y.is_floating_point() or y.dtype == torch.bool:
+            raise DataError(f"y_{split} must be {len(x)} integer labels (one per example), not {y.dtype} {tuple(y.shape)}")
+        if y.min() < 0:
+            raise DataError(f"y_{split} has a negative label ({int(y.min())}); labels count from 0")
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:] or arrays["x_train"].dtype != arrays["x_test"].dtype:
+        raise DataError(f"x_train ({arrays['x_train'].dtype} {tuple(arrays['x_train'].shape[1:])} an example) and "
+                        f"x_test ({arrays['x_test'].dtype} {tuple(arrays['x_test'].shape[1:])}) differ")
+    if arrays["x_train"].dtype == torch.uint8 and arrays["x_train"].shape[3] > 4 >= arrays["x_train"].shape[1]:
+        raise DataError(f"x_train is {tuple(arrays['x_train'].shape)}: images must be N×H×W×C (channels last)")
 
 
 def default_data_dir():
@@ -64,7 +113,15 @@ def load_dataset(name="cifar10", data_dir=None, *, download=False, train_subset=
     check_arrays(arrays, root, name)
     x_train, y_train = balanced_subset(arrays["x_train"], arrays["y_train"], train_subset, "train")
     x_test, y_test = balanced_subset(arrays["x_test"], arrays["y_test"], test_subset, "test")
-    return Dataset(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (x_train, y_train, x_test, y_test)))
+    return Dataset(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (x_train, y_train, x_test, y_test)), name=name)
+
+
+def load_arrays(path):
+    """A user's data from an npz holding x_train, y_train, x_test, y_test (Dataset.from_arrays)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no file {path}; --data takes an npz with x_train, y_train, x_test, y_test")
+    return Dataset.from_arrays(**read_npz(path, "write it again with numpy.savez"))
 
 
 def load_cifar10(data_dir=None, **kwargs):

@@ -1,12 +1,23 @@
 """Architectures, written without torchvision.
 
+Any callable that returns an nn.Module is a model (model_spec); the zoo below is registered by name.
 `resnet18` reproduces torchvision's layout, parameter names and initialisation:
 built under `torch.manual_seed(s)` it draws the same random numbers in the same
 order as `torchvision.models.resnet18(num_classes=10)` does, so the seed study's
 models are the ones its authors trained.
 """
+import functools
+import hashlib
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from torch import nn
+
+from .errors import ConfigError
+
+RESNET18_LAYERS = {"stem": "maxpool", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4"}
 
 
 def conv3x3(c_in, c_out, stride=1):
@@ -210,57 +221,126 @@ class VGG11(nn.Module):
         return self.fc(self.features(x).flatten(1))
 
 
-MODELS = {
-    "linear": lambda width, num_classes: Linear(num_classes),
-    "mlp": lambda width, num_classes: MLP(num_classes, width),
-    "conv1": lambda width, num_classes: Conv1(num_classes, width),
-    "resnet6": lambda width, num_classes: CifarResNet(num_classes, width, stages=1),
-    "resnet10": lambda width, num_classes: CifarResNet(num_classes, width, stages=2),
-    "resnet14": lambda width, num_classes: CifarResNet(num_classes, width, stages=3),
-    "resnet18": lambda width, num_classes: ResNet18(num_classes, width),
-    "resnet18-cifar": lambda width, num_classes: ResNet18(num_classes, width, cifar_stem=True),
-    "resnet9": lambda width, num_classes: ResNet9(num_classes, width),
-    "vgg11": lambda width, num_classes: VGG11(num_classes, width),
-}
-DEFAULT_WIDTH = {"linear": 0, "mlp": 512, "conv1": 64, "resnet6": 16, "resnet10": 16, "resnet14": 16,
-                 "resnet18": 64, "resnet18-cifar": 64, "resnet9": 64, "vgg11": 64}
-# Where representations are read for CKA: the stem's output and each stage's (module paths); the
-# pooled features (the classifier's input) and the logits are read at `fc`, which every model has.
-FEATURE_LAYERS = {
-    "linear": {}, "mlp": {"hidden": "hidden"}, "conv1": {"stem": "conv"},
-    "resnet6": {"stem": "relu", "stage1": "layer1"},
-    "resnet10": {"stem": "relu", "stage1": "layer1", "stage2": "layer2"},
-    "resnet14": {"stem": "relu", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3"},
-    "resnet18": {"stem": "maxpool", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4"},
-    "resnet9": {"stem": "net.0", "stage1": "net.2", "stage2": "net.5", "stage3": "net.6"},
-    "vgg11": {"stem": "features.2", "stage1": "features.3", "stage2": "features.7", "stage3": "features.14",
-              "stage4": "features.21", "stage5": "features.28"},
-}
-FEATURE_LAYERS["resnet18-cifar"] = FEATURE_LAYERS["resnet18"]
+@dataclass(frozen=True)
+class ModelSpec:
+    """How fastvar builds a model: `build(width, num_classes)` returns the nn.Module; `width` is the
+    default width (None: the model takes none); `feature_layers` names the layers CKA reads (module
+    paths; None: every top-level child)."""
+    build: Callable
+    width: int | None = None
+    feature_layers: dict | None = None
 
 
-def build_model(name, *, init_seed, width=None, num_classes=10, dtype=torch.float32, dropout=None):
-    """Model `name` initialised from `init_seed` alone, on the CPU (same weights on every device).
+MODELS = {  # the built-in zoo; register_model adds to it
+    "linear": ModelSpec(lambda width, num_classes: Linear(num_classes), 0, {}),
+    "mlp": ModelSpec(lambda width, num_classes: MLP(num_classes, width), 512, {"hidden": "hidden"}),
+    "conv1": ModelSpec(lambda width, num_classes: Conv1(num_classes, width), 64, {"stem": "conv"}),
+    "resnet6": ModelSpec(lambda width, num_classes: CifarResNet(num_classes, width, stages=1), 16,
+                         {"stem": "relu", "stage1": "layer1"}),
+    "resnet10": ModelSpec(lambda width, num_classes: CifarResNet(num_classes, width, stages=2), 16,
+                          {"stem": "relu", "stage1": "layer1", "stage2": "layer2"}),
+    "resnet14": ModelSpec(lambda width, num_classes: CifarResNet(num_classes, width, stages=3), 16,
+                          {"stem": "relu", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3"}),
+    "resnet18": ModelSpec(lambda width, num_classes: ResNet18(num_classes, width), 64, RESNET18_LAYERS),
+    "resnet18-cifar": ModelSpec(lambda width, num_classes: ResNet18(num_classes, width, cifar_stem=True), 64,
+                                RESNET18_LAYERS),
+    "resnet9": ModelSpec(lambda width, num_classes: ResNet9(num_classes, width), 64,
+                         {"stem": "net.0", "stage1": "net.2", "stage2": "net.5", "stage3": "net.6"}),
+    "vgg11": ModelSpec(lambda width, num_classes: VGG11(num_classes, width), 64,
+                       {"stem": "features.2", "stage1": "features.3", "stage2": "features.7", "stage3": "features.14",
+                        "stage4": "features.21", "stage5": "features.28"}),
+}
+
+
+BUILTIN_MODELS = frozenset(MODELS)
+
+
+def register_model(name, factory, *, feature_layers=None):
+    """Make `factory` (called with no arguments, it returns an nn.Module) available by `name`, to
+    Study(model=name) and to the command line's --model. `feature_layers`: the layers CKA reads
+    ({name: module path}; default: every top-level child)."""
+    if not callable(factory):
+        raise ConfigError(f"register_model({name!r}, ...) needs a callable that returns an nn.Module")
+    MODELS[name] = ModelSpec(lambda width, num_classes: factory(), None, feature_layers)
+
+
+def model_spec(model):
+    """A model's ModelSpec: `model` is a registered name, an import path `package.module:factory`, or a
+    callable that returns an nn.Module."""
+    if callable(model):
+        return ModelSpec(lambda width, num_classes: model())
+    if model in MODELS:
+        return MODELS[model]
+    module, sep, attribute = str(model).partition(":")
+    if not sep:
+        raise ConfigError(f"unknown --model {model!r}; choose from {', '.join(MODELS)}, or give an import path "
+                          f"such as my_package.nets:make_net")
+    try:
+        factory = functools.reduce(getattr, attribute.split("."), importlib.import_module(module))
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"cannot import the model factory {model!r}: {e}") from None
+    if not callable(factory):
+        raise ConfigError(f"{model!r} is not callable; it must return an nn.Module")
+    return ModelSpec(lambda width, num_classes: factory())
+
+
+def model_name(model):
+    """What a study's config records of a model: its registered name or import path, or for a
+    callable its module and qualified name."""
+    return model if isinstance(model, str) else f"{model.__module__}:{model.__qualname__}"
+
+
+def architecture_digest(model):
+    """A digest of a model's parameter and buffer names and shapes, built on the meta device (no
+    memory, no arithmetic): what a config records of a model of the user's own beside its name."""
+    with torch.device("meta"), torch.random.fork_rng(devices=[]):
+        module = model_spec(model).build(None, 10)
+    shapes = [(name, tuple(t.shape)) for name, t in module.state_dict().items()]
+    return hashlib.sha256(repr(shapes).encode()).hexdigest()[:16]
+
+
+def classifier_name(model):
+    """The module path of the classifier, the model's last nn.Linear: where dropout (the dropout
+    source) acts and where CKA reads the pooled features and the logits."""
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{type(model).__name__} has no nn.Linear classifier for dropout and CKA to act on")
+    return linears[-1]
+
+
+def feature_layers(model, spec):
+    """The layers CKA reads, {name: module path}: the spec's, else every top-level child but the classifier."""
+    if spec.feature_layers is not None:
+        return spec.feature_layers
+    head = classifier_name(model)
+    return {name: name for name, _ in model.named_children() if name != head}
+
+
+def build_model(model, *, init_seed, width=None, num_classes=10, dtype=torch.float32, dropout=None):
+    """Model `model` (as model_spec takes it) initialised from `init_seed` alone, on the CPU (the same
+    weights on every device): exactly `torch.manual_seed(init_seed); factory()`, then cast to `dtype`.
 
     The global generator is forked, so building a model never disturbs any other source of randomness.
     With `dropout`, the classifier's input is dropped out in training (see `add_dropout`).
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    spec = model_spec(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        model = MODELS[name](width or DEFAULT_WIDTH[name], num_classes)
+        module = spec.build(width or spec.width, num_classes)
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"the model factory {model_name(model)} returned {type(module).__name__}, not an nn.Module")
     if dropout:
-        add_dropout(model)
-    return model.to(dtype)
+        add_dropout(module)
+    return module.to(dtype)
 
 
 def add_dropout(model):
     """Dropout on the classifier's input, with its masks given from outside as the buffer
-    `fc.dropout_mask` (0 or 1/(1-p) per feature, B×features), so that each replica draws them from its
-    own dropout seed (fastvar.sources.DropoutMasks). Eval mode leaves the input as it is."""
-    model.fc.register_buffer("dropout_mask", torch.ones(0))
-    model.fc.register_forward_pre_hook(apply_dropout_mask)
+    `<classifier>.dropout_mask` (0 or 1/(1-p) per feature, B×features), so that each replica draws
+    them from its own dropout seed (fastvar.sources.DropoutMasks). Eval mode leaves the input as it is."""
+    head = model.get_submodule(classifier_name(model))
+    head.register_buffer("dropout_mask", torch.ones(0))
+    head.register_forward_pre_hook(apply_dropout_mask)
 
 
 def apply_dropout_mask(module, inputs):

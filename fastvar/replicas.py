@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from .models import build_model
+from .models import BUILTIN_MODELS, build_model, classifier_name, model_name
 from .vmap_layers import at_least_float32, small_convs, use_vmap_layers
 
 STRATEGIES = ("loop", "vmap")
@@ -27,21 +27,29 @@ CONVS = ("auto", "gemm", "native")
 
 class Replicas:
     def __init__(self, model, init_seeds, *, width=None, strategy="loop", dtype=torch.float32, device="cpu",
-                 dropout=None, compute_dtype=None, compile=None, conv="auto"):
+                 dropout=None, compute_dtype=None, compile=None, conv="auto", num_classes=10,
+                 input_shape=(3, 32, 32)):
+        """`model` as fastvar.models.model_spec takes it; `input_shape` (C, H, W, or D for features)
+        of one example, for the shapes that pick the GEMM convolutions."""
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
         device = torch.device(device)
         # Written-out BatchNorm where vmap needs it or mixed precision does (vmap_layers says why)
         elementary_norm = strategy == "vmap" or compute_dtype is not None
-        self.template = template(model, width, dtype, dropout, elementary_norm, conv_rule(conv, strategy, device))
-        models = [build_model(model, init_seed=s, width=width, dtype=dtype, dropout=dropout) for s in init_seeds]
+        self.template = template(model, width, dtype, dropout, elementary_norm, conv_rule(conv, strategy, device),
+                                 num_classes, tuple(input_shape))
+        models = [build_model(model, init_seed=s, width=width, dtype=dtype, dropout=dropout, num_classes=num_classes)
+                  for s in init_seeds]
         params, buffers = stack_module_state(models)
         orders = memory_orders(self.template)
         self.params = {n: laid_out(p.detach().to(device), orders.get(n)) for n, p in params.items()}
         self.buffers = {n: b.to(device) for n, b in buffers.items()}
         self.size, self.strategy, self.compile = len(init_seeds), strategy, compile
+        self.classifier = classifier_name(self.template)
         self.compute = compute_dtype and (compute_dtype, lowered_parameters(self.template))
-        self.channels_last = channels_last_is_safe(self.template, device, compile)
+        # channels-last input for the built-in models only, whose layers are known to take it (under
+        # vmap, GroupNorm, for one, asks for a contiguity that vmap cannot answer)
+        self.channels_last = model_name(model) in BUILTIN_MODELS and channels_last_is_safe(self.template, device, compile)
         # Leaves share storage with the stacks, so the optimizer's in-place updates reach them. Each
         # replica gets leaves of its own: autograd through slices of one stacked leaf would build a
         # zeroed full-size gradient per slice.
@@ -55,7 +63,7 @@ class Replicas:
         one value per replica, or None) → per-replica mean loss [M], correct count [M], stacked grads."""
         self.template.train()
         x = x if self.channels_last else x.contiguous()
-        extra = {} if dropout_masks is None else {"fc.dropout_mask": dropout_masks}
+        extra = {} if dropout_masks is None else {f"{self.classifier}.dropout_mask": dropout_masks}
         if self.strategy == "vmap":
             return self._vmap_grads(x, y, {**self.buffers, **extra}, label_smoothing)
         return self._loop_grads(x, y, [{**b, **{k: v[r] for k, v in extra.items()}}
@@ -90,12 +98,13 @@ class Replicas:
 
     @torch.no_grad()
     def logits(self, x):
-        """Eval-mode logits of every replica on one shared batch x B×3×H×W → M×B×classes."""
+        """Eval-mode logits of every replica on one shared batch x (B×C×H×W, or B×D) → M×B×classes."""
         self.template.eval()
         x = x if self.channels_last else x.contiguous()
         params = in_compute_dtype(self.params, self.compute)
-        if self.strategy == "vmap":
-            return vmap(forward, in_dims=(None, 0, 0, None))(self.template, params, self.buffers, x)
+        if self.strategy == "vmap":  # x as a batched input (a view): some layers (GroupNorm) fail on a shared one
+            return vmap(forward, in_dims=(None, 0, 0, 0))(self.template, params, self.buffers,
+                                                           x.expand(self.size, *x.shape))
         return torch.stack([forward(self.template, {n: p[r] for n, p in params.items()},
                                     self.replica_buffers[r], x) for r in range(self.size)])
 
@@ -109,12 +118,14 @@ class Replicas:
 
 
 @functools.cache
-def template(model, width, dtype, dropout, elementary_norm, gemm_rule):
+def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_classes, input_shape):
     """The model's structure without state (parameters and buffers come from the stacks), one per
     configuration in a process: compiled steps are keyed by it, so later batches reuse them.
     `elementary_norm`, `gemm_rule` ("all", "small", "none"): the layers of fastvar.vmap_layers to swap in."""
-    structure = build_model(model, init_seed=0, width=width, dtype=dtype, dropout=dropout).to("meta")
-    convs = {"all": set(structure.modules()), "small": small_convs(structure), "none": set()}[gemm_rule]
+    structure = build_model(model, init_seed=0, width=width, dtype=dtype, dropout=dropout,
+                            num_classes=num_classes).to("meta")
+    convs = {"all": set(structure.modules()), "small": small_convs(structure, input_shape),
+             "none": set()}[gemm_rule]
     return use_vmap_layers(structure, elementary_norm, convs)
 
 

@@ -10,15 +10,14 @@ import numpy as np
 import torch
 
 from . import cka as cka_module
+from .augment import normalized
 from .data import balanced_subset, load_dataset
 from .metrics import snapshot_ensembles, summarize
+from .precisions import PRECISIONS
 from .plots import analysis_figures, save_figures
 from .stats import paired, runs_per_arm, variance_components, welch
 from .errors import AnalysisError, StoreError
-from .store import Store, flatten, shard_stores
-from .study import PRECISIONS, weights_path
-from .train import normalized
-from .sweep import folder_name, sweep_points
+from .store import Store, flatten, folder_name, holds_runs, shard_stores, sweep_points, weights_path
 
 DIFFERENCES_PP = (0.05, 0.1, 0.2, 0.5)  # accuracy differences the power table plans for
 
@@ -362,7 +361,7 @@ def sweep_summary(folder):
     """Each point's mean ± SD of test accuracy, and its difference to the best point (paired over runs
     with the same seeds) with a 95 % interval; and the points not distinguishable from the best."""
     points = [(point, path, [r["test_acc"] for r in read_runs(path)[1]])
-              for point, path in sweep_points(folder) if (path / "runs.sqlite").is_file()]
+              for point, path in sweep_points(folder) if holds_runs(path)]
     if not points:
         raise AnalysisError(f"{folder}: no point has finished runs yet")
     best_point, best_path, _ = max(points, key=lambda p: np.mean(p[2]))
@@ -391,11 +390,11 @@ def results(folder):
     """Every run of a study folder, or of every point of a sweep folder (with the point's values as
     columns), as a pandas DataFrame if pandas is installed, else as a list of dicts."""
     folder = Path(folder)
-    if (folder / "runs.sqlite").is_file():
+    if holds_runs(folder):
         rows = read_runs(folder)[1]
     else:
         rows = [{**row, **point, "point": folder_name(point)} for point, path in sweep_points(folder)
-                if (path / "runs.sqlite").is_file() for row in read_runs(path)[1]]
+                if holds_runs(path) for row in read_runs(path)[1]]
     try:
         import pandas
     except ImportError:

@@ -6,6 +6,7 @@ refused rather than mixed in.
 """
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import sqlite3
@@ -20,6 +21,7 @@ from .errors import StoreError
 
 DB_NAME = "runs.sqlite"
 SHARD_PATTERN = "runs-shard-*-of-*.sqlite"
+DEFINITION = "sweep.json"  # a sweep folder's definition, beside its points' folders
 
 
 def db_name(shard=None):
@@ -180,6 +182,16 @@ class Store:
             self.lock_file.close()  # releases the lock
 
 
+def weights_path(folder, experiment, run_index):
+    """Where a run's kept final weights lie in its folder."""
+    return Path(folder) / "weights" / f"{run_key(experiment, run_index)}.pt"
+
+
+def holds_runs(folder):
+    """Whether `folder` holds a study's results: its runs.sqlite, or shard files not merged yet."""
+    return (Path(folder) / DB_NAME).is_file() or any(Path(folder).glob(SHARD_PATTERN))
+
+
 def shard_stores(folder):
     return [Store(folder, shard=shard_of(path)) for path in sorted(Path(folder).glob(SHARD_PATTERN))]
 
@@ -256,3 +268,22 @@ def decode(name, value, row):
     if name == "test_logits":
         return np.frombuffer(value, dtype=np.float16).reshape(row["n_test"], -1).astype(np.float32)
     return value
+
+
+def grid_points(settings):
+    """Every combination of the settings' values, as dicts, in the order the settings were given."""
+    names = list(settings)
+    return [dict(zip(names, values)) for values in itertools.product(*settings.values())]
+
+
+def folder_name(point):
+    """`lr=0.001,weight_decay=0`: the point's values, by name, so the order of --set does not matter."""
+    return ",".join(f"{k}={point[k]:g}" for k in sorted(point))
+
+
+def sweep_points(folder):
+    """The points of the sweep in `folder` with their subfolders: [(point, path)]."""
+    path = Path(folder) / DEFINITION
+    if not path.is_file():
+        raise StoreError(f"{folder} is not a sweep folder (no {DEFINITION})")
+    return [(point, Path(folder) / folder_name(point)) for point in grid_points(json.loads(path.read_text())["settings"])]

@@ -7,22 +7,21 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
 from .data import DATASETS, load_dataset
 from .errors import ConfigError
 from .sources import EPOCH_ORDERS, SOURCES, experiment_sources, kernel_mode, run_seeds
-from .store import Store, config_hash, run_key
-from .train import RECIPES, replica_hyperparameters, train_replicas
-from .models import DEFAULT_WIDTH, MODELS
+from .store import Store, config_hash, run_key, weights_path
+from .recipes import RECIPES, Recipe
+from .train import replica_hyperparameters, train_replicas
+from .models import BUILTIN_MODELS, architecture_digest, model_name, model_spec
+from .precisions import COMPUTE_DTYPE, PRECISIONS
 from .replicas import CONVS, STRATEGIES
 
-# Each precision: the dtype of the weights, and that of mixed precision's convolutions and linears.
-PRECISIONS = {"float32": torch.float32, "float64": torch.float64, "bf16-mixed": torch.float32}
-COMPUTE_DTYPE = {"bf16-mixed": torch.bfloat16}
 
 
 # Recipe hyperparameters a study may replace, with their allowed range [low, high).
@@ -33,11 +32,11 @@ OVERRIDABLE = {"lr": (1e-12, float("inf")), "weight_decay": (0, float("inf")), "
 @dataclass
 class Study:
     experiment: str | None = "all-random"  # a preset; None with `vary`
-    recipe: str = "seed"
+    recipe: str | Recipe = "seed"  # a name of RECIPES, or a Recipe
     runs: int | None = None  # None: 1000, or rows × columns for a grid
     batch_models: int = 16
     epochs: int | None = None  # None: the recipe's
-    model: str | None = None  # None: the recipe's
+    model: str | Callable | None = None  # a registered name, an import path or a factory; None: the recipe's
     width: int | None = None  # None: the model's (64 for the ResNet-18s)
     seed: int = 0
     train_subset: int | None = None
@@ -68,14 +67,16 @@ class Study:
             experiment_sources(self.experiment)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        choices = {"recipe": RECIPES, "precision": ("auto", *PRECISIONS), "dataset": DATASETS,
+        choices = {"recipe": (*RECIPES, *[self.recipe] * isinstance(self.recipe, Recipe)), "precision": ("auto", *PRECISIONS),
+                   "dataset": (*DATASETS, *[self.dataset] * self.dataset.startswith("arrays-")),
                    "strategy": ("auto", *STRATEGIES), "device": ("auto", "cpu", "cuda"), "compile": ("auto", "on", "off"),
                    "conv": CONVS, "epoch_order": EPOCH_ORDERS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
-        if self.model is not None and self.model not in MODELS:
-            raise ConfigError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        spec = model_spec(self.model_factory())  # an unknown name or a bad import path: one line, now
+        if self.width is not None and spec.width is None:
+            raise ConfigError("--width sets the width of fastvar's own models; this model takes none")
         self._check_grid()
         for name in ("runs", "batch_models", "epochs", "width", "train_subset", "test_subset", "threads"):
             value = getattr(self, name)
@@ -125,7 +126,7 @@ class Study:
         named = experiment_sources(self.experiment) if self.experiment.startswith("vary-") else set()
         absent = named - self.present_sources()
         if absent:
-            raise ConfigError(f"{self.experiment} varies {', '.join(sorted(absent))}, which the {self.recipe} "
+            raise ConfigError(f"{self.experiment} varies {', '.join(sorted(absent))}, which the {self.recipe_name()} "
                               f"recipe does not have; see --list-experiments")
         if self.onset_epoch is not None:
             if "init" in self.varied():
@@ -149,8 +150,8 @@ class Study:
 
     def recipe_dict(self):
         """The recipe with this study's overrides: every hyperparameter a run is trained with."""
-        recipe = dict(RECIPES[self.recipe])
-        recipe["model"] = self.model or recipe["model"]
+        recipe = (self.recipe if isinstance(self.recipe, Recipe) else RECIPES[self.recipe]).to_dict()
+        recipe["model"] = model_name(self.model) if self.model is not None else recipe["model"]
         recipe["epochs"] = self.epochs or recipe["epochs"]
         for name, value in (self.overrides or {}).items():
             if name in ("lr", "weight_decay"):
@@ -164,20 +165,32 @@ class Study:
             recipe["schedule"] = {**cosine, "cycles": self.snapshots}
         return recipe
 
+    def model_factory(self):
+        """The model as Replicas takes it: the study's own (a factory, kept as given), else the recipe's name."""
+        if self.model is not None:
+            return self.model
+        return self.recipe.model if isinstance(self.recipe, Recipe) else self.recipe_dict()["model"]
+
+    def recipe_name(self):
+        return "custom" if isinstance(self.recipe, Recipe) else self.recipe
+
     def resolved_width(self):
-        return self.width or DEFAULT_WIDTH[self.recipe_dict()["model"]]
+        return self.width or model_spec(self.model_factory()).width
 
     def config(self):
         """Everything that changes a run's result beyond rounding; not the run count, batching, strategy,
         compile, conv or device (recorded in each row)."""
-        config = {"recipe": self.recipe, "hyperparameters": self.recipe_dict(), "width": self.resolved_width(),
+        config = {"recipe": self.recipe_name(), "hyperparameters": self.recipe_dict(), "width": self.resolved_width(),
                   "train_subset": self.train_subset, "test_subset": self.test_subset, "seed": self.seed,
                   "experiment": self.experiment, "precision": self.resolved_precision()}
         # Newer settings only where set, so that older folders keep their config hash.
         optional = {"grid": self.grid and list(self.grid), "vary": self.vary and list(self.vary),
                     "fixed_seed": self.fixed_seed, "onset_epoch": self.onset_epoch,
                     "dataset": self.dataset if self.dataset != "cifar10" else None,
-                    "epoch_order": self.epoch_order if self.epoch_order != "fresh" else None}
+                    "epoch_order": self.epoch_order if self.epoch_order != "fresh" else None,
+                    # a model of the user's own: its parameters' names and shapes, beside its name
+                    "architecture": None if self.recipe_dict()["model"] in BUILTIN_MODELS
+                    else architecture_digest(self.model_factory())}
         return {**config, **{k: v for k, v in optional.items() if v}}
 
     def notes(self):
@@ -230,6 +243,8 @@ class Study:
         of the `todo` it had left."""
         self.apply_threads()
         data = self.load_data(data_dir, download) if data is None else data
+        if data.name.startswith("arrays-"):  # the user's own data: its digest is part of the config
+            self.dataset = data.name
         store = self.open_store(out, data)
         train_runs([(self, store, i) for i in self.unfinished(store)], data, progress)
         return store
@@ -300,7 +315,8 @@ def train_chunk(chunk, data, device, on_step, size):
     seeds = [study.seeds(i) for study, _, i in padded]
     keep = [r for r, (study, _, i) in enumerate(chunk) if i < study.save_weights]
     started = time.perf_counter()
-    results = train_replicas(data, lead.recipe_dict(), seeds, width=lead.resolved_width(), strategy=strategy,
+    results = train_replicas(data, lead.recipe_dict(), seeds, model=lead.model_factory(), width=lead.resolved_width(),
+                             strategy=strategy,
                              dtype=PRECISIONS[precision], compute_dtype=COMPUTE_DTYPE.get(precision),
                              compile=compile, conv=lead.conv, on_step=on_step, keep_weights=keep,
                              eval_every_epoch=lead.eval_every_epoch, onset_epoch=lead.onset_epoch or 0,
@@ -318,10 +334,6 @@ def train_chunk(chunk, data, device, on_step, size):
         by_store.setdefault(store, []).append(study.row(s, result, **how))
     for store, rows in by_store.items():  # one transaction per folder
         store.add_runs(rows)
-
-
-def weights_path(folder, experiment, run_index):
-    return Path(folder) / "weights" / f"{run_key(experiment, run_index)}.pt"
 
 
 def save_weights(state_dict, path):

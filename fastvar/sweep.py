@@ -9,19 +9,18 @@ so they compare pairwise. Points that differ only in what a batch holds per repl
 weight decay, label smoothing) train in the same batches, run k of every point side by side; points
 that change shapes or step counts (epochs, width, batch size) train in batches of their own.
 """
-import itertools
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import ConfigError, StoreError
+from .store import DEFINITION, folder_name, grid_points
 from .study import Study, train_runs
 
 BATCHABLE = ("lr", "weight_decay", "label_smoothing")
 STUDY_FIELDS = ("epochs", "width")  # set on the Study itself; the rest replace recipe values
 SETTINGS = BATCHABLE + ("batch_size",) + STUDY_FIELDS
 ALIASES = {"wd": "weight_decay", "ls": "label_smoothing"}
-DEFINITION = "sweep.json"
 HOW = ("batch_models", "strategy", "device", "compile", "conv", "threads", "shard")  # Study fields that change no result
 
 
@@ -106,22 +105,3 @@ def definition(settings, study):
     defaults = {f.name: f.default for f in fields(Study)}
     return {"settings": settings, "study": {k: v for k, v in study.items()
                                             if k not in HOW and not (k in defaults and v == defaults[k])}}
-
-
-def grid_points(settings):
-    """Every combination of the settings' values, as dicts, in the order the settings were given."""
-    names = list(settings)
-    return [dict(zip(names, values)) for values in itertools.product(*settings.values())]
-
-
-def folder_name(point):
-    """`lr=0.001,weight_decay=0`: the point's values, by name, so the order of --set does not matter."""
-    return ",".join(f"{k}={point[k]:g}" for k in sorted(point))
-
-
-def sweep_points(folder):
-    """The points of the sweep in `folder` with their subfolders: [(point, path)]."""
-    path = Path(folder) / DEFINITION
-    if not path.is_file():
-        raise StoreError(f"{folder} is not a sweep folder (no {DEFINITION})")
-    return [(point, Path(folder) / folder_name(point)) for point in grid_points(json.loads(path.read_text())["settings"])]

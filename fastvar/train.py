@@ -1,53 +1,13 @@
-"""Recipes and the loop that trains a batch of replicas through a whole run, all at once."""
+"""The loop that trains a batch of replicas through a whole run, all at once, by a recipe's dict."""
 import math
 
 import torch
 import torch.nn.functional as F
 
-from .augment import augment
+from .augment import batch_inputs, normalized
 from .optim import OPTIMIZERS
 from .replicas import Replicas
 from .sources import DataOrder, DropoutMasks, perturb_one_ulp
-
-CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
-
-# Each recipe is every hyperparameter of a run in one place (airbench's `hyp`). Learning rates are
-# peaks; `schedule` shapes them over the run; `augment` holds the options of fastvar.augment.augment.
-RECIPES = {
-    # The seed study: torchvision ResNet-18, Adam 1e-3, batch 128, 10 epochs, no augmentation.
-    "seed": {
-        "model": "resnet18", "epochs": 10, "batch_size": 128,
-        "optimizer": {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},
-        "schedule": {"name": "constant"},
-        "augment": {},
-        "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-    },
-    # Summers & Dinneen: ResNet-14, SGD, cosine after a warm-up, biases and BatchNorm at 0.1 × LR.
-    "summers": {
-        "model": "resnet14", "epochs": 500, "batch_size": 512,
-        "optimizer": {"name": "sgd", "lr": 0.4, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4},
-        "schedule": {"name": "cosine", "warmup_epochs": 3, "warmup_fraction": 0.2},
-        "lr_scale_1d": 0.1,
-        "augment": {"flip": True, "pad": 4},
-        "mean": CIFAR_MEAN, "std": CIFAR_STD,
-    },
-    # Jordan's 60k-run study: ResNet-9, SGD, learning rate decayed linearly to zero.
-    "jordan": {
-        "model": "resnet9", "epochs": 64, "batch_size": 500,
-        "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4},
-        "schedule": {"name": "linear"},
-        "augment": {"flip": True, "translate": 2, "cutout": 12},
-        "mean": CIFAR_MEAN, "std": CIFAR_STD,
-    },
-    # The usual CIFAR ResNet-18 (3x3 stem), SGD with a cosine schedule.
-    "resnet18-cifar": {
-        "model": "resnet18-cifar", "epochs": 30, "batch_size": 128,
-        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4},
-        "schedule": {"name": "cosine"},
-        "augment": {"flip": True, "pad": 4},
-        "mean": CIFAR_MEAN, "std": CIFAR_STD,
-    },
-}
 
 EVAL_BATCH = 1000
 SEED_TEST_BATCH = 128  # the seed repository's test loader, whose batch means it averaged
@@ -96,11 +56,12 @@ def make_optimizer(recipe, params, by_replica=False, compile=False, **vectors):
 
 def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype=None, compile=None, conv="auto",
                    on_step=None, keep_weights=(), eval_every_epoch=False, onset_epoch=0, fixed=None, hyper=None,
-                   epoch_order="fresh"):
+                   epoch_order="fresh", model=None):
     """Train one replica per entry of `seeds` (RunSeeds) on `data` (already on its device); with an
     `onset_epoch`, every replica uses the `fixed` RunSeeds' order and augmentation before it; `hyper`,
     one dict per replica as `replica_hyperparameters` gives, sets each replica's own (default: the recipe's);
-    `epoch_order` as fastvar.sources.DataOrder takes it.
+    `epoch_order` as fastvar.sources.DataOrder takes it; `model` (default: the recipe's) as
+    fastvar.models.model_spec takes it.
 
     Returns one dict per replica: per-epoch training loss and accuracy (fit's curves), test logits,
     accuracy, loss,
@@ -110,9 +71,10 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
     `compute_dtype` (bfloat16 for mixed precision, or None), `compile` and `conv` as Replicas takes them.
     `on_step(fraction)` is called after each step with the fraction of this batch's training done.
     """
-    replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], width=width, strategy=strategy,
+    replicas = Replicas(model or recipe["model"], [s.init_seed for s in seeds], width=width, strategy=strategy,
                         dtype=dtype, device=data.x_train.device, dropout=recipe.get("dropout"),
-                        compute_dtype=compute_dtype, compile=compile, conv=conv)
+                        compute_dtype=compute_dtype, compile=compile, conv=conv, num_classes=data.num_classes,
+                        input_shape=data.example_shape)
     test_scores, snapshots, latest = [], [], {}  # evaluation draws no randomness: it changes no result
     snapshot_at = snapshot_epochs(recipe)
 
@@ -167,7 +129,8 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     fixed_aug = torch.full_like(own_aug, before.aug_seed) if before else own_aug
     masks = None
     if recipe.get("dropout"):
-        masks = DropoutMasks([s.dropout_seed for s in seeds], recipe["dropout"], replicas.template.fc.in_features,
+        features = replicas.template.get_submodule(replicas.classifier).in_features
+        masks = DropoutMasks([s.dropout_seed for s in seeds], recipe["dropout"], features,
                              onset_epoch, before and before.dropout_seed)
     dtype = replicas.input_dtype()
     n, batch, epochs = len(data.y_train), recipe["batch_size"], recipe["epochs"]
@@ -186,8 +149,7 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
         correct = torch.zeros(replicas.size, dtype=torch.int64, device=device)
         for step, start in enumerate(range(0, n, batch)):  # the last, partial batch is kept
             indices = order[:, start:start + batch]
-            x = augment(data.x_train, indices, aug_seeds, epoch, **recipe["augment"],
-                        mean=recipe["mean"], std=recipe["std"], dtype=dtype)
+            x = batch_inputs(data.x_train, indices, aug_seeds, epoch, recipe, dtype)
             dropout = None if masks is None else masks.draw(epoch, indices.shape[1]).to(device, dtype)
             losses, hits, grads = replicas.train_step_grads(x, data.y_train[indices], dropout, smoothing)
             done = epoch * steps_per_epoch + step
@@ -212,12 +174,6 @@ def evaluate(replicas, data, recipe):
     chunks = [replicas.logits(normalized(data.x_test, torch.arange(start, min(start + EVAL_BATCH, n), device=device),
                                          recipe, dtype)) for start in range(0, n, EVAL_BATCH)]
     return torch.cat(chunks, dim=1)
-
-
-def normalized(images, indices, recipe, dtype):
-    """images[indices] (uint8 NHWC) as the model sees them in evaluation: normalised, not augmented."""
-    return augment(images, indices[None], torch.zeros(1, dtype=torch.int64), 0,
-                   mean=recipe["mean"], std=recipe["std"], dtype=dtype)[0]
 
 
 def scores(logits, labels):

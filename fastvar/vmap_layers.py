@@ -102,15 +102,17 @@ def gemm_convertible(module):
             and len({*module.kernel_size}) == len({*module.stride}) == len({*module.padding}) == 1)
 
 
-def small_convs(structure, max_pixels=4):
-    """The Conv2d modules whose output has at most `max_pixels` pixels for a 32×32 input, found by a
-    forward pass on the meta device (no arithmetic)."""
+def small_convs(structure, input_shape=(3, 32, 32), max_pixels=4):
+    """The Conv2d modules whose output has at most `max_pixels` pixels for an input of one example of
+    `input_shape`, found by a forward pass on the meta device (no arithmetic)."""
     small = set()
+    if not any(isinstance(m, torch.nn.Conv2d) for m in structure.modules()):
+        return small
     hooks = [m.register_forward_hook(lambda m, inputs, out: small.add(m) if out.shape[-2] * out.shape[-1] <= max_pixels
                                      else None) for m in structure.modules() if isinstance(m, torch.nn.Conv2d)]
     training = structure.training
     dtype = next(structure.parameters()).dtype
-    structure.eval()(torch.empty(1, 3, 32, 32, device="meta", dtype=dtype))
+    structure.eval()(torch.empty(1, *input_shape, device="meta", dtype=dtype))
     structure.train(training)
     for hook in hooks:
         hook.remove()

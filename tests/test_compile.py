@@ -11,7 +11,8 @@ from fastvar import cli
 from fastvar.replicas import Replicas
 from fastvar.sources import run_seeds
 from fastvar.store import Store
-from fastvar.train import RECIPES, fit
+from fastvar.recipes import RECIPES
+from fastvar.train import fit
 from fastvar.vmap_layers import GemmConv2d
 
 

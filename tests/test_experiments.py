@@ -7,7 +7,7 @@ from fastvar import cli
 from fastvar.replicas import Replicas
 from fastvar.sources import EXPERIMENTS, run_seeds, perturb_one_ulp
 from fastvar.store import Store
-from fastvar.study import weights_path
+from fastvar.store import weights_path
 
 SEED_COLUMNS = {"init": "init_seed", "order": "order_seed", "aug": "aug_seed", "dropout": "dropout_seed",
                 "perturb": "perturb_seed"}

@@ -14,7 +14,8 @@ import torch
 from fastvar import Study, cli, study as study_module
 from fastvar.sources import run_seeds
 from fastvar.store import Store
-from fastvar.train import RECIPES, replica_hyperparameters, train_replicas
+from fastvar.recipes import RECIPES
+from fastvar.train import replica_hyperparameters, train_replicas
 from conftest import ROOT, random_dataset
 
 

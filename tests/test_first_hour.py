@@ -17,7 +17,9 @@ from fastvar.replicas import Replicas
 from fastvar.report import analyze_folder
 from fastvar.sources import DataOrder, run_seeds
 from fastvar.store import Store
-from fastvar.train import RECIPES, batch_mean_loss, fit, normalized
+from fastvar.augment import normalized
+from fastvar.recipes import RECIPES
+from fastvar.train import batch_mean_loss, fit
 from conftest import ROOT, random_dataset
 from test_failures import error_lines, folder_bytes
 
@@ -73,7 +75,7 @@ def test_the_start_names_what_will_run(synthetic_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"fastvar: loading CIFAR-10 from {synthetic_dir} ..." in err
     assert (f"fastvar: training 2 of 2 runs of all-random into {tmp_path / 'study'} (0 there already): the seed "
-            f"recipe, resnet18 at width 4, 1 epochs of 320 images, on cpu with {torch.get_num_threads()} threads, "
+            f"recipe, resnet18 at width 4, 1 epochs of 320 examples, on cpu with {torch.get_num_threads()} threads, "
             f"loop strategy, M = 2, float32") in err
 
 

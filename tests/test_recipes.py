@@ -7,7 +7,9 @@ import torch
 
 from fastvar.models import BasicBlock, build_model
 from fastvar.sources import run_seeds
-from fastvar.train import RECIPES, lr_factor, make_optimizer, train_replicas
+from fastvar.errors import ConfigError
+from fastvar.recipes import RECIPES
+from fastvar.train import lr_factor, make_optimizer, train_replicas
 from conftest import random_dataset
 
 
@@ -78,3 +80,39 @@ def test_a_cyclic_cosine_restarts_and_one_cycle_is_the_plain_cosine():
     cycled = [lr_factor({**plain, "cycles": 2}, step, 10, 100) for step in range(100)]
     assert cycled[50] == 1.0 and cycled[49] < 0.01 and cycled[99] < 0.01  # restart, two troughs
     assert cycled[:10] == factors[:10]  # the warm-up belongs to the first cycle only
+
+
+# The recipes as fastvar 0.1 wrote them into every folder's config: a Recipe must read as exactly
+# these, or every folder made before typed recipes would refuse to resume ("another config").
+CIFAR = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}
+RECIPES_AS_STORED = {
+    "seed": {"model": "resnet18", "epochs": 10, "batch_size": 128, "schedule": {"name": "constant"}, "augment": {},
+             "optimizer": {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},
+             "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+    "summers": {"model": "resnet14", "epochs": 500, "batch_size": 512, "lr_scale_1d": 0.1,
+                "optimizer": {"name": "sgd", "lr": 0.4, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4},
+                "schedule": {"name": "cosine", "warmup_epochs": 3, "warmup_fraction": 0.2},
+                "augment": {"flip": True, "pad": 4}, **CIFAR},
+    "jordan": {"model": "resnet9", "epochs": 64, "batch_size": 500, "schedule": {"name": "linear"},
+               "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4},
+               "augment": {"flip": True, "translate": 2, "cutout": 12}, **CIFAR},
+    "resnet18-cifar": {"model": "resnet18-cifar", "epochs": 30, "batch_size": 128, "schedule": {"name": "cosine"},
+                       "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False,
+                                     "weight_decay": 5e-4},
+                       "augment": {"flip": True, "pad": 4}, **CIFAR},
+}
+
+
+def test_typed_recipes_read_as_the_dicts_older_folders_stored():
+    assert {name: recipe.to_dict() for name, recipe in RECIPES.items()} == RECIPES_AS_STORED
+    assert dict(RECIPES["seed"]) == RECIPES_AS_STORED["seed"]  # a Recipe is a mapping of them too
+
+
+def test_a_recipe_replaces_its_own_settings_and_its_optimizers():
+    from fastvar import SGD, Recipe
+    recipe = RECIPES["seed"].replace(lr=2e-3, epochs=3)
+    assert recipe.optimizer.lr == 2e-3 and recipe.epochs == 3 and RECIPES["seed"].optimizer.lr == 1e-3
+    assert Recipe().to_dict()["schedule"] == {"name": "constant"} and Recipe().augment.to_dict() == {}
+    assert SGD().to_dict() == {"name": "sgd", "lr": 1e-3, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}
+    with pytest.raises(ConfigError, match="no setting betas2"):
+        recipe.replace(betas2=0.5)

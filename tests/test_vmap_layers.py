@@ -8,7 +8,8 @@ from torch.func import functional_call, stack_module_state, vmap
 from conftest import random_dataset
 from fastvar.replicas import Replicas, laid_out
 from fastvar.sources import run_seeds
-from fastvar.train import RECIPES, fit
+from fastvar.recipes import RECIPES
+from fastvar.train import fit
 from fastvar.models import build_model
 from fastvar.vmap_layers import ElementaryBatchNorm2d, GemmConv2d, gemm_convertible, small_convs
 
@@ -132,6 +133,7 @@ def test_auto_conv_rule_takes_small_outputs_on_a_cpu_and_all_under_vmap_on_cuda(
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert [conv_rule("auto", s, d) for s, d in (("loop", cpu), ("vmap", cpu), ("vmap", cuda))] == ["small", "small", "all"]
     assert (conv_rule("gemm", "loop", cpu), conv_rule("native", "vmap", cuda)) == ("all", "none")
-    narrow = template("resnet14", 8, torch.float32, None, False, "small")  # 8×8 at its smallest: all native
+    cifar = (10, (3, 32, 32))  # classes, one example's shape
+    narrow = template("resnet14", 8, torch.float32, None, False, "small", *cifar)  # 8×8 at its smallest: all native
     assert not any(isinstance(m, GemmConv2d) for m in narrow.modules())
-    assert sum(isinstance(m, GemmConv2d) for m in template("resnet14", 8, torch.float32, None, False, "all").modules()) == 13
+    assert sum(isinstance(m, GemmConv2d) for m in template("resnet14", 8, torch.float32, None, False, "all", *cifar).modules()) == 13

@@ -1,0 +1,147 @@
+"""Recipes: every hyperparameter of a run, typed, with its defaults in one place.
+
+    recipe = fastvar.Recipe(model=make_net, epochs=20, batch_size=256,
+                            optimizer=fastvar.SGD(lr=0.1, momentum=0.9, weight_decay=5e-4),
+                            schedule=fastvar.Cosine(), augment=fastvar.Augment(flip=True, pad=4))
+    recipe.replace(lr=2e-3)
+
+A Recipe reads as the plain dict the training loop takes (`to_dict`, and item access), the dict a
+study's config records; a default it leaves unset is not written there, so the configs of older
+folders keep their hashes. Learning rates are peaks; the schedule shapes them over the run.
+"""
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Callable, Mapping
+
+from .errors import ConfigError
+from .models import model_name
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class Adam:
+    """Adam as torch.optim.Adam has it by default; `decoupled`: AdamW's weight decay."""
+    lr: float = 1e-3
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    decoupled: bool = False
+
+    def to_dict(self):
+        d = {"name": "adam", "lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+             "weight_decay": self.weight_decay}
+        return {**d, "decoupled": True} if self.decoupled else d
+
+
+@dataclass(frozen=True)
+class SGD:
+    """SGD as torch.optim.SGD has it by default (no dampening)."""
+    lr: float = 1e-3
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+    def to_dict(self):
+        return {"name": "sgd", "lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
+
+
+@dataclass(frozen=True)
+class Constant:
+    def to_dict(self):
+        return {"name": "constant"}
+
+
+@dataclass(frozen=True)
+class Linear:
+    """Decayed linearly to zero over the run."""
+    def to_dict(self):
+        return {"name": "linear"}
+
+
+@dataclass(frozen=True)
+class Cosine:
+    """Cosine to zero, after a linear warm-up over min(warmup_epochs, warmup_fraction of the run)."""
+    warmup_epochs: int = 0
+    warmup_fraction: float = 0.0
+
+    def to_dict(self):
+        return {"name": "cosine", **{k: v for k, v in asdict(self).items() if v}}
+
+
+@dataclass(frozen=True)
+class Augment:
+    """fastvar.augment.augment's options: flip, a random crop after `pad` pixels of padding (zeros, or
+    `pad_mode="reflect"`), airbench's `translate`, a `cutout` square. The default: none."""
+    flip: bool = False
+    pad: int = 0
+    translate: int = 0
+    cutout: int = 0
+    pad_mode: str = "zeros"
+
+    def to_dict(self):
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+
+
+@dataclass(frozen=True)
+class Recipe(Mapping):
+    """Everything a run is trained with but its seeds. `mean` and `std` are per channel on the [0, 1]
+    pixel scale (one value serves every channel); `lr_scale_1d` scales the learning rate of biases
+    and normalisation parameters."""
+    model: str | Callable = "resnet18"
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: Adam | SGD = field(default_factory=Adam)
+    schedule: Constant | Linear | Cosine = field(default_factory=Constant)
+    augment: Augment = field(default_factory=Augment)
+    mean: tuple = (0.5,)
+    std: tuple = (0.5,)
+    lr_scale_1d: float | None = None
+    dropout: float | None = None
+    label_smoothing: float = 0.0
+
+    def replace(self, **changes):
+        """A new recipe with `changes`; lr, weight_decay and the optimizer's other settings by name too."""
+        own = {k: v for k, v in changes.items() if k in {f.name for f in fields(self)}}
+        for_optimizer = {k: v for k, v in changes.items() if k not in own}
+        unknown = set(for_optimizer) - {f.name for f in fields(self.optimizer)}
+        if unknown:
+            raise ConfigError(f"a recipe has no setting {', '.join(sorted(unknown))}")
+        optimizer = replace(own.pop("optimizer", self.optimizer), **for_optimizer)
+        return replace(self, **own, optimizer=optimizer)
+
+    def to_dict(self):
+        d = {"model": model_name(self.model), "epochs": self.epochs, "batch_size": self.batch_size,
+             "optimizer": self.optimizer.to_dict(), "schedule": self.schedule.to_dict(),
+             "augment": self.augment.to_dict(), "mean": list(self.mean), "std": list(self.std)}
+        optional = {"lr_scale_1d": self.lr_scale_1d, "dropout": self.dropout, "label_smoothing": self.label_smoothing}
+        return {**d, **{k: v for k, v in optional.items() if v}}
+
+    def __getitem__(self, key):
+        return self.to_dict()[key]
+
+    def __iter__(self):
+        return iter(self.to_dict())
+
+    def __len__(self):
+        return len(self.to_dict())
+
+
+RECIPES = {
+    # The seed study: torchvision ResNet-18, Adam 1e-3, batch 128, 10 epochs, no augmentation.
+    "seed": Recipe(model="resnet18", epochs=10, batch_size=128, optimizer=Adam(lr=1e-3),
+                   mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    # Summers & Dinneen: ResNet-14, SGD, cosine after a warm-up, biases and BatchNorm at 0.1 × LR.
+    "summers": Recipe(model="resnet14", epochs=500, batch_size=512,
+                      optimizer=SGD(lr=0.4, momentum=0.9, weight_decay=5e-4),
+                      schedule=Cosine(warmup_epochs=3, warmup_fraction=0.2), lr_scale_1d=0.1,
+                      augment=Augment(flip=True, pad=4), mean=CIFAR_MEAN, std=CIFAR_STD),
+    # Jordan's 60k-run study: ResNet-9, SGD, learning rate decayed linearly to zero.
+    "jordan": Recipe(model="resnet9", epochs=64, batch_size=500, optimizer=SGD(lr=0.5, momentum=0.9, weight_decay=5e-4),
+                     schedule=Linear(), augment=Augment(flip=True, translate=2, cutout=12), mean=CIFAR_MEAN,
+                     std=CIFAR_STD),
+    # The usual CIFAR ResNet-18 (3x3 stem), SGD with a cosine schedule.
+    "resnet18-cifar": Recipe(model="resnet18-cifar", epochs=30, batch_size=128,
+                             optimizer=SGD(lr=0.1, momentum=0.9, weight_decay=5e-4), schedule=Cosine(),
+                             augment=Augment(flip=True, pad=4), mean=CIFAR_MEAN, std=CIFAR_STD),
+}

@@ -50,8 +50,8 @@ def main(out="results/custom-model"):
                             optimizer=fastvar.Adam(lr=3e-3),
                             schedule=fastvar.Cosine(), augment=fastvar.Augment(flip=True, pad=2))
     for experiment in ("all-random", "fixed-init"):
-        study = fastvar.Study(experiment=experiment, recipe=recipe, runs=8, batch_models=8)
-        study.run(f"{out}/{experiment}", data=data)
+        study = fastvar.Study(experiment=experiment, recipe=recipe, runs=8)
+        study.run(f"{out}/{experiment}", data=data, execution=fastvar.Execution(batch_models=8))
     for analysis in fastvar.analyze(f"{out}/all-random", f"{out}/fixed-init"):
         m = analysis.metrics
         print(f"{analysis.name}: {m['n']} runs, test accuracy {m['acc_mean'] * 100:.2f} % "

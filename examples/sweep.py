@@ -13,8 +13,8 @@ from fastvar.report import sweep_summary
 
 out = sys.argv[1] if len(sys.argv) > 1 else "results/examples/lr-sweep"
 sweep = fastvar.Sweep({"lr": [5e-4, 1e-3, 2e-3]}, runs_per_point=8,
-                      study={"batch_models": 12, "width": 8, "epochs": 5, "train_subset": 5000})
-sweep.run(out)
+                      study={"width": 8, "epochs": 5, "train_subset": 5000})
+sweep.run(out, execution=fastvar.Execution(batch_models=12))
 
 table, verdict = sweep_summary(out)
 print(table)

@@ -12,7 +12,7 @@ _EXPORTS = {
     "AnalysisError": "errors",
     "Recipe": "recipes", "Adam": "recipes", "SGD": "recipes", "Constant": "recipes", "Linear": "recipes",
     "Cosine": "recipes", "Augment": "recipes", "RECIPES": "recipes",
-    "Dataset": "data", "register_model": "models",
+    "Dataset": "data", "register_model": "models", "Execution": "execution",
 }
 __all__ = list(_EXPORTS)
 

@@ -15,9 +15,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from . import native  # noqa: E402
 from .data import DATASETS, default_data_dir, load_arrays, load_dataset  # noqa: E402
 from .errors import FastvarError, writing  # noqa: E402
+from .execution import Execution  # noqa: E402
 from .export import FORMATS, export  # noqa: E402
 from .models import MODELS  # noqa: E402
 from .plots import plot_study  # noqa: E402
@@ -157,13 +157,17 @@ def study_arguments(args):
     if args.model and ":" in args.model and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # an import path names the user's module, as `python -m` would find it
     experiment = args.experiment or ("grid" if args.grid else None if args.vary else "all-random")
-    return dict(experiment=experiment, recipe=args.recipe, batch_models=args.batch_models, epochs=args.epochs,
-                model=args.model, width=args.width, seed=args.seed, train_subset=args.train_subset,
-                test_subset=args.test_subset, precision=args.precision, strategy=args.strategy, device=args.device,
-                compile=args.compile, conv=args.conv, threads=args.threads, epoch_order=args.epoch_order,
-                grid=args.grid, save_weights=args.save_weights, eval_every_epoch=args.eval_every_epoch,
-                snapshots=args.snapshots, vary=args.vary, fixed_seed=args.fixed_seed, onset_epoch=args.onset_epoch,
-                dropout=args.dropout, dataset=args.dataset, shard=args.shard or shard_from_environment())
+    return dict(experiment=experiment, recipe=args.recipe, epochs=args.epochs, model=args.model, width=args.width,
+                seed=args.seed, train_subset=args.train_subset, test_subset=args.test_subset,
+                precision=args.precision, epoch_order=args.epoch_order, grid=args.grid, save_weights=args.save_weights,
+                eval_every_epoch=args.eval_every_epoch, snapshots=args.snapshots, vary=args.vary,
+                fixed_seed=args.fixed_seed, onset_epoch=args.onset_epoch, dropout=args.dropout, dataset=args.dataset)
+
+
+def execution_of(args):
+    """The Execution the parsed flags of add_study_arguments ask for."""
+    return Execution(device=args.device, strategy=args.strategy, batch_models=args.batch_models, compile=args.compile,
+                     conv=args.conv, threads=args.threads, shard=args.shard or shard_from_environment())
 
 
 def shard_spec(text):
@@ -202,7 +206,6 @@ def main(argv=None, prog="fastvar"):
         argv.insert(0, "train")  # `run.py --experiment X` means `run.py train --experiment X`
     args = build_parser(prog).parse_args(argv)
     args.prog, args.command_line = prog, f"{prog} {shlex.join(argv)}"  # recorded in what it writes
-    native.retain_freed_memory()
     try:
         return {"train": train, "sweep": sweep_command, "plot": plot, "analyze": analyze_command,
                 "compare": compare_command, "merge": merge_command, "export": export_command,
@@ -219,11 +222,11 @@ def train(args):
     if args.list_experiments:
         print(experiment_table(args.recipe))
         return 0
-    study = Study(**study_arguments(args), runs=args.runs)
-    for note in study.notes():
+    study, execution = Study(**study_arguments(args), runs=args.runs), execution_of(args)
+    for note in study.notes(execution.resolved_device()):
         print(f"fastvar: note: {note}", file=sys.stderr)
     out = args.out or Path("results") / study.experiment
-    store = run_with_progress(study, study, study.runs, out, args, small_command(args.prog, study))
+    store = run_with_progress(study, study, execution, study.runs, out, args, small_command(args.prog, study))
     if store is None:
         return 130
     rows = store.runs()
@@ -235,19 +238,20 @@ def train(args):
     return 0
 
 
-def run_with_progress(target, lead, total, out, args, small=None):
-    """Train a Study or a Sweep (`target`, whose first study is `lead`) into `out` with a progress bar
+def run_with_progress(target, lead, execution, total, out, args, small=None):
+    """Train a Study or a Sweep (`target`, whose first study is `lead`) into `out` as `execution` says,
+    with a progress bar
     of `total` runs; return what its run returns, or None after Ctrl-C (its finished runs are kept).
     Says what it loads, then what it trains, then (after PROJECT_AFTER_S of steps) the projected time,
     with `small`, a command sized for a CPU, where that projects beyond a day there."""
     where, name = (args.data, "data") if args.data else (args.data_dir or default_data_dir(), DATASETS[lead.dataset])
     print(f"fastvar: loading {name} from {where} ...", file=sys.stderr, flush=True)
     data = load_arrays(args.data) if args.data else lead.load_data(args.data_dir, args.download)
-    device = lead.resolved_device()
-    bar = ProgressBar(total, lambda todo: plan_line(lead, total, todo, out, len(data.y_train)),
+    device = execution.resolved_device()
+    bar = ProgressBar(total, lambda todo: plan_line(lead, execution, total, todo, out, len(data.y_train)),
                       lambda todo, rate: projection_lines(todo, rate, device.type, small))
     try:
-        result = target.run(out, data=data, progress=bar.update)
+        result = target.run(out, execution=execution, data=data, progress=bar.update)
     except KeyboardInterrupt:
         result = None
     finally:
@@ -257,15 +261,16 @@ def run_with_progress(target, lead, total, out, args, small=None):
     return result
 
 
-def plan_line(study, total, todo, out, images):
-    """One line naming what will run."""
-    device = study.resolved_device()
+def plan_line(study, execution, total, todo, out, images):
+    """One line naming what will run, and how."""
+    device = execution.resolved_device()
     threads = f" with {torch.get_num_threads()} threads" if device.type == "cpu" else ""  # set by Study.run
     width = f" at width {study.resolved_width()}" if study.resolved_width() is not None else ""
     return (f"fastvar: training {todo} of {total} runs of {study.experiment} into {out} "
             f"({total - todo} there already): the {study.recipe_name()} recipe, {study.recipe_dict()['model']}{width}, "
             f"{study.recipe_dict()['epochs']} epochs of {images:,} examples, on {device}{threads}, "
-            f"{study.resolved_strategy(device)} strategy, M = {study.batch_models}, {study.resolved_precision()}")
+            f"{execution.resolved_strategy(device)} strategy, M = {execution.batch_models}, "
+            f"{study.resolved_precision(device)}")
 
 
 def projection_lines(todo, runs_per_hour, device_type, small=None):
@@ -300,7 +305,7 @@ def sweep_command(args):
     sweep = Sweep(dict(parse_setting(text) for text in args.set), runs_per_point=args.runs_per_point,
                   study=study_arguments(args))
     total = len(sweep.studies) * sweep.runs_per_point
-    if run_with_progress(sweep, sweep.studies[0][1], total, args.out, args) is None:
+    if run_with_progress(sweep, sweep.studies[0][1], execution_of(args), total, args.out, args) is None:
         return 130
     table, verdict = sweep_summary(args.out)
     print(f"{table}\n{verdict}")

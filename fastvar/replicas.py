@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
+from .errors import ConfigError
 from .models import BUILTIN_MODELS, build_model, classifier_name, model_name
 from .vmap_layers import at_least_float32, small_convs, use_vmap_layers
 
@@ -221,3 +222,30 @@ def batched_cross_entropy(logits, y, label_smoothing=None):
 
 def correct_counts(logits, y):
     return (logits.detach().argmax(-1) == y).sum(-1)
+
+
+RANDOM_LAYERS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout)
+
+
+def check_replicable(model, strategy, num_classes, input_shape):
+    """Find, before a study starts, what would make `model` (a user's own) fail as replicas or make a
+    run depend on more than its seeds: a layer that draws its own randomness, or a dry step of two
+    replicas on two random examples that fails or, repeated, gives another loss. Raises ConfigError."""
+    name = model_name(model)
+    probe = build_model(model, init_seed=0, num_classes=num_classes)
+    drawing = [path for path, m in probe.named_modules() if isinstance(m, RANDOM_LAYERS) and m.p > 0]
+    if drawing:
+        raise ConfigError(f"{name} draws its own randomness in {', '.join(drawing)} (dropout from the global "
+                          f"generator), so a run would not be defined by its seeds; set p=0 there and use fastvar's "
+                          f"dropout source (--dropout P)")
+    try:
+        replicas = Replicas(model, [0, 1], strategy=strategy, num_classes=num_classes, input_shape=input_shape)
+        x = torch.randn(2, 2, *input_shape, generator=torch.Generator().manual_seed(0))
+        y = torch.zeros(2, 2, dtype=torch.int64)
+        first, second = (replicas.train_step_grads(x, y)[0] for _ in range(2))
+    except Exception as e:  # whatever the model raised: one line naming it, before any run starts
+        raise ConfigError(f"{name} cannot be trained as replicas ({strategy} strategy): {type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}") from None
+    if not torch.equal(first, second):
+        raise ConfigError(f"{name} gives another loss for the same weights and batch: its forward draws "
+                          f"randomness of its own, so a run would not be defined by its seeds")

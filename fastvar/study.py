@@ -1,9 +1,9 @@
-"""A study: a config, a results folder, and the runs still to train, trained M at a time.
+"""A study: what it measures (recipe, sources, seeds, precision, subsets), a results folder, and the
+runs still to train, trained M at a time as its Execution says.
 
-    from fastvar import Study
-    Study(experiment="fixed-init", runs=64, batch_models=16).run("results/fixed-init")
+    from fastvar import Execution, Study
+    Study(experiment="fixed-init", runs=64).run("results/fixed-init", execution=Execution(batch_models=16))
 """
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -13,14 +13,15 @@ from datetime import datetime, timezone
 import torch
 
 from .data import DATASETS, load_dataset
+from .execution import Execution
 from .errors import ConfigError
 from .sources import EPOCH_ORDERS, SOURCES, experiment_sources, kernel_mode, run_seeds
 from .store import Store, config_hash, run_key, weights_path
 from .recipes import RECIPES, Recipe
+from .replicas import check_replicable
 from .train import replica_hyperparameters, train_replicas
 from .models import BUILTIN_MODELS, architecture_digest, model_name, model_spec
 from .precisions import COMPUTE_DTYPE, PRECISIONS
-from .replicas import CONVS, STRATEGIES
 
 
 
@@ -34,7 +35,6 @@ class Study:
     experiment: str | None = "all-random"  # a preset; None with `vary`
     recipe: str | Recipe = "seed"  # a name of RECIPES, or a Recipe
     runs: int | None = None  # None: 1000, or rows × columns for a grid
-    batch_models: int = 16
     epochs: int | None = None  # None: the recipe's
     model: str | Callable | None = None  # a registered name, an import path or a factory; None: the recipe's
     width: int | None = None  # None: the model's (64 for the ResNet-18s)
@@ -42,10 +42,6 @@ class Study:
     train_subset: int | None = None
     test_subset: int | None = None
     precision: str = "auto"  # auto: bf16-mixed on CUDA, float32 on the CPU
-    strategy: str = "auto"  # auto: loop on CPU, vmap on CUDA (never chosen by a timing)
-    compile: str = "auto"  # torch.compile of the training step; auto: on CUDA only (a CPU compile takes minutes)
-    conv: str = "auto"  # gemm: im2col + a matrix product (fastvar.vmap_layers); native; auto: by device and shapes
-    device: str = "auto"
     grid: tuple[int, int] | None = None  # (init seeds, order seeds) of the `grid` experiment
     save_weights: int = 0  # keep the final weights of runs 0 .. save_weights-1 (for CKA)
     eval_every_epoch: bool = False  # test accuracy and loss after every epoch (changes no result)
@@ -56,9 +52,7 @@ class Study:
     dropout: float | None = None  # dropout probability on the classifier's input
     dataset: str = "cifar10"  # or mnist
     overrides: dict | None = None  # the recipe's lr, weight_decay, label_smoothing or batch_size, replaced
-    shard: tuple[int, int] | None = None  # (I, N): train only the runs with run_index % N == I
     epoch_order: str = "fresh"  # fresh: a new permutation each epoch; same: the first one every epoch (seed's exp2)
-    threads: int | None = None  # torch's intra-op threads (None: as torch has them); recorded per row
 
     def __post_init__(self):
         if self.vary is not None:
@@ -67,10 +61,10 @@ class Study:
             experiment_sources(self.experiment)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        choices = {"recipe": (*RECIPES, *[self.recipe] * isinstance(self.recipe, Recipe)), "precision": ("auto", *PRECISIONS),
+        choices = {"recipe": (*RECIPES, *[self.recipe] * isinstance(self.recipe, Recipe)),
+                   "precision": ("auto", *PRECISIONS),
                    "dataset": (*DATASETS, *[self.dataset] * self.dataset.startswith("arrays-")),
-                   "strategy": ("auto", *STRATEGIES), "device": ("auto", "cpu", "cuda"), "compile": ("auto", "on", "off"),
-                   "conv": CONVS, "epoch_order": EPOCH_ORDERS}
+                   "epoch_order": EPOCH_ORDERS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
@@ -78,20 +72,16 @@ class Study:
         if self.width is not None and spec.width is None:
             raise ConfigError("--width sets the width of fastvar's own models; this model takes none")
         self._check_grid()
-        for name in ("runs", "batch_models", "epochs", "width", "train_subset", "test_subset", "threads"):
+        for name in ("runs", "epochs", "width", "train_subset", "test_subset"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device cuda, but this machine has no CUDA device")
         epochs = self.recipe_dict()["epochs"]
         if self.snapshots is not None and (self.snapshots < 1 or epochs % self.snapshots):
             raise ConfigError(f"--snapshots {self.snapshots} must divide the {epochs} epochs into whole cycles")
         self._check_overrides()
         if self.dropout is not None and not 0 < self.dropout < 1:
             raise ConfigError(f"--dropout must be a probability between 0 and 1, not {self.dropout}")
-        if self.shard is not None and not (len(self.shard) == 2 and 0 <= self.shard[0] < self.shard[1]):
-            raise ConfigError(f"--shard I/N needs 0 <= I < N, not {self.shard}")
         if self.save_weights < 0:
             raise ConfigError(f"--save-weights must be at least 0, not {self.save_weights}")
         self._check_sources(epochs)
@@ -177,12 +167,13 @@ class Study:
     def resolved_width(self):
         return self.width or model_spec(self.model_factory()).width
 
-    def config(self):
-        """Everything that changes a run's result beyond rounding; not the run count, batching, strategy,
-        compile, conv or device (recorded in each row)."""
+    def config(self, device=None):
+        """Everything that changes a run's result beyond rounding, for a study trained on `device` (which
+        resolves the precision `auto`; default: Execution's); not the run count nor how it runs (the
+        Execution, recorded in each row)."""
         config = {"recipe": self.recipe_name(), "hyperparameters": self.recipe_dict(), "width": self.resolved_width(),
                   "train_subset": self.train_subset, "test_subset": self.test_subset, "seed": self.seed,
-                  "experiment": self.experiment, "precision": self.resolved_precision()}
+                  "experiment": self.experiment, "precision": self.resolved_precision(device)}
         # Newer settings only where set, so that older folders keep their config hash.
         optional = {"grid": self.grid and list(self.grid), "vary": self.vary and list(self.vary),
                     "fixed_seed": self.fixed_seed, "onset_epoch": self.onset_epoch,
@@ -193,72 +184,64 @@ class Study:
                     else architecture_digest(self.model_factory())}
         return {**config, **{k: v for k, v in optional.items() if v}}
 
-    def notes(self):
-        """What a user should know before the study runs: lines for the command line to print."""
-        if "kernels" in experiment_sources(self.experiment) and self.resolved_device().type == "cpu" \
-                and self.varied() <= {"kernels"}:
+    def notes(self, device):
+        """What a user should know before the study runs on `device`: lines for the command line to print."""
+        if "kernels" in experiment_sources(self.experiment) and device.type == "cpu" and self.varied() <= {"kernels"}:
             return ["kernels on the CPU are deterministic: varying them changes nothing, so every run of "
                     f"{self.experiment} will come out identical"]
         return []
 
-    def resolved_device(self):
-        """auto: CUDA if present (under torchrun, the GPU LOCAL_RANK names), else the CPU."""
-        if self.device == "auto" and torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu" if self.device == "auto" else self.device)
-
-    def resolved_strategy(self, device):
-        return self.strategy if self.strategy != "auto" else ("vmap" if device.type == "cuda" else "loop")
-
-    def resolved_precision(self):
+    def resolved_precision(self, device=None):
         """auto: bfloat16 convolutions over float32 weights on CUDA (tensor cores), float32 on the CPU."""
         if self.precision != "auto":
             return self.precision
-        return "bf16-mixed" if self.resolved_device().type == "cuda" else "float32"
-
-    def resolved_compile(self, device):
-        """The torch.compile mode of the training step, or None (eager)."""
-        return "default" if self.compile == "on" or (self.compile == "auto" and device.type == "cuda") else None
+        device = device or Execution().resolved_device()
+        return "bf16-mixed" if device.type == "cuda" else "float32"
 
     def load_data(self, data_dir=None, download=False):
         return load_dataset(self.dataset, data_dir, download=download, train_subset=self.train_subset,
                             test_subset=self.test_subset)
 
-    def open_store(self, out, data):
+    def open_store(self, out, data, execution):
         """The results folder for this study's config (created if new, this shard's file with a shard),
         checked against `data` and locked for this process."""
-        store = Store(out, self.config(), self.shard)
+        store = Store(out, self.config(execution.resolved_device()), execution.shard)
         store.lock()
         store.check_labels(data.y_test)
         return store
 
-    def unfinished(self, store):
-        """This shard's runs that `store` does not hold yet, in run order."""
-        finished = store.finished_indices()
-        return [i for i in range(self.runs) if i not in finished and (self.shard is None or i % self.shard[1] == self.shard[0])]
+    def check_model(self, data, execution):
+        """A model of the user's own, tried on `data`'s shapes before any run (fastvar.replicas.check_replicable)."""
+        if self.recipe_dict()["model"] not in BUILTIN_MODELS:
+            check_replicable(self.model_factory(), execution.resolved_strategy(execution.resolved_device()),
+                             data.num_classes, data.example_shape)
 
-    def run(self, out, *, data_dir=None, download=False, data=None, progress=None):
-        """Train the runs `out` does not hold yet; return the store. `progress(done, todo)` is called
-        as training starts (done 0) and advances: runs done so far in this call (fractions included)
-        of the `todo` it had left."""
-        self.apply_threads()
+    def unfinished(self, store, execution):
+        """The runs of this process (its shard's) that `store` does not hold yet, in run order."""
+        finished = store.finished_indices()
+        return [i for i in range(self.runs) if i not in finished and execution.trains(i)]
+
+    def run(self, out, *, execution=None, data_dir=None, download=False, data=None, progress=None):
+        """Train the runs `out` does not hold yet as `execution` says (default: Execution()); return the
+        store. `progress(done, todo)` is called as training starts (done 0) and advances: runs done so
+        far in this call (fractions included) of the `todo` it had left."""
+        execution = execution or Execution()
+        execution.start()
         data = self.load_data(data_dir, download) if data is None else data
         if data.name.startswith("arrays-"):  # the user's own data: its digest is part of the config
             self.dataset = data.name
-        store = self.open_store(out, data)
-        train_runs([(self, store, i) for i in self.unfinished(store)], data, progress)
+        self.check_model(data, execution)
+        store = self.open_store(out, data, execution)
+        train_runs([(self, store, i) for i in self.unfinished(store, execution)], data, execution, progress)
         return store
-
-    def apply_threads(self):
-        """Set torch's intra-op threads, before any work: on a CPU their count changes float32 rounding."""
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
 
     def seeds(self, run_index):
         return run_seeds(self.varied(), run_index, self.seed, self.fixed_seed, self.grid and self.grid[1])
 
-    def row(self, seeds, result, **how):
-        """The runs-table row of a trained run: its seeds, results, hyperparameters and `how` it trained."""
+    def row(self, seeds, result, how):
+        """The runs-table row of a trained run: its seeds, results, hyperparameters and `how` it trained
+        (the how columns, `device` among them). The one place a row is assembled."""
+        device = torch.device(how["device"])
         recipe, present = self.recipe_dict(), self.present_sources()
         return {**asdict(seeds), **result, **replica_hyperparameters(recipe), **how,
                 "run_key": run_key(self.experiment, seeds.run_index), "experiment": self.experiment,
@@ -266,31 +249,31 @@ class Study:
                 "aug_seed": seeds.aug_seed if "aug" in present else None,
                 "dropout_seed": seeds.dropout_seed if "dropout" in present else None,
                 "epochs": recipe["epochs"], "width": self.resolved_width(), "batch_size": recipe["batch_size"],
-                "config_hash": config_hash(self.config()), "precision": self.resolved_precision()}
+                "config_hash": config_hash(self.config(device)), "precision": self.resolved_precision(device)}
 
 
-def train_runs(entries, data, progress=None):
-    """Train (study, store, run index) entries, `batch_models` of them per batched step. The studies of
-    one call may differ only in the hyperparameters a batch can hold per replica (a sweep's points)."""
+def train_runs(entries, data, execution, progress=None):
+    """Train (study, store, run index) entries as `execution` says, its `batch_models` per batched step.
+    The studies of one call may differ only in the hyperparameters a batch can hold per replica (a
+    sweep's points)."""
     if not entries:
         return
     if progress:
         progress(0, len(entries))  # training starts
-    lead = entries[0][0]
-    device = lead.resolved_device()
+    lead, device, size = entries[0][0], execution.resolved_device(), execution.batch_models
     data = data.to(device)
     with kernel_mode("kernels" in lead.varied(), device):
-        for start in range(0, len(entries), lead.batch_models):
-            chunk = entries[start:start + lead.batch_models]
+        for start in range(0, len(entries), size):
+            chunk = entries[start:start + size]
             on_step = progress and (lambda fraction, start=start, n=len(chunk):
                                     progress(start + fraction * n, len(entries)))
-            train_or_split(chunk, data, device, on_step, lead.batch_models)
+            train_or_split(chunk, data, execution, device, on_step, size)
 
 
-def train_or_split(chunk, data, device, on_step, size):
+def train_or_split(chunk, data, execution, device, on_step, size):
     """Train `chunk` as one batch of `size` replicas; out of memory, as two halves, down to one replica."""
     try:
-        train_chunk(chunk, data, device, on_step, size)
+        train_chunk(chunk, data, execution, device, on_step, size)
     except torch.OutOfMemoryError:
         if size == 1:
             raise
@@ -302,23 +285,23 @@ def train_or_split(chunk, data, device, on_step, size):
         for start in range(0, len(chunk), half):
             part = chunk[start:start + half]
             part_step = on_step and (lambda f, start=start, n=len(part): on_step((start + f * n) / len(chunk)))
-            train_or_split(part, data, device, part_step, half)
+            train_or_split(part, data, execution, device, part_step, half)
 
 
-def train_chunk(chunk, data, device, on_step, size):
+def train_chunk(chunk, data, execution, device, on_step, size):
     # Under vmap, pad with copies of the chunk's last run, trained and thrown away, so every batch has
     # `size` replicas: static shapes, and a vmap result never depends on how full its batch was. A
     # loop run does not depend on its batch, so the loop trains exactly the runs it has.
     lead = chunk[0][0]
-    strategy, compile, precision = lead.resolved_strategy(device), lead.resolved_compile(device), lead.resolved_precision()
+    strategy, compile = execution.resolved_strategy(device), execution.resolved_compile(device)
+    precision = lead.resolved_precision(device)
     padded = chunk + [chunk[-1]] * (size - len(chunk)) if strategy == "vmap" else chunk
     seeds = [study.seeds(i) for study, _, i in padded]
     keep = [r for r, (study, _, i) in enumerate(chunk) if i < study.save_weights]
     started = time.perf_counter()
     results = train_replicas(data, lead.recipe_dict(), seeds, model=lead.model_factory(), width=lead.resolved_width(),
-                             strategy=strategy,
-                             dtype=PRECISIONS[precision], compute_dtype=COMPUTE_DTYPE.get(precision),
-                             compile=compile, conv=lead.conv, on_step=on_step, keep_weights=keep,
+                             strategy=strategy, dtype=PRECISIONS[precision], compute_dtype=COMPUTE_DTYPE.get(precision),
+                             compile=compile, conv=execution.conv, on_step=on_step, keep_weights=keep,
                              eval_every_epoch=lead.eval_every_epoch, onset_epoch=lead.onset_epoch or 0,
                              fixed=run_seeds(set(), 0, lead.seed, lead.fixed_seed), epoch_order=lead.epoch_order,
                              hyper=[replica_hyperparameters(study.recipe_dict()) for study, _, _ in padded])
@@ -326,12 +309,12 @@ def train_chunk(chunk, data, device, on_step, size):
     for r in keep:  # before the rows: a stored run with saved weights always has its file
         study, store, i = chunk[r]
         save_weights(results[r].pop("weights"), weights_path(store.folder, study.experiment, i))
-    how = {"strategy": strategy, "compiled": int(compile is not None), "conv": lead.conv, "wall_s": wall_s, "device": str(device),
-           "n_test": len(data.y_test), "batch_models": len(padded), "threads": torch.get_num_threads(),
-           "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    how = {"strategy": strategy, "compiled": int(compile is not None), "conv": execution.conv, "wall_s": wall_s,
+           "device": str(device), "n_test": len(data.y_test), "batch_models": len(padded),
+           "threads": torch.get_num_threads(), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     by_store = {}
     for (study, store, _), s, result in zip(chunk, seeds, results):
-        by_store.setdefault(store, []).append(study.row(s, result, **how))
+        by_store.setdefault(store, []).append(study.row(s, result, how))
     for store, rows in by_store.items():  # one transaction per folder
         store.add_runs(rows)
 

@@ -1,7 +1,8 @@
 """A sweep: one study per point of a hyperparameter grid, in one folder, trained together.
 
-    from fastvar import Sweep
-    Sweep({"lr": [5e-4, 1e-3, 2e-3]}, runs_per_point=32, study={"batch_models": 16}).run("results/sweep")
+    from fastvar import Execution, Sweep
+    Sweep({"lr": [5e-4, 1e-3, 2e-3]}, runs_per_point=32, study={"width": 16}).run(
+        "results/sweep", execution=Execution(batch_models=16))
 
 Each point is an ordinary study in its own subfolder (`lr=0.001/`), so `analyze`, `compare`, `plot`
 and resume work on it unchanged. Points share their seeds (run k of every point has the same seeds),
@@ -15,13 +16,15 @@ from pathlib import Path
 
 from .errors import ConfigError, StoreError
 from .store import DEFINITION, folder_name, grid_points
+from .execution import Execution
 from .study import Study, train_runs
 
 BATCHABLE = ("lr", "weight_decay", "label_smoothing")
 STUDY_FIELDS = ("epochs", "width")  # set on the Study itself; the rest replace recipe values
 SETTINGS = BATCHABLE + ("batch_size",) + STUDY_FIELDS
 ALIASES = {"wd": "weight_decay", "ls": "label_smoothing"}
-HOW = ("batch_models", "strategy", "device", "compile", "conv", "threads", "shard")  # Study fields that change no result
+# What older sweep folders recorded of how they ran (Execution's now): never part of a definition
+HOW = ("batch_models", "strategy", "device", "compile", "conv", "threads", "shard")
 
 
 def parse_setting(text):
@@ -73,27 +76,30 @@ class Sweep:
         else:
             path.write_text(json.dumps(self.definition(), indent=1, sort_keys=True))
 
-    def run(self, out, *, data_dir=None, download=False, data=None, progress=None):
-        """Train every point's unfinished runs; return [(point, store)]."""
-        out = Path(out)
-        self.studies[0][1].apply_threads()
+    def run(self, out, *, execution=None, data_dir=None, download=False, data=None, progress=None):
+        """Train every point's unfinished runs as `execution` says (default: Execution()); return
+        [(point, store)]."""
+        out, execution = Path(out), execution or Execution()
+        execution.start()
         data = self.studies[0][1].load_data(data_dir, download) if data is None else data
+        self.studies[0][1].check_model(data, execution)
         self.claim(out)
-        stores = [(point, study, study.open_store(out / folder_name(point), data)) for point, study in self.studies]
+        stores = [(point, study, study.open_store(out / folder_name(point), data, execution))
+                  for point, study in self.studies]
         groups = {}
         for point, study, store in stores:
             key = json.dumps({k: v for k, v in point.items() if k not in BATCHABLE}, sort_keys=True)
             groups.setdefault(key, []).append((study, store))
         entries = []
         for members in groups.values():  # run k of every point side by side: paired in one batch
-            todo = [set(study.unfinished(store)) for study, store in members]
+            todo = [set(study.unfinished(store, execution)) for study, store in members]
             group = [(study, store, i) for i in range(self.runs_per_point)
                      for (study, store), left in zip(members, todo) if i in left]
             entries.append(group)
         total = sum(len(g) for g in entries)
         done = 0
         for group in entries:
-            train_runs(group, data, progress and (lambda d, t, base=done: progress(base + d, total)))
+            train_runs(group, data, execution, progress and (lambda d, t, base=done: progress(base + d, total)))
             done += len(group)
         return [(point, store) for point, _, store in stores]
 

@@ -108,11 +108,10 @@ def test_a_users_model_trains_as_it_would_by_hand(case, tmp_path):
     data = make_data()
     weights = {}
     for strategy in ("loop", "vmap"):
-        study = fastvar.Study(experiment="all-random", model=factory, runs=3, batch_models=2, epochs=EPOCHS,
-                              precision="float64", strategy=strategy, save_weights=3,
-                              overrides={"batch_size": BATCH})
+        study = fastvar.Study(experiment="all-random", model=factory, runs=3, epochs=EPOCHS, precision="float64",
+                              save_weights=3, overrides={"batch_size": BATCH})
         out = tmp_path / strategy
-        study.run(out, data=data)
+        study.run(out, data=data, execution=fastvar.Execution(batch_models=2, strategy=strategy))
         weights[strategy] = [torch.load(weights_path(out, "all-random", i), weights_only=True) for i in range(3)]
         (analysis,) = fastvar.analyze(out)
         assert analysis.metrics["n"] == 3 and Store(out).runs()[0]["test_logits"].shape[1] == data.num_classes
@@ -129,9 +128,9 @@ def test_a_users_loop_run_is_the_same_alone_and_in_a_batch_and_fixed_init_starts
     data = make_data()
     runs = {}
     for name, batch_models in (("batch", 3), ("alone", 1)):
-        study = fastvar.Study(experiment="fixed-init", model=factory, runs=3, batch_models=batch_models, epochs=1,
-                              overrides={"batch_size": BATCH}, strategy="loop")
-        runs[name] = study.run(tmp_path / name, data=data).runs()
+        study = fastvar.Study(experiment="fixed-init", model=factory, runs=3, epochs=1, overrides={"batch_size": BATCH})
+        execution = fastvar.Execution(batch_models=batch_models, strategy="loop")
+        runs[name] = study.run(tmp_path / name, data=data, execution=execution).runs()
     for a, b in zip(runs["batch"], runs["alone"]):
         assert np.array_equal(a["test_logits"], b["test_logits"]) and a["train_loss_curve"] == b["train_loss_curve"]
     replicas = Replicas(factory, [run_seeds("fixed-init", i).init_seed for i in range(3)],
@@ -172,7 +171,7 @@ def test_a_users_model_and_data_from_the_command_line(tmp_path, capsys, monkeypa
 def test_register_model_makes_a_factory_a_name(tmp_path, monkeypatch):
     monkeypatch.setattr("fastvar.models.MODELS", dict(MODELS))  # the registration ends with the test
     register_model("gn-resnet-test", lambda: GroupNormResNet(3, 10))
-    study = fastvar.Study(model="gn-resnet-test", runs=1, batch_models=1, epochs=1, overrides={"batch_size": 32})
+    study = fastvar.Study(model="gn-resnet-test", runs=1, epochs=1, overrides={"batch_size": 32})
     rows = study.run(tmp_path / "s", data=image_data((32, 32, 3), 10)).runs()
     assert rows[0]["test_logits"].shape == (20, 10)
     with pytest.raises(fastvar.ConfigError, match="--width"):
@@ -217,7 +216,7 @@ def test_the_documented_plain_pytorch_script_reproduces_a_stored_run(tmp_path):
     exec(compile(code, "reproduce-a-run.md", "exec"), namespace)
     data = random_dataset(40, 10)
     out = tmp_path / "small"
-    fastvar.Study(experiment="all-random", runs=2, batch_models=2, width=4, epochs=2, precision="float64",
+    fastvar.Study(experiment="all-random", runs=2, width=4, epochs=2, precision="float64",
                   save_weights=2, overrides={"batch_size": 16}).run(out, data=data)
     for k in range(2):
         state = namespace["retrain"](out, k, data.x_train, data.y_train)
@@ -233,3 +232,34 @@ def test_the_readme_custom_model_example_runs_as_written(tmp_path, monkeypatch, 
     exec(compile(code, "README.md", "exec"), {})
     assert len(Store(tmp_path / "results" / "mynet").runs()) == 8
     assert float(capsys.readouterr().out.strip()) >= 0
+
+
+class WithDropout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.drop, self.head = nn.Linear(20, 8), nn.Dropout(0.5), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.drop(self.body(x)))
+
+
+class NoisyForward(LayerNormMLP):
+    def forward(self, x):
+        return super().forward(x + 0.1 * torch.randn_like(x))
+
+
+class DataDependent(LayerNormMLP):
+    def forward(self, x):
+        return super().forward(x) * float(x.sum().item() > 0)  # .item(): vmap cannot batch it
+
+
+@pytest.mark.parametrize("factory, strategy, message", [
+    (WithDropout, "loop", "draws its own randomness in drop"),
+    (NoisyForward, "loop", "gives another loss for the same weights"),
+    (DataDependent, "vmap", "cannot be trained as replicas (vmap strategy)"),
+], ids=["nn.Dropout", "randomness-in-forward", "item-under-vmap"])
+def test_what_cannot_be_replicated_is_found_before_any_run(factory, strategy, message, tmp_path):
+    study = fastvar.Study(model=factory, runs=2, epochs=1)
+    with pytest.raises(fastvar.ConfigError, match=re.escape(message)) as raised:
+        study.run(tmp_path / "s", data=feature_data(), execution=fastvar.Execution(strategy=strategy))
+    assert "\n" not in str(raised.value) and not (tmp_path / "s").exists()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastvar import Study, cli, study as study_module
+from fastvar import Execution, Study, cli, study as study_module
 from fastvar.sources import run_seeds
 from fastvar.store import Store
 from fastvar.recipes import RECIPES
@@ -51,8 +51,8 @@ def test_diverged_runs_are_stored_and_left_out_of_the_analysis(synthetic_dir, tm
 
 
 def test_out_of_memory_splits_the_batch_and_keeps_the_results(synthetic_dir, tmp_path, monkeypatch, capsys):
-    kwargs = dict(runs=4, batch_models=4, width=4, epochs=1, strategy="loop")
-    Study(**kwargs).run(tmp_path / "whole", data_dir=synthetic_dir)
+    kwargs, execution = dict(runs=4, width=4, epochs=1), Execution(batch_models=4, strategy="loop")
+    Study(**kwargs).run(tmp_path / "whole", execution=execution, data_dir=synthetic_dir)
     real, calls = study_module.train_replicas, []
 
     def out_of_memory_once(data, recipe, seeds, **rest):
@@ -61,7 +61,7 @@ def test_out_of_memory_splits_the_batch_and_keeps_the_results(synthetic_dir, tmp
             raise torch.OutOfMemoryError("injected by the test")
         return real(data, recipe, seeds, **rest)
     monkeypatch.setattr(study_module, "train_replicas", out_of_memory_once)
-    Study(**kwargs).run(tmp_path / "split", data_dir=synthetic_dir)
+    Study(**kwargs).run(tmp_path / "split", execution=execution, data_dir=synthetic_dir)
     assert calls == [4, 2, 2] and "retrying in batches of 2" in capsys.readouterr().err
     whole, split = Store(tmp_path / "whole").runs(), Store(tmp_path / "split").runs()
     assert [r["batch_models"] for r in split] == [2, 2, 2, 2]  # the split is recorded

@@ -151,7 +151,7 @@ def test_the_seeds_exp2_gives_every_run_one_order_in_every_epoch(tmp_path, monke
     drawn = []
     real_epoch = DataOrder.epoch
     monkeypatch.setattr(DataOrder, "epoch", lambda self, n: drawn.append(real_epoch(self, n)) or drawn[-1])
-    study = Study(experiment="fixed-order", epoch_order="same", runs=2, batch_models=2, width=4, epochs=3)
+    study = Study(experiment="fixed-order", epoch_order="same", runs=2, width=4, epochs=3)
     study.run(tmp_path / "exp2", data=random_dataset(64, 20))
     assert len(drawn) == 6 and all(torch.equal(p, drawn[0]) for p in drawn)
     assert study.config()["epoch_order"] == "same" and "epoch_order" not in Study().config()

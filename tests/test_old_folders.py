@@ -3,6 +3,7 @@
 tests/fixtures/v0.1-fixed-init was made by fastvar 0.1.0 at commit f1c1661 with
     Study(experiment="fixed-init", runs=2, batch_models=2, width=4, epochs=2, eval_every_epoch=True)
         .run(folder, data=random_dataset(320, 100))
+(batch_models was then a Study field; it is Execution's now)
 """
 import shutil
 import sqlite3
@@ -25,8 +26,8 @@ def test_an_old_folder_opens_resumes_and_analyses(tmp_path):
     shutil.copytree(FIXTURE, folder)
     before = stored_rows(folder)
     assert len(before) == 2
-    study = fastvar.Study(experiment="fixed-init", runs=3, batch_models=2, width=4, epochs=2, eval_every_epoch=True)
-    study.run(folder, data=random_dataset(320, 100))
+    study = fastvar.Study(experiment="fixed-init", runs=3, width=4, epochs=2, eval_every_epoch=True)
+    study.run(folder, data=random_dataset(320, 100), execution=fastvar.Execution(batch_models=2))
     rows = Store(folder).runs()
     assert [r["run_index"] for r in rows] == [0, 1, 2]
     assert stored_rows(folder)[:2] == [tuple(r) + (None,) * (len(stored_rows(folder)[0]) - len(r)) for r in before]

@@ -91,8 +91,9 @@ def test_impossible_flags_give_one_line_and_exit_2(synthetic_dir, tmp_path, caps
 def test_study_api_trains_the_last_loop_batch_unpadded_and_stores_the_seeds(synthetic_dir, tmp_path):
     from fastvar import Study
     from fastvar.sources import run_seeds
-    study = Study(experiment="fixed-init", runs=3, batch_models=2, epochs=1, width=4)
-    rows = study.run(tmp_path / "api", data_dir=synthetic_dir).runs()
+    from fastvar import Execution
+    study = Study(experiment="fixed-init", runs=3, epochs=1, width=4)
+    rows = study.run(tmp_path / "api", execution=Execution(batch_models=2), data_dir=synthetic_dir).runs()
     assert [r["run_index"] for r in rows] == [0, 1, 2]
     assert [r["batch_models"] for r in rows] == [2, 2, 1]  # the loop pads nothing
     for r in rows:

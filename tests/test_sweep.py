@@ -69,8 +69,8 @@ def test_sweep_folder_summary_and_results(synthetic_dir, tmp_path, capsys):
     # every point is an ordinary study: analyze reads it, and a lone study of the same point equals it
     point = out / "lr=0.002,weight_decay=0.0001"
     assert Store(point).config["hyperparameters"]["optimizer"]["lr"] == 2e-3
-    lone = fastvar.Study(runs=3, batch_models=1, width=4, epochs=1, strategy="loop",
-                         overrides={"lr": 2e-3, "weight_decay": 1e-4}).run(tmp_path / "lone", data_dir=synthetic_dir)
+    lone = fastvar.Study(runs=3, width=4, epochs=1, overrides={"lr": 2e-3, "weight_decay": 1e-4}).run(
+        tmp_path / "lone", execution=fastvar.Execution(batch_models=1, strategy="loop"), data_dir=synthetic_dir)
     for a, b in zip(Store(point).runs(), lone.runs()):
         assert (a["test_logits"] == b["test_logits"]).all()  # trained in a mixed batch of 4, or alone
     capsys.readouterr()

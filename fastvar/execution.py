@@ -1,0 +1,65 @@
+"""How a study runs, apart from what it measures: the device, the strategy, M, compile, the
+convolutions, CPU threads, the shard, and process-wide settings. None of these changes what a run is
+(its config hash); some change its rounding, so each row records them.
+
+    study.run("results/x", execution=fastvar.Execution(batch_models=64, device="cuda"))
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+
+from . import native
+from .errors import ConfigError
+from .replicas import CONVS, STRATEGIES
+
+
+@dataclass(frozen=True)
+class Execution:
+    device: str = "auto"  # auto: CUDA if present (under torchrun, the GPU LOCAL_RANK names), else the CPU
+    strategy: str = "auto"  # auto: loop on CPU, vmap on CUDA (never chosen by a timing)
+    batch_models: int = 16  # M, the replicas trained in one step
+    compile: str = "auto"  # torch.compile of the training step; auto: on CUDA only (a CPU compile takes minutes)
+    conv: str = "auto"  # gemm: im2col + a matrix product (fastvar.vmap_layers); native; auto: by device and shapes
+    threads: int | None = None  # torch's intra-op threads (None: as torch has them); on a CPU they change rounding
+    shard: tuple[int, int] | None = None  # (I, N): train only the runs with run_index % N == I
+    retain_freed_memory: bool = True  # glibc keeps freed memory for reuse (about 7 % of a CPU step); process-wide
+
+    def __post_init__(self):
+        choices = {"strategy": ("auto", *STRATEGIES), "device": ("auto", "cpu", "cuda"),
+                   "compile": ("auto", "on", "off"), "conv": CONVS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
+        for name in ("batch_models", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda, but this machine has no CUDA device")
+        if self.shard is not None and not (len(self.shard) == 2 and 0 <= self.shard[0] < self.shard[1]):
+            raise ConfigError(f"--shard I/N needs 0 <= I < N, not {self.shard}")
+
+    def start(self):
+        """The process-wide settings, before any work: threads (on a CPU their count changes float32
+        rounding) and glibc's memory retention."""
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        if self.retain_freed_memory:
+            native.retain_freed_memory()
+
+    def resolved_device(self):
+        if self.device == "auto" and torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu" if self.device == "auto" else self.device)
+
+    def resolved_strategy(self, device):
+        return self.strategy if self.strategy != "auto" else ("vmap" if device.type == "cuda" else "loop")
+
+    def resolved_compile(self, device):
+        """The torch.compile mode of the training step, or None (eager)."""
+        return "default" if self.compile == "on" or (self.compile == "auto" and device.type == "cuda") else None
+
+    def trains(self, run_index):
+        """Whether this process trains run `run_index`: all runs, or this shard's."""
+        return self.shard is None or run_index % self.shard[1] == self.shard[0]

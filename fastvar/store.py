@@ -8,9 +8,7 @@ import fcntl
 import hashlib
 import itertools
 import json
-import os
 import sqlite3
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +18,9 @@ import torch
 from .errors import StoreError
 
 DB_NAME = "runs.sqlite"
+# The layout of a folder's tables, in `meta` as 'schema'. 1: before it was recorded (fastvar 0.1);
+# 2: threads and the seed repository's loss averages per row. A newer one is refused, never mixed in.
+SCHEMA = 2
 SHARD_PATTERN = "runs-shard-*-of-*.sqlite"
 DEFINITION = "sweep.json"  # a sweep folder's definition, beside its points' folders
 
@@ -72,10 +73,12 @@ class Store:
         try:
             if config is None:
                 self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+                self.check_schema()
             else:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 self.db = sqlite3.connect(self.path, timeout=30)
                 self.db.execute("PRAGMA synchronous=FULL")
+                self.check_schema()
                 self._claim(config)
             self.config = json.loads(self.db.execute("SELECT value FROM meta WHERE key='config'").fetchone()[0])
         except (sqlite3.DatabaseError, OSError, TypeError) as e:
@@ -90,6 +93,8 @@ class Store:
             self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             self.db.execute("CREATE TABLE IF NOT EXISTS snapshots (run_key TEXT NOT NULL, cycle INTEGER NOT NULL, "
                             "test_logits BLOB NOT NULL, PRIMARY KEY (run_key, cycle))")
+            if self.schema() != SCHEMA:  # new, or an older layout its columns were just added to
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA),))
             row = self.db.execute("SELECT value FROM meta WHERE key='config'").fetchone()
             if row is None:
                 self.db.execute("INSERT INTO meta VALUES ('config', ?)", (json.dumps(config, sort_keys=True),))
@@ -102,6 +107,18 @@ class Store:
                                 for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
             raise StoreError(f"{self.folder} holds a study with another config ({changed}); "
                              f"choose another --out or repeat the stored settings")
+
+    def schema(self):
+        """The folder's schema version: 1 for a folder made before it was recorded, None for a new file."""
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone():
+            return None
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        return 1 if row is None else int(row[0])
+
+    def check_schema(self):
+        if (self.schema() or 0) > SCHEMA:
+            raise StoreError(f"{self.path} was made by a newer fastvar (schema {self.schema()}, this one reads up to "
+                             f"{SCHEMA}); upgrade fastvar to use it")
 
     def lock(self):
         """Claim the store for this process until it exits: a second trainer on it is refused."""
@@ -142,8 +159,6 @@ class Store:
             self.db.executemany(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                                 records)
             self.db.executemany("INSERT INTO snapshots VALUES (?, ?, ?)", snapshots)
-            if os.environ.get("FASTVAR_TEST_COMMIT_DELAY_S"):  # a test hook: time to kill mid-commit
-                time.sleep(float(os.environ["FASTVAR_TEST_COMMIT_DELAY_S"]))
 
     @contextmanager
     def writing(self):

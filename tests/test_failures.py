@@ -1,6 +1,5 @@
 """A study survives a diverging replica and an out-of-memory error without losing or changing runs."""
 import math
-import os
 import signal
 import sqlite3
 import subprocess
@@ -85,9 +84,9 @@ def wait_for(condition, process, timeout=120):
 def test_six_kills_at_different_moments_lose_and_repeat_nothing(synthetic_dir, tmp_path):
     runs, out = 8, tmp_path / "study"
     db, journal = out / "runs.sqlite", out / "runs.sqlite-journal"
-    command = [sys.executable, str(ROOT / "run.py"), "--runs", str(runs), "--batch-models", "1", "--width", "4",
-               "--epochs", "1", "--data-dir", str(synthetic_dir), "--out", str(out)]
-    env = dict(os.environ, FASTVAR_TEST_COMMIT_DELAY_S="0.5")  # commits long enough to be killed in
+    flags = ["--runs", str(runs), "--batch-models", "1", "--width", "4", "--epochs", "1", "--data-dir",
+             str(synthetic_dir), "--out", str(out)]
+    command = [sys.executable, str(ROOT / "tests" / "slow_commits.py"), "0.5", *flags]  # commits long enough to kill in
     count = lambda: len(rows_of(db)) if db.is_file() else 0  # noqa: E731
     moments = [lambda: db.is_file(),  # the folder just created, nothing trained
                lambda: journal.is_file(),  # during the first commit
@@ -96,7 +95,7 @@ def test_six_kills_at_different_moments_lose_and_repeat_nothing(synthetic_dir, t
                lambda: False]  # mid-batch (after a moment)
     before = {}
     for kill_when in moments + [lambda: journal.is_file()]:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(kill_when, process, timeout=4 if kill_when is moments[4] else 120)
         process.send_signal(signal.SIGKILL)
         process.wait()

@@ -9,8 +9,10 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 import fastvar
-from fastvar.store import Store
+from fastvar.store import SCHEMA, Store
 from conftest import random_dataset
 
 FIXTURE = Path(__file__).parent / "fixtures" / "v0.1-fixed-init"
@@ -34,3 +36,18 @@ def test_an_old_folder_opens_resumes_and_analyses(tmp_path):
     assert rows[2]["init_seed"] == rows[0]["init_seed"]  # fixed-init: the new run has the old runs' init
     (analysis,) = fastvar.analyze(folder)
     assert analysis.metrics["n"] == 3 and 0 <= analysis.metrics["acc_mean"] <= 1
+    assert Store(folder).schema() == SCHEMA  # resumed, its layout is today's
+
+
+def test_a_folder_from_a_newer_fastvar_is_refused_and_left_alone(tmp_path):
+    folder = tmp_path / "newer"
+    shutil.copytree(FIXTURE, folder)
+    with sqlite3.connect(folder / "runs.sqlite") as db:
+        db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA + 1),))
+    before = (folder / "runs.sqlite").read_bytes()
+    with pytest.raises(fastvar.StoreError, match="newer fastvar"):
+        Store(folder)
+    with pytest.raises(fastvar.StoreError, match="newer fastvar"):
+        fastvar.Study(experiment="fixed-init", runs=3, width=4, epochs=2, eval_every_epoch=True).run(
+            folder, data=random_dataset(320, 100))
+    assert (folder / "runs.sqlite").read_bytes() == before

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fastvar import augment_cpu  # noqa: E402
-from fastvar.augment import augment  # noqa: E402
+from fastvar.augment import cpu as augment_cpu  # noqa: E402
+from fastvar.augment.reference import augment  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 

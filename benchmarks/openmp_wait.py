@@ -33,10 +33,10 @@ def worker(args):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import torch
     from fastvar.data import Dataset
-    from fastvar.replicas import Replicas
+    from fastvar.engine.replicas import Replicas
     from fastvar.sources import run_seeds
     from fastvar.recipes import RECIPES
-    from fastvar.train import fit
+    from fastvar.engine.train import fit
     recipe = RECIPES["seed"]
     batch = recipe["batch_size"]
     g = torch.Generator().manual_seed(0)

@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastvar import native  # noqa: E402
 from fastvar.data import DataError, Dataset, load_cifar10  # noqa: E402
 from fastvar.models import MODELS, build_model  # noqa: E402
-from fastvar.replicas import CONVS, Replicas  # noqa: E402
+from fastvar.engine.replicas import CONVS, Replicas  # noqa: E402
 from fastvar.sources import run_seeds  # noqa: E402
 from fastvar.precisions import COMPUTE_DTYPE, PRECISIONS  # noqa: E402
 from fastvar.recipes import RECIPES  # noqa: E402
-from fastvar.train import fit  # noqa: E402
+from fastvar.engine.train import fit  # noqa: E402
 
 TRAIN_IMAGES = 50_000
 

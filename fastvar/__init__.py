@@ -6,7 +6,7 @@ runtime reads when torch loads (fastvar.launch) before anything imports torch.
 import importlib
 
 _EXPORTS = {
-    "Study": "study", "Sweep": "sweep", "analyze": "report", "results": "report",
+    "Study": "study", "Sweep": "sweep", "analyze": "analysis.report", "results": "analysis.report",
     "load_cifar10": "data", "load_dataset": "data",
     "FastvarError": "errors", "ConfigError": "errors", "DataError": "errors", "StoreError": "errors",
     "AnalysisError": "errors",

@@ -1,5 +1,5 @@
 """The command line: `train` (the default subcommand), `sweep`, `plot`, `analyze`, `compare`, `merge`,
-`export`, `download`. A thin layer over fastvar.Study and fastvar.report."""
+`export`, `download`. A thin layer over fastvar.Study and fastvar.analysis.report."""
 from .launch import set_openmp_wait
 
 set_openmp_wait()  # before torch loads (the imports below): the runtime reads it once
@@ -18,11 +18,11 @@ from tqdm import tqdm  # noqa: E402
 from .data import DATASETS, default_data_dir, load_arrays, load_dataset  # noqa: E402
 from .errors import FastvarError, writing  # noqa: E402
 from .execution import Execution  # noqa: E402
-from .export import FORMATS, export  # noqa: E402
+from .analysis.export import FORMATS, export  # noqa: E402
 from .models import MODELS  # noqa: E402
-from .plots import plot_study  # noqa: E402
-from .replicas import CONVS  # noqa: E402
-from .report import analyze, compare_folders, comparison_lines, json_line, notes, sweep_summary, tables, write_report  # noqa: E402,E501
+from .analysis.plots import plot_study  # noqa: E402
+from .engine.replicas import CONVS  # noqa: E402
+from .analysis.report import analyze, compare_folders, comparison_lines, json_line, notes, sweep_summary, tables, write_report  # noqa: E402,E501
 from .sources import EPOCH_ORDERS, EXPERIMENTS, SOURCES  # noqa: E402
 from .store import Store, merge  # noqa: E402
 from .precisions import PRECISIONS  # noqa: E402

@@ -11,7 +11,7 @@ import torch
 
 from . import native
 from .errors import ConfigError
-from .replicas import CONVS, STRATEGIES
+from .engine.replicas import CONVS, STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class Execution:
     strategy: str = "auto"  # auto: loop on CPU, vmap on CUDA (never chosen by a timing)
     batch_models: int = 16  # M, the replicas trained in one step
     compile: str = "auto"  # torch.compile of the training step; auto: on CUDA only (a CPU compile takes minutes)
-    conv: str = "auto"  # gemm: im2col + a matrix product (fastvar.vmap_layers); native; auto: by device and shapes
+    conv: str = "auto"  # gemm: im2col + a matrix product (fastvar.engine.vmap_layers); native; auto: by device and shapes
     threads: int | None = None  # torch's intra-op threads (None: as torch has them); on a CPU they change rounding
     shard: tuple[int, int] | None = None  # (I, N): train only the runs with run_index % N == I
     retain_freed_memory: bool = True  # glibc keeps freed memory for reuse (about 7 % of a CPU step); process-wide

@@ -24,9 +24,9 @@ def cache_dir():
 
 
 @functools.cache
-def load(name, purpose):
-    """fastvar/`name`.c compiled, or None (with one line on stderr naming its `purpose`)."""
-    source_path = Path(__file__).with_name(f"{name}.c")
+def load(source_path, purpose):
+    """The C file at `source_path` compiled, or None (with one line on stderr naming its `purpose`)."""
+    name = f"{source_path.parent.name}_{source_path.stem}"  # augment_cpu, engine_optim_cpu
     compiler = (sysconfig.get_config_var("CC") or "cc").split()
     key = hashlib.sha256(source_path.read_bytes() + " ".join(compiler + FLAGS).encode()).hexdigest()[:16]
     library = cache_dir() / f"{name}-{key}-{sys.platform}.so"

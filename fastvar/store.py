@@ -43,7 +43,7 @@ COLUMNS = {
     "lr": "REAL", "weight_decay": "REAL", "label_smoothing": "REAL", "epochs": "INTEGER", "width": "INTEGER",
     "batch_size": "INTEGER",
     "compiled": "INTEGER",  # 1: trained through torch.compile
-    "conv": "TEXT",  # --conv: auto, gemm (fastvar.vmap_layers) or native
+    "conv": "TEXT",  # --conv: auto, gemm (fastvar.engine.vmap_layers) or native
     "threads": "INTEGER",  # torch's intra-op threads: on a CPU they change float32 rounding
     # the seed repository's averages: means of per-batch mean losses (batches of 128 for the test set)
     "train_loss_batch_mean_curve": "TEXT", "test_loss_batch_mean": "REAL",

@@ -18,8 +18,8 @@ from .errors import ConfigError
 from .sources import EPOCH_ORDERS, SOURCES, experiment_sources, kernel_mode, run_seeds
 from .store import Store, config_hash, run_key, weights_path
 from .recipes import RECIPES, Recipe
-from .replicas import check_replicable
-from .train import replica_hyperparameters, train_replicas
+from .engine.replicas import check_replicable
+from .engine.train import replica_hyperparameters, train_replicas
 from .models import BUILTIN_MODELS, architecture_digest, model_name, model_spec
 from .precisions import COMPUTE_DTYPE, PRECISIONS
 
@@ -211,7 +211,7 @@ class Study:
         return store
 
     def check_model(self, data, execution):
-        """A model of the user's own, tried on `data`'s shapes before any run (fastvar.replicas.check_replicable)."""
+        """A model of the user's own, tried on `data`'s shapes before any run (fastvar.engine.replicas.check_replicable)."""
         if self.recipe_dict()["model"] not in BUILTIN_MODELS:
             check_replicable(self.model_factory(), execution.resolved_strategy(execution.resolved_device()),
                              data.num_classes, data.example_shape)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastvar import augment_cpu
-from fastvar.augment import DRAW_CUT_X, DRAW_CUT_Y, DRAW_FLIP, DRAW_SHIFT_X, DRAW_SHIFT_Y, augment, draw
+from fastvar.augment import cpu as augment_cpu
+from fastvar.augment.reference import DRAW_CUT_X, DRAW_CUT_Y, DRAW_FLIP, DRAW_SHIFT_X, DRAW_SHIFT_Y, augment, draw
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 OPTIONS = [dict(), dict(flip=True), dict(pad=4), dict(pad=4, flip=True), dict(pad=3, pad_mode="reflect"),

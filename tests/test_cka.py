@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastvar import cka
+from fastvar.analysis import cka
 from fastvar.models import MODELS, build_model
 
 

@@ -3,7 +3,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fastvar import cli
-from fastvar.plots import PLOTS
+from fastvar.analysis.plots import PLOTS
 from fastvar.store import Store
 
 RUNS = 3

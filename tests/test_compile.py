@@ -8,12 +8,12 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from conftest import random_dataset
 from fastvar import cli
-from fastvar.replicas import Replicas
+from fastvar.engine.replicas import Replicas
 from fastvar.sources import run_seeds
 from fastvar.store import Store
 from fastvar.recipes import RECIPES
-from fastvar.train import fit
-from fastvar.vmap_layers import GemmConv2d
+from fastvar.engine.train import fit
+from fastvar.engine.vmap_layers import GemmConv2d
 
 
 def test_compiled_vmap_step_equals_eager_in_float64():

@@ -14,7 +14,7 @@ import fastvar
 from fastvar import cli
 from fastvar.data import Dataset
 from fastvar.models import MODELS, register_model
-from fastvar.replicas import Replicas
+from fastvar.engine.replicas import Replicas
 from fastvar.sources import run_seeds
 from fastvar.store import Store, weights_path
 from conftest import ROOT, random_dataset
@@ -192,13 +192,13 @@ def test_bad_arrays_give_one_line(arrays, message):
 
 
 def test_the_analysis_package_imports_without_the_training_engine():
-    script = ("import sys, fastvar.report, fastvar.export, fastvar.plots; "
+    script = ("import sys, fastvar.analysis.report, fastvar.analysis.export, fastvar.analysis.plots; "
               "print(sorted(m for m in sys.modules if m.startswith('fastvar')))")
     loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                             cwd=ROOT).stdout
-    for engine in ("fastvar.replicas", "fastvar.optim", "fastvar.train", "fastvar.study", "fastvar.sweep",
-                   "fastvar.vmap_layers"):
-        assert f"'{engine}'" not in loaded, loaded
+    assert "'fastvar.analysis.report'" in loaded
+    for engine in ("fastvar.engine", "fastvar.study", "fastvar.sweep", "fastvar.execution"):
+        assert f"'{engine}" not in loaded, loaded
 
 
 def test_the_custom_model_example_runs(tmp_path):

@@ -5,10 +5,10 @@ import torch.nn.functional as F
 
 from fastvar.augment import augment
 from fastvar.models import ResNet18, build_model
-from fastvar.replicas import Replicas
+from fastvar.engine.replicas import Replicas
 from fastvar.sources import run_seeds
 from fastvar.recipes import RECIPES
-from fastvar.train import fit, train_replicas
+from fastvar.engine.train import fit, train_replicas
 from conftest import random_dataset
 
 ADAM = {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastvar import cli
-from fastvar.replicas import Replicas
+from fastvar.engine.replicas import Replicas
 from fastvar.sources import EXPERIMENTS, run_seeds, perturb_one_ulp
 from fastvar.store import Store
 from fastvar.store import weights_path
@@ -146,7 +146,7 @@ def test_dropout_masks_equal_torch_dropout_statistics_and_follow_their_seed():
 
 
 def test_dropout_masks_reach_each_replica_in_both_strategies():
-    from fastvar.replicas import Replicas
+    from fastvar.engine.replicas import Replicas
     x, y = torch.randn(2, 6, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (2, 6))
     masks = (torch.rand(2, 6, 8) > 0.5).double() * 2
     grads = {}

@@ -14,7 +14,7 @@ from fastvar import Execution, Study, cli, study as study_module
 from fastvar.sources import run_seeds
 from fastvar.store import Store
 from fastvar.recipes import RECIPES
-from fastvar.train import replica_hyperparameters, train_replicas
+from fastvar.engine.train import replica_hyperparameters, train_replicas
 from conftest import ROOT, random_dataset
 
 

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from fastvar import Study, cli, launch, study as study_module
-from fastvar.export import export
-from fastvar.replicas import Replicas
-from fastvar.report import analyze_folder
+from fastvar.analysis.export import export
+from fastvar.engine.replicas import Replicas
+from fastvar.analysis.report import analyze_folder
 from fastvar.sources import DataOrder, run_seeds
 from fastvar.store import Store
 from fastvar.augment import normalized
 from fastvar.recipes import RECIPES
-from fastvar.train import batch_mean_loss, fit
+from fastvar.engine.train import batch_mean_loss, fit
 from conftest import ROOT, random_dataset
 from test_failures import error_lines, folder_bytes
 

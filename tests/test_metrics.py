@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from fastvar import metrics
+from fastvar.analysis import metrics
 
 
 def random_logits(runs=6, n=40, classes=10, seed=0):

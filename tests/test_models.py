@@ -122,7 +122,7 @@ DEPTH_MODELS = {"linear": 3072 * 10 + 10, "mlp": 3072 * 8 + 8 + 8 * 10 + 10}  # 
 def test_every_model_trains_in_both_strategies(name):
     """Gradients of the loop (native layers) and of vmap with the GPU's layers (GEMM convolutions,
     written-out BatchNorm) agree in float64, for every model."""
-    from fastvar.replicas import Replicas
+    from fastvar.engine.replicas import Replicas
     model = build_model(name, init_seed=0, width=8)
     if name in DEPTH_MODELS:
         assert sum(p.numel() for p in model.parameters()) == DEPTH_MODELS[name]

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastvar import optim_cpu
-from fastvar.optim import BatchedAdam, BatchedSGD, sqrt_rounded_once
+from fastvar.engine import optim_cpu
+from fastvar.engine.optim import BatchedAdam, BatchedSGD, sqrt_rounded_once
 
 LRS, DECAYS = [1e-3, 3e-3, 5e-4], [0.0, 1e-2, 5e-4]
 CASES = {

@@ -9,7 +9,7 @@ from fastvar.models import BasicBlock, build_model
 from fastvar.sources import run_seeds
 from fastvar.errors import ConfigError
 from fastvar.recipes import RECIPES
-from fastvar.train import lr_factor, make_optimizer, train_replicas
+from fastvar.engine.train import lr_factor, make_optimizer, train_replicas
 from conftest import random_dataset
 
 
@@ -73,7 +73,7 @@ def test_resnet14_and_resnet9_as_specified():
 
 
 def test_a_cyclic_cosine_restarts_and_one_cycle_is_the_plain_cosine():
-    from fastvar.train import lr_factor
+    from fastvar.engine.train import lr_factor
     plain = {"name": "cosine", "warmup_epochs": 1, "warmup_fraction": 0.2}
     factors = [lr_factor(plain, step, 10, 100) for step in range(100)]
     assert factors == [lr_factor({**plain, "cycles": 1}, step, 10, 100) for step in range(100)]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fastvar import cli
-from fastvar.report import analyze_folder, run_seeds_key
-from fastvar.plots import analysis_figures
+from fastvar.analysis.report import analyze_folder, run_seeds_key
+from fastvar.analysis.plots import analysis_figures
 from fastvar.store import Store
 
 TINY = ["--runs", "4", "--batch-models", "2", "--width", "8", "--epochs", "1", "--train-subset", "1000",

@@ -1,7 +1,7 @@
 """Experiment semantics: what each experiment fixes and varies, seen in the replicas themselves."""
 import torch
 
-from fastvar.replicas import Replicas
+from fastvar.engine.replicas import Replicas
 from fastvar.sources import EXPERIMENTS, FIXED, DataOrder, derive_seed, run_seeds
 
 

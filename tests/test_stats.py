@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from fastvar import stats
+from fastvar.analysis import stats
 
 
 @pytest.mark.parametrize("df", [1, 2.5, 7, 30, 300, 5000])

@@ -13,11 +13,11 @@ import torch
 
 import fastvar
 from fastvar import cli
-from fastvar.replicas import Replicas
+from fastvar.engine.replicas import Replicas
 from fastvar.sources import run_seeds
 from fastvar.store import Store
 from fastvar.recipes import RECIPES
-from fastvar.train import fit, replica_hyperparameters
+from fastvar.engine.train import fit, replica_hyperparameters
 from conftest import ROOT, random_dataset
 
 SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4}

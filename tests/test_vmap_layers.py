@@ -6,12 +6,12 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from conftest import random_dataset
-from fastvar.replicas import Replicas, laid_out
+from fastvar.engine.replicas import Replicas, laid_out
 from fastvar.sources import run_seeds
 from fastvar.recipes import RECIPES
-from fastvar.train import fit
+from fastvar.engine.train import fit
 from fastvar.models import build_model
-from fastvar.vmap_layers import ElementaryBatchNorm2d, GemmConv2d, gemm_convertible, small_convs
+from fastvar.engine.vmap_layers import ElementaryBatchNorm2d, GemmConv2d, gemm_convertible, small_convs
 
 # (in, out, kernel, stride, padding, bias, input size): every convolution shape the models use, and odd ones;
 # images of fewer than k² pixels take the unrolled form (2×2 and 1×1: the seed model's last two stages)
@@ -123,7 +123,7 @@ def test_replicas_lay_gemm_weights_out_as_the_layer_reads_them(replicas_count):
 
 
 def test_auto_conv_rule_takes_small_outputs_on_a_cpu_and_all_under_vmap_on_cuda():
-    from fastvar.replicas import conv_rule, template
+    from fastvar.engine.replicas import conv_rule, template
     model = build_model("resnet18", init_seed=0, width=8).to("meta")
     convs = dict(model.named_modules())
     small = {name for name, m in convs.items() if m in small_convs(model)}

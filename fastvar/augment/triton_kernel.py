@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import augment
+from . import reference as augment
 
 # A compiled kernel reads module globals only as constexpr (the interpreter is not as strict).
 MIX = tl.constexpr(augment.MIX)

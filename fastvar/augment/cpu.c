@@ -1,7 +1,7 @@
 /* The augmentation as one fused pass for CPUs: for each example, read the uint8 image once, write
    the output once, with the shift, flip, cutout and the normalisation table applied per pixel.
    Draws come from the caller (fastvar.augment.example_draws), so this file holds no randomness.
-   Images are H×W×C. Mirrors fastvar/augment_triton.py: output column j reads crop column W-1-j when
+   Images are H×W×C. Mirrors fastvar/augment/triton_kernel.py: output column j reads crop column W-1-j when
    flipped; a source pixel outside the image (zero padding) or inside the cutout square reads 0. */
 #include <stdint.h>
 

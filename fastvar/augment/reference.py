@@ -4,7 +4,7 @@
 replicas (M×B) and each replica's augmentation seed, and returns the M×B×C×H×W batch, channels-last
 in memory, normalised.
 Three backends compute it bit for bit alike: a Triton kernel (one launch, uint8 read once, output
-written once) on CUDA; one fused C loop on a CPU (augment_cpu.c, built on first use where a C
+written once) on CUDA; one fused C loop on a CPU (cpu.c, built on first use where a C
 compiler is found); and a batched torch reference, the kernels' test oracle and the fallback.
 
 Every random draw of an example is a counter-based hash of (augmentation seed, epoch, example index,
@@ -24,7 +24,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from . import augment_cpu
+from . import cpu as augment_cpu
 
 # Draw numbers: which random value of an example is used for what.
 DRAW_FLIP, DRAW_SHIFT_Y, DRAW_SHIFT_X, DRAW_CUT_Y, DRAW_CUT_X = range(5)
@@ -88,7 +88,7 @@ def augment(images, indices, seeds, epoch, *, flip=False, pad=0, translate=0, cu
     if backend == "auto":
         backend = "triton" if images.is_cuda else "c" if augment_cpu.load() else "torch"
     if backend == "triton":
-        from .augment_triton import augment_triton
+        from .triton_kernel import augment_triton
         table = normalize_table(tuple(mean), tuple(std), dtype, images.device)
         out = augment_triton(images, indices, seeds, epoch, table, flip, shift, reflect, cutout)
     else:

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from .errors import ConfigError
-from .models import BUILTIN_MODELS, build_model, classifier_name, model_name
+from ..errors import ConfigError
+from ..models import BUILTIN_MODELS, build_model, classifier_name, model_name
 from .vmap_layers import at_least_float32, small_convs, use_vmap_layers
 
 STRATEGIES = ("loop", "vmap")
@@ -122,7 +122,7 @@ class Replicas:
 def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_classes, input_shape):
     """The model's structure without state (parameters and buffers come from the stacks), one per
     configuration in a process: compiled steps are keyed by it, so later batches reuse them.
-    `elementary_norm`, `gemm_rule` ("all", "small", "none"): the layers of fastvar.vmap_layers to swap in."""
+    `elementary_norm`, `gemm_rule` ("all", "small", "none"): the layers of fastvar.engine.vmap_layers to swap in."""
     structure = build_model(model, init_seed=0, width=width, dtype=dtype, dropout=dropout,
                             num_classes=num_classes).to("meta")
     convs = {"all": set(structure.modules()), "small": small_convs(structure, input_shape),

@@ -54,7 +54,7 @@ class GemmConv2d(torch.nn.Conv2d):
       (H·W·C × Ho·Wo·Cout), which leaves out every product with the zero padding (on a 1×1 image a
       3×3 kernel's eight outer taps, on 2×2 five of nine).
     Both read the weight as k×k×C×Cout taps: a view, with no copy forward or backward, where the
-    weight lies in memory in that order (WEIGHT_MEMORY_ORDER; fastvar.replicas lays stacks out so)."""
+    weight lies in memory in that order (WEIGHT_MEMORY_ORDER; fastvar.engine.replicas lays stacks out so)."""
 
     WEIGHT_MEMORY_ORDER = (2, 3, 1, 0)
 

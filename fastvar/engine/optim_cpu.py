@@ -1,20 +1,21 @@
-"""fastvar.optim's updates of one replica as C loops over its memory (optim_cpu.c), for updates by
+"""fastvar.engine.optim's updates of one replica as C loops over its memory (optim_cpu.c), for updates by
 replica on CPUs: equal bit for bit to the torch reference (the optimizers' `update`), which makes six
 to nine passes over every parameter where these make one. Elementwise, so any memory layout serves
 that the parameter, its gradient and its state share. Built on first use (fastvar.native); where it
 cannot be, `applies` is False and the reference serves.
 """
 import ctypes
+from pathlib import Path
 
 import torch
 
-from . import native
+from .. import native
 
 C_TYPES = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
 
 
 def load():
-    return native.load("optim_cpu", "optimizer")
+    return native.load(Path(__file__).with_name("optim_cpu.c"), "optimizer")
 
 
 def applies(tensors, dtypes):

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..augment import normalized
+from ..data import balanced_subset, load_dataset
+from ..errors import AnalysisError, StoreError
+from ..precisions import PRECISIONS
+from ..store import Store, flatten, folder_name, holds_runs, shard_stores, sweep_points, weights_path
 from . import cka as cka_module
-from .augment import normalized
-from .data import balanced_subset, load_dataset
 from .metrics import snapshot_ensembles, summarize
-from .precisions import PRECISIONS
 from .plots import analysis_figures, save_figures
 from .stats import paired, runs_per_arm, variance_components, welch
-from .errors import AnalysisError, StoreError
-from .store import Store, flatten, folder_name, holds_runs, shard_stores, sweep_points, weights_path
 
 DIFFERENCES_PP = (0.05, 0.1, 0.2, 0.5)  # accuracy differences the power table plans for
 

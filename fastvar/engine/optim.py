@@ -4,7 +4,7 @@ moves exactly as a lone model would. Learning rate and weight decay are per-repl
 `update` is written once, for tensors shaped alike and hyperparameters that broadcast against them,
 and applied either to whole stacks (few large operations: GPUs) or to one replica's slice at a time
 (`by_replica=True`: its operations are exactly those of a lone run: CPUs, the loop strategy). On a
-CPU, by replica, `fused_update` (fastvar.optim_cpu) runs the same arithmetic as one C loop.
+CPU, by replica, `fused_update` (fastvar.engine.optim_cpu) runs the same arithmetic as one C loop.
 
 Each line is one single-op tensor primitive (no addcdiv, lerp or alpha=): a fused kernel may use a
 fused multiply-add in its vector path and not in its scalar tail, which would make a replica's result

@@ -1,4 +1,4 @@
-"""The augmentation as one fused C loop for CPUs (augment_cpu.c), built on first use with the
+"""The augmentation as one fused C loop for CPUs (cpu.c), built on first use with the
 system's C compiler (fastvar.native); equal bit for bit to the torch reference, whose
 draws it takes. Where no compiler is found, `load` returns None and the torch reference serves.
 
@@ -6,15 +6,16 @@ Why C: the torch reference makes five passes over each batch (gather, pad, crop,
 which on a CPU cost about 8 µs an image; one pass costs about 3 (benchmarks/augment.py).
 """
 import ctypes
+from pathlib import Path
 
 import torch
 
-from . import native
+from .. import native
 
 
 def load():
     """The compiled augmentation kernel, or None where no compiler builds it."""
-    return native.load("augment_cpu", "augmentation")
+    return native.load(Path(__file__).with_name("cpu.c"), "augmentation")
 
 
 def augment_cpu(library, images, example, draws, table, shift, reflect, cutout):

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import torch
 
-from .models import build_model, classifier_name, feature_layers, model_spec
+from ..models import build_model, classifier_name, feature_layers, model_spec
 
 PROBE_SIZE = 1000  # the first 100 test images of each class
 

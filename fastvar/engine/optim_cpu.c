@@ -1,4 +1,4 @@
-/* fastvar.optim's updates of one replica as loops over its memory, for CPUs. Each statement is
+/* fastvar.engine.optim's updates of one replica as loops over its memory, for CPUs. Each statement is
    one rounding of the torch reference (BatchedAdam.update, BatchedSGD.update), in the same order,
    so results are equal bit for bit; scalars arrive rounded to the tensors' dtype, as torch rounds a
    Python number before it meets a tensor. decay_mode: 0 none, 1 L2 (added to the gradient),

@@ -4,10 +4,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .augment import batch_inputs, normalized
+from ..augment import batch_inputs, normalized
+from ..sources import DataOrder, DropoutMasks, perturb_one_ulp
 from .optim import OPTIMIZERS
 from .replicas import Replicas
-from .sources import DataOrder, DropoutMasks, perturb_one_ulp
 
 EVAL_BATCH = 1000
 SEED_TEST_BATCH = 128  # the seed repository's test loader, whose batch means it averaged
@@ -119,7 +119,7 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     smoothing = vectors.pop("label_smoothing")
     smoothing = smoothing.to(device) if smoothing.any() else None
     # Replica by replica for the loop strategy (a lone run's operations) and on any uncompiled CPU
-    # run (the C loops of fastvar.optim_cpu); both orders give the same bits.
+    # run (the C loops of fastvar.engine.optim_cpu); both orders give the same bits.
     by_replica = replicas.strategy == "loop" or (device.type == "cpu" and not replicas.compile)
     optimizer = make_optimizer(recipe, replicas.params, by_replica=by_replica, compile=bool(replicas.compile),
                                **vectors)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import writing
+from ..errors import writing
 from .report import read_runs, test_labels
 
 FORMATS = ("npz", "seed-npy")

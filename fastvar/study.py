@@ -211,7 +211,11 @@ class Study:
         return store
 
     def check_model(self, data, execution):
-        """A model of the user's own, tried on `data`'s shapes before any run (fastvar.engine.replicas.check_replicable)."""
+        """Before any run: a recipe that augments needs images, and a model of the user's own is tried on
+        `data`'s shapes (fastvar.engine.replicas.check_replicable)."""
+        if data.x_train.dtype != torch.uint8 and self.recipe_dict()["augment"]:
+            raise ConfigError(f"the recipe augments images ({', '.join(self.recipe_dict()['augment'])}), but the data "
+                              f"are features ({tuple(data.x_train.shape)}); use a recipe without augmentation")
         if self.recipe_dict()["model"] not in BUILTIN_MODELS:
             check_replicable(self.model_factory(), execution.resolved_strategy(execution.resolved_device()),
                              data.num_classes, data.example_shape)

@@ -263,3 +263,9 @@ def test_what_cannot_be_replicated_is_found_before_any_run(factory, strategy, me
     with pytest.raises(fastvar.ConfigError, match=re.escape(message)) as raised:
         study.run(tmp_path / "s", data=feature_data(), execution=fastvar.Execution(strategy=strategy))
     assert "\n" not in str(raised.value) and not (tmp_path / "s").exists()
+
+
+def test_a_recipe_that_augments_refuses_features(tmp_path):
+    recipe = fastvar.Recipe(model=LayerNormMLP, epochs=1, augment=fastvar.Augment(flip=True))
+    with pytest.raises(fastvar.ConfigError, match="augments images"):
+        fastvar.Study(recipe=recipe, runs=1).run(tmp_path / "s", data=feature_data())

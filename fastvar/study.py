@@ -7,23 +7,21 @@ runs still to train, trained M at a time as its Execution says.
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
 from datetime import datetime, timezone
+from typing import Callable
 
 import torch
 
 from .data import DATASETS, load_dataset
-from .execution import Execution
-from .errors import ConfigError
-from .sources import EPOCH_ORDERS, SOURCES, experiment_sources, kernel_mode, run_seeds
-from .store import Store, config_hash, run_key, weights_path
-from .recipes import RECIPES, Recipe
 from .engine.replicas import check_replicable
 from .engine.train import replica_hyperparameters, train_replicas
+from .errors import ConfigError
+from .execution import Execution
 from .models import BUILTIN_MODELS, architecture_digest, model_name, model_spec
 from .precisions import COMPUTE_DTYPE, PRECISIONS
-
-
+from .recipes import RECIPES, Recipe
+from .sources import EPOCH_ORDERS, SOURCES, experiment_sources, kernel_mode, run_seeds
+from .store import Store, config_hash, run_key, weights_path
 
 # Recipe hyperparameters a study may replace, with their allowed range [low, high).
 OVERRIDABLE = {"lr": (1e-12, float("inf")), "weight_decay": (0, float("inf")), "label_smoothing": (0, 1),
@@ -50,7 +48,7 @@ class Study:
     fixed_seed: int = 0  # the constant that fixed sources draw from
     onset_epoch: int | None = None  # varied sources follow the fixed ones before this epoch
     dropout: float | None = None  # dropout probability on the classifier's input
-    dataset: str = "cifar10"  # or mnist
+    dataset: str = "cifar10"  # or mnist; run on a Dataset.from_arrays, its arrays-<digest>
     overrides: dict | None = None  # the recipe's lr, weight_decay, label_smoothing or batch_size, replaced
     epoch_order: str = "fresh"  # fresh: a new permutation each epoch; same: the first one every epoch (seed's exp2)
 

@@ -158,17 +158,47 @@ def train_flops_per_image(recipe, width):
     return counter.get_total_flops() / batch
 
 
-def matmul_peak_flops(device, repeats=5):
-    """FLOP/s of a large matrix product, best of `repeats`: float32 on the CPU, bfloat16 on CUDA."""
-    n, dtype = (2048, torch.float32) if device.type == "cpu" else (8192, torch.bfloat16)
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    a @ b
+def best_rate(device, flops, fn, repeats):
+    """FLOP/s of `fn` (which does `flops`), best of `repeats` after one untimed call."""
+    fn()
     best = float("inf")
     for _ in range(repeats):
         with Timer(device) as t:
-            a @ b
+            fn()
         best = min(best, t.seconds)
-    return 2 * n ** 3 / best
+    return flops / best
+
+
+def peak_flops(device, repeats=5):
+    """The fastest FLOP/s this process reaches: on CUDA a bfloat16 8192² matrix product; on the CPU
+    the best float32 rate among MKL's products of several shapes and a oneDNN convolution (on an AMD
+    EPYC, MKL's 2048² product ran slower than oneDNN's convolutions, so a peak of MKL's alone read
+    below what the training step executed)."""
+    if device.type == "cuda":
+        a, b = (torch.randn(8192, 8192, device=device, dtype=torch.bfloat16) for _ in range(2))
+        return best_rate(device, 2 * 8192 ** 3, lambda: a @ b, repeats)
+    rates = []
+    for m, k, n in ((2048, 2048, 2048), (4096, 576, 4096), (8192, 256, 1024)):
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        rates.append(best_rate(device, 2 * m * k * n, lambda a=a, b=b: a @ b, repeats))
+    x, w = torch.randn(128, 64, 32, 32), torch.randn(64, 64, 3, 3)
+    rates.append(best_rate(device, 2 * 128 * 64 * 32 * 32 * 64 * 9, lambda: F.conv2d(x, w, padding=1), repeats))
+    return max(rates)
+
+
+def theoretical_cpu_peak():
+    """float32 FLOP/s from the processor's vector width (AVX-512: 16 lanes, AVX2: 8), two fused
+    multiply-adds a cycle per core, its nominal clock and torch's threads; None where unreadable."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    mhz = [float(line.split(":", 1)[1]) for line in info.splitlines() if line.startswith("cpu MHz")]
+    lanes = 16 if "avx512f" in flags else 8 if "fma" in flags else None
+    if not (lanes and mhz):
+        return None
+    return lanes * 2 * 2 * max(mhz) * 1e6 * torch.get_num_threads()
 
 
 def benchmark_data(data_dir, device):
@@ -228,13 +258,15 @@ class Table:
 
     def __init__(self, args, recipe, width, source):
         self.args, self.recipe, self.width, self.rows = args, recipe, width, []
-        self.flops, self.peaks = train_flops_per_image(recipe, width), [matmul_peak_flops(args.device)]
+        self.flops, self.peaks = train_flops_per_image(recipe, width), [peak_flops(args.device)]
+        self.theoretical = theoretical_cpu_peak() if args.device.type == "cpu" else None
         self.device = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" \
             else f"CPU, {torch.get_num_threads()} threads"
         print(f"{args.recipe} recipe ({recipe['model']}, width {width}, batch {recipe['batch_size']}), {source}, "
               f"{self.device}; fastvar in {args.precision} with {args.conv} convolutions, baseline in float32; "
               f"{self.flops / 1e9:.3f} GFLOP per training image; 'of peak' against the highest "
-              f"{'float32' if args.device.type == 'cpu' else 'bf16'} matmul peak measured so far")
+              f"{'float32' if args.device.type == 'cpu' else 'bf16'} peak measured so far (the fastest product "
+              f"or convolution this process runs)")
         print(f"{'strategy':<16}{'M':>4}{'img/s':>11}{'runs/h':>9}{'x base':>8}{'of peak':>9}{'executed':>10}"
               f"{'MB/replica':>12}{'warm-up s':>11}", flush=True)
 
@@ -245,7 +277,7 @@ class Table:
                    runs_per_hour=row["img_s"] * 3600 / (self.recipe["epochs"] * TRAIN_IMAGES))
         row.setdefault("executed_flops_per_image", self.flops)
         self.rows.append(row)
-        self.peaks.append(matmul_peak_flops(self.args.device))
+        self.peaks.append(peak_flops(self.args.device))
         self.set_fractions()
         print(f"{strategy:<16}{m:>4}{row['img_s']:>11.1f}{row['runs_per_hour']:>9.2f}{row['img_s'] / self.base():>8.2f}"
               f"{row['flops_fraction']:>9.3f}{row['executed_fraction']:>10.3f}{row['peak_mb_per_replica']:>12.0f}"
@@ -264,8 +296,9 @@ class Table:
         fast = [r for r in self.rows if r["strategy"] != "baseline"]
         best = max(fast, key=lambda r: r["img_s"])
         loop = max((r for r in fast if r["strategy"] == "loop"), key=lambda r: r["img_s"], default=best)
-        print(f"matmul peak {max(self.peaks) / 1e12:.3f} TFLOP/s, the highest of {len(self.peaks)} measurements "
-              f"(lowest {min(self.peaks) / 1e12:.3f}); the JSON's fractions are against the highest")
+        theoretical = f"; theoretical {self.theoretical / 1e12:.3f} at the nominal clock" if self.theoretical else ""
+        print(f"peak {max(self.peaks) / 1e12:.3f} TFLOP/s, the highest of {len(self.peaks)} measurements "
+              f"(lowest {min(self.peaks) / 1e12:.3f}){theoretical}; the JSON's fractions are against the highest")
         print(json.dumps({"baseline_img_s": round(self.base(), 1), "best_img_s": round(best["img_s"], 1),
                           "best_strategy": f"{best['strategy']} M={best['batch_models']}",
                           "speedup": round(best["img_s"] / self.base(), 3),
@@ -274,6 +307,7 @@ class Table:
                           "runs_per_hour": round(best["runs_per_hour"], 2), "gflop_per_image": round(self.flops / 1e9, 4),
                           "peak_tflop_s": round(max(self.peaks) / 1e12, 3),
                           "peak_tflop_s_lowest": round(min(self.peaks) / 1e12, 3), "device": self.device,
+                          "theoretical_peak_tflop_s": self.theoretical and round(self.theoretical / 1e12, 3),
                           "precision": self.args.precision, "conv": self.args.conv, "recipe": self.args.recipe, "width": self.width,
                           "results": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
                                       for r in self.rows]}))

@@ -13,6 +13,8 @@ def test_throughput_benchmark_emits_its_json(synthetic_dir):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert {"baseline_img_s", "best_img_s", "best_strategy", "speedup", "flops_fraction", "runs_per_hour"} <= set(summary)
     assert 0 < summary["flops_fraction"] < 1 and summary["gflop_per_image"] > 0
+    assert all(r["flops_fraction"] <= 1 and r["executed_fraction"] <= 1 for r in summary["results"])
+    assert summary["theoretical_peak_tflop_s"] is None or summary["theoretical_peak_tflop_s"] > 0
     assert [(r["strategy"], r["batch_models"]) for r in summary["results"]] == [
         ("baseline", 1), ("loop", 1), ("loop", 2), ("vmap", 1), ("vmap", 2)]
     assert all(r["img_s"] > 0 and r["peak_mb_per_replica"] > 0 for r in summary["results"])

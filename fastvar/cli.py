@@ -15,20 +15,21 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from .analysis.export import FORMATS, export  # noqa: E402
+from .analysis.plots import plot_study  # noqa: E402
+from .analysis.report import (analyze, compare_folders, comparison_lines, json_line, notes,  # noqa: E402
+                              sweep_summary, tables, write_report)
 from .data import DATASETS, default_data_dir, load_arrays, load_dataset  # noqa: E402
+from .engine.replicas import CONVS  # noqa: E402
 from .errors import FastvarError, writing  # noqa: E402
 from .execution import Execution  # noqa: E402
-from .analysis.export import FORMATS, export  # noqa: E402
 from .models import MODELS  # noqa: E402
-from .analysis.plots import plot_study  # noqa: E402
-from .engine.replicas import CONVS  # noqa: E402
-from .analysis.report import analyze, compare_folders, comparison_lines, json_line, notes, sweep_summary, tables, write_report  # noqa: E402,E501
+from .precisions import PRECISIONS  # noqa: E402
+from .recipes import RECIPES  # noqa: E402
 from .sources import EPOCH_ORDERS, EXPERIMENTS, SOURCES  # noqa: E402
 from .store import Store, merge  # noqa: E402
-from .precisions import PRECISIONS  # noqa: E402
 from .study import Study  # noqa: E402
 from .sweep import SETTINGS, Sweep, parse_setting  # noqa: E402
-from .recipes import RECIPES  # noqa: E402
 
 COMMANDS = ("train", "sweep", "plot", "analyze", "compare", "merge", "export", "download")
 MAIN_COMMAND = "--experiment fixed-init --batch-models 16"
@@ -297,7 +298,7 @@ def duration(hours):
 def small_command(prog, study):
     """`prog` train for this study's experiment at the CPU_SIZED size."""
     what = f"--vary {','.join(study.vary)}" if study.vary else f"--experiment {study.experiment}"
-    recipe = f" --recipe {study.recipe}" if study.recipe != "seed" else ""
+    recipe = f" --recipe {study.recipe_name()}" if study.recipe_name() != "seed" else ""
     return f"{prog} {what}{recipe} {CPU_SIZED} --out results/{study.experiment}-cpu"
 
 

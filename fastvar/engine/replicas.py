@@ -48,9 +48,10 @@ class Replicas:
         self.size, self.strategy, self.compile = len(init_seeds), strategy, compile
         self.classifier = classifier_name(self.template)
         self.compute = compute_dtype and (compute_dtype, lowered_parameters(self.template))
-        # channels-last input for the built-in models only, whose layers are known to take it (under
-        # vmap, GroupNorm, for one, asks for a contiguity that vmap cannot answer)
-        self.channels_last = model_name(model) in BUILTIN_MODELS and channels_last_is_safe(self.template, device, compile)
+        # The built-in models' layers are known to take a channels-last input and, under vmap, one shared
+        # evaluation batch; a user's may not (vmap's GroupNorm asks for a contiguity vmap cannot answer)
+        self.known_layers = model_name(model) in BUILTIN_MODELS
+        self.channels_last = self.known_layers and channels_last_is_safe(self.template, device, compile)
         # Leaves share storage with the stacks, so the optimizer's in-place updates reach them. Each
         # replica gets leaves of its own: autograd through slices of one stacked leaf would build a
         # zeroed full-size gradient per slice.
@@ -103,9 +104,10 @@ class Replicas:
         self.template.eval()
         x = x if self.channels_last else x.contiguous()
         params = in_compute_dtype(self.params, self.compute)
-        if self.strategy == "vmap":  # x as a batched input (a view): some layers (GroupNorm) fail on a shared one
-            return vmap(forward, in_dims=(None, 0, 0, 0))(self.template, params, self.buffers,
-                                                           x.expand(self.size, *x.shape))
+        if self.strategy == "vmap":  # x shared by all replicas, or as a batched view for a user's layers
+            shared = self.known_layers
+            return vmap(forward, in_dims=(None, 0, 0, None if shared else 0))(
+                self.template, params, self.buffers, x if shared else x.expand(self.size, *x.shape))
         return torch.stack([forward(self.template, {n: p[r] for n, p in params.items()},
                                     self.replica_buffers[r], x) for r in range(self.size)])
 

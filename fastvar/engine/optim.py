@@ -1,39 +1,31 @@
-"""fastvar's batched optimizers: one update over stacked [M, ...] tensors, elementwise, so replica r
-moves exactly as a lone model would. Learning rate and weight decay are per-replica vectors.
+"""fastvar's batched optimizers: one update over a flat [M, P] buffer of M replicas' parameters
+(fastvar.engine.flat), elementwise, so replica r moves exactly as a lone model would. Learning rate
+and weight decay are per-replica vectors; a learning-rate factor may differ between runs of the buffer.
 
 `update` is written once, for tensors shaped alike and hyperparameters that broadcast against them,
-and applied either to whole stacks (few large operations: GPUs) or to one replica's slice at a time
-(`by_replica=True`: its operations are exactly those of a lone run: CPUs, the loop strategy). On a
-CPU, by replica, `fused_update` (fastvar.engine.optim_cpu) runs the same arithmetic as one C loop.
+and applied either to whole stacks (GPUs: `fastvar.engine.optim_triton` runs it as one kernel a run of
+the buffer) or to one replica's slice at a time (`by_replica=True`: its operations are exactly those
+of a lone run: CPUs, where `fused_update`, fastvar.engine.optim_cpu, runs the same arithmetic as one C
+loop).
+
+A step reads no number from the host: the schedule's factor and the bias corrections of every step
+are tables computed once (in Python, so the bits are those a host loop would use) and indexed on the
+device by a step counter that lives there, so a step can be replayed as a CUDA graph.
 
 Each line is one single-op tensor primitive (no addcdiv, lerp or alpha=): a fused kernel may use a
 fused multiply-add in its vector path and not in its scalar tail, which would make a replica's result
 depend on where its slice falls in memory, i.e. on the batch it trained in.
 """
-import functools
 import math
 
 import torch
 
-from . import optim_cpu
+from . import optim_cpu, optim_triton
 
 
 def per_replica(values, like):
     """A vector over replicas, shaped to broadcast against a stacked tensor `like`, on its device."""
     return values.to(like.device, like.dtype).view(-1, *([1] * (like.dim() - 1)))
-
-
-def update_stacked(update, params, grads, states, coefficients, constants):
-    """Every parameter's update over whole stacks. A plain function of tensors and constants, so that
-    one `torch.compile` of it serves every optimizer of a process (GPUs: a few fused kernels a step
-    instead of ~10 launches per parameter)."""
-    for name, param in params.items():
-        update(param, grads[name], states[name], coefficients[name], constants)
-
-
-@functools.cache
-def compiled_update_stacked():
-    return torch.compile(update_stacked, dynamic=False)
 
 
 def sqrt_rounded_once(x):
@@ -47,43 +39,75 @@ def sqrt_rounded_once(x):
 class BatchedOptimizer:
     STATE = ()
 
-    def __init__(self, params, lr, weight_decay, lr_scale=None, by_replica=False, compile=False):
-        """lr, weight_decay: a float or one value per replica. lr_scale: {parameter name: factor}.
-        compile: run the stacked update through torch.compile (not with by_replica)."""
-        self.params = params  # name -> stacked tensor, updated in place
-        first = next(iter(params.values()))
-        self.size = first.shape[0]
+    def __init__(self, params, lr, weight_decay, *, lr_factors=(1.0,), runs=None, by_replica=False, low=None):
+        """params: an [M, P] buffer, updated in place. lr, weight_decay: a float or one value per
+        replica. lr_factors: the schedule's multiplier of lr at each step, in order. runs: [(start,
+        stop, factor)] covering the buffer, a further factor of lr on each (default: 1 on all). low: the
+        copy of params[:, :L] in the compute dtype that the forward reads, rewritten after each update."""
+        self.params, self.low = params, low
+        self.size, width = params.shape
+        self.runs = runs or [(0, width, 1.0)]
         # On the parameters' device, so that a step's coefficients are computed there without a sync.
-        vector = {"dtype": torch.float64, "device": "cpu" if by_replica else first.device}
+        vector = {"dtype": torch.float64, "device": "cpu" if by_replica else params.device}
         self.lr = torch.as_tensor(lr, dtype=torch.float64).expand(self.size).clone().to(**vector)
         self.weight_decay = torch.as_tensor(weight_decay, dtype=torch.float64).expand(self.size).clone().to(**vector)
-        self.decay = bool(self.weight_decay.any())
-        self.lr_scale, self.by_replica, self.compile = lr_scale or {}, by_replica, compile and not by_replica
-        # By replica on a CPU, the C loops where they build (the same bits as `update`)
-        fused = by_replica and optim_cpu.applies(params.values(), self.FUSED_DTYPES)
+        self.decay, self.by_replica = bool(self.weight_decay.any()), by_replica
+        self.tables = {k: torch.tensor(v, **vector) for k, v in self.step_tables(list(lr_factors)).items()}
+        self.step_index = torch.zeros((), dtype=torch.int64, device=vector["device"])
+        self.steps = 0  # on the host too, for what changes a step's arithmetic (SGD's first step)
+        self.state = {s: torch.zeros_like(params) for s in self.STATE}
+        # By replica on a CPU, the C loops where they build (the same bits as `update`); on CUDA, Triton's
+        fused = by_replica and optim_cpu.applies([params, *self.state.values()], self.FUSED_DTYPES)
         self.replica_update = self.fused_update if fused else self.update
-        self.state = {n: {s: torch.zeros_like(p) for s in self.STATE} for n, p in params.items()}
-        self.steps = 0
+        self.stacked_update = optim_triton.UPDATES[type(self).__name__] if params.is_cuda else update_stacked
+        self.kernel_writes_low = params.is_cuda and not by_replica
+
+    def step_tables(self, lr_factors):
+        """{name: the value at each step}: numbers the host computes once (no step reads the host)."""
+        return {"lr_factor": lr_factors}
 
     @torch.no_grad()
-    def step(self, grads, lr_factor=1.0):
-        """One update; the learning rate of this step is lr × lr_factor (the schedule) × lr_scale."""
+    def step(self, grads):
+        """One update with the gradient `grads`: one [M, P] tensor or parts side by side ([M, L] in the
+        compute dtype, then [M, P - L]); lr × this step's lr factor × each run's factor."""
         self.steps += 1
         constants = self.constants()
+        now = {k: t[self.step_index] for k, t in self.tables.items()}
+        self.step_index.add_(1)
         # Per-replica coefficients in float64, rounded once to the parameters' dtype either way.
-        by_scale = {scale: self.coefficients(self.lr * (lr_factor * scale))
-                    for scale in {self.lr_scale.get(name, 1.0) for name in self.params}}
-        coefficients = {name: by_scale[self.lr_scale.get(name, 1.0)] for name in self.params}
+        by_factor = {f: self.coefficients(self.lr * (now["lr_factor"] * f), now) for f in {r[2] for r in self.runs}}
+        lowered = 0 if self.low is None else self.low.shape[1]
+        segments = [(self.params[:, a:b], grad, {s: t[:, a:b] for s, t in self.state.items()}, by_factor[f],
+                     self.low[:, a:b] if b <= lowered else None)
+                    for (a, b, f), grad in zip(self.runs, self.grad_runs(grads))]
         if self.by_replica:
-            for name, param in self.params.items():
+            for param, grad, state, c, _ in segments:
                 for r in range(self.size):
-                    self.replica_update(param[r], grads[name][r], {s: t[r] for s, t in self.state[name].items()},
-                                        {k: v[r].item() for k, v in coefficients[name].items()}, constants)
-            return
-        stacked = {name: {k: per_replica(v, self.params[name]) for k, v in c.items()}
-                   for name, c in coefficients.items()}
-        update = compiled_update_stacked() if self.compile else update_stacked
-        update(self.update, self.params, grads, self.state, stacked, constants)
+                    self.replica_update(param[r], grad[r], {s: t[r] for s, t in state.items()},
+                                        {k: v[r].item() for k, v in c.items()}, constants)
+        else:
+            self.stacked_update(self.update, segments, constants, self.low)
+        if self.low is not None and not self.kernel_writes_low:
+            self.low.copy_(self.params[:, :self.low.shape[1]])
+
+    def grad_runs(self, grads):
+        """The gradient's slice for each run (runs never cross from one part to the next)."""
+        offsets, start = [], 0
+        for part in grads:
+            offsets.append(start)
+            start += part.shape[1]
+        found = []
+        for a, b, _ in self.runs:
+            i = max(j for j, o in enumerate(offsets) if o <= a)
+            found.append(grads[i][:, a - offsets[i]:b - offsets[i]])
+        return found
+
+
+def update_stacked(update, segments, constants, low):
+    """Every run's update over whole stacks (the reference of fastvar.engine.optim_triton's kernels;
+    `low` is rewritten by the caller)."""
+    for param, grad, state, c, _ in segments:
+        update(param, grad, state, {k: per_replica(v, param) for k, v in c.items()}, constants)
 
 
 class BatchedAdam(BatchedOptimizer):
@@ -93,21 +117,26 @@ class BatchedAdam(BatchedOptimizer):
     fused_update, FUSED_DTYPES = staticmethod(optim_cpu.adam), (torch.float32,)
 
     def __init__(self, params, lr, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8, decoupled=False, **kwargs):
-        super().__init__(params, lr, weight_decay, **kwargs)
-        self.beta1, self.beta2 = betas
+        self.beta1, self.beta2 = betas  # before the step tables, which read them
         self.eps, self.decoupled = eps, decoupled
+        super().__init__(params, lr, weight_decay, **kwargs)
 
     def constants(self):
         return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps, "decay": self.decay,
                 "decoupled": self.decoupled}
 
-    def coefficients(self, lr):
-        return {"step_size": lr / (1 - self.beta1 ** self.steps),
-                "bias2_sqrt": torch.full_like(lr, math.sqrt(1 - self.beta2 ** self.steps)),
+    def step_tables(self, lr_factors):
+        steps = range(1, len(lr_factors) + 1)
+        return {"lr_factor": lr_factors, "bias1": [1 - self.beta1 ** t for t in steps],
+                "bias2_sqrt": [math.sqrt(1 - self.beta2 ** t) for t in steps]}
+
+    def coefficients(self, lr, now):
+        return {"step_size": lr / now["bias1"], "bias2_sqrt": now["bias2_sqrt"].expand_as(lr),
                 "decay": 1 - lr * self.weight_decay if self.decoupled else self.weight_decay}
 
     @staticmethod
     def update(param, grad, state, c, k):
+        grad = grad.to(param.dtype)  # a low-precision gradient, upcast (exactly)
         if k["decay"] and k["decoupled"]:
             param.mul_(c["decay"])
         elif k["decay"]:
@@ -131,11 +160,12 @@ class BatchedSGD(BatchedOptimizer):
     def constants(self):
         return {"momentum": self.momentum, "nesterov": self.nesterov, "decay": self.decay, "first": self.steps == 1}
 
-    def coefficients(self, lr):
+    def coefficients(self, lr, now):
         return {"lr": lr, "weight_decay": self.weight_decay}
 
     @staticmethod
     def update(param, grad, state, c, k):
+        grad = grad.to(param.dtype)  # a low-precision gradient, upcast (exactly)
         if k["decay"]:
             grad = grad + param * c["weight_decay"]
         if k["momentum"]:

@@ -36,8 +36,9 @@ def dense(tensor):
 
 
 def like(grad, param):
-    """grad with param's memory layout."""
-    return grad if grad.stride() == param.stride() else torch.empty_like(param).copy_(grad)
+    """grad with param's memory layout and dtype (a low-precision gradient upcast, exactly)."""
+    same = grad.stride() == param.stride() and grad.dtype == param.dtype
+    return grad if same else torch.empty_like(param).copy_(grad)
 
 
 def kernel(name, dtype):

@@ -20,7 +20,9 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ..errors import ConfigError
 from ..models import BUILTIN_MODELS, build_model, classifier_name, model_name
-from .vmap_layers import at_least_float32, small_convs, use_vmap_layers
+from .flat import FlatLayout
+from .live import live_taps
+from .vmap_layers import GemmConv2d, at_least_float32, small_convs, use_vmap_layers
 
 STRATEGIES = ("loop", "vmap")
 CONVS = ("auto", "gemm", "native")
@@ -31,7 +33,7 @@ class Replicas:
                  dropout=None, compute_dtype=None, compile=None, conv="auto", num_classes=10,
                  input_shape=(3, 32, 32)):
         """`model` as fastvar.models.model_spec takes it; `input_shape` (C, H, W, or D for features)
-        of one example, for the shapes that pick the GEMM convolutions."""
+        of one example, for the shapes that pick the GEMM convolutions and their live taps."""
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
         device = torch.device(device)
@@ -42,27 +44,41 @@ class Replicas:
         models = [build_model(model, init_seed=s, width=width, dtype=dtype, dropout=dropout, num_classes=num_classes)
                   for s in init_seeds]
         params, buffers = stack_module_state(models)
-        orders = memory_orders(self.template)
-        self.params = {n: laid_out(p.detach().to(device), orders.get(n)) for n, p in params.items()}
-        self.buffers = {n: b.to(device) for n, b in buffers.items()}
         self.size, self.strategy, self.compile = len(init_seeds), strategy, compile
+        self.live, live_params, dead_params = split_live(self.template, {n: p.detach() for n, p in params.items()})
+        # One flat [M, P] buffer of the trained entries (views are what layers read), and one of the
+        # dead taps, which only weight decay moves (fastvar.engine.live)
+        self.layout = FlatLayout({n: p.shape[1:] for n, p in live_params.items()}, memory_orders(self.template),
+                                 lowered_parameters(self.template))
+        self.master, self.params = flat_stack(self.layout, live_params, self.size, dtype, device)
+        self.dead_layout = FlatLayout({n: p.shape[1:] for n, p in dead_params.items()})
+        self.dead, _ = flat_stack(self.dead_layout, dead_params, self.size, dtype, device)
+        self.buffers = {n: b.to(device) for n, b in buffers.items()}
         self.classifier = classifier_name(self.template)
-        self.compute = compute_dtype and (compute_dtype, lowered_parameters(self.template))
+        # Mixed precision: the forward reads a copy of the lowered entries in the compute dtype, which
+        # the optimizer rewrites after each update; their gradients arrive in that dtype
+        self.compute_dtype = compute_dtype
+        self.low = self.master[:, :self.layout.lowered].to(compute_dtype) if compute_dtype else None
         # The built-in models' layers are known to take a channels-last input and, under vmap, one shared
         # evaluation batch; a user's may not (vmap's GroupNorm asks for a contiguity vmap cannot answer)
         self.known_layers = model_name(model) in BUILTIN_MODELS
         self.channels_last = self.known_layers and channels_last_is_safe(self.template, device, compile)
-        # Leaves share storage with the stacks, so the optimizer's in-place updates reach them. Each
+        # Leaves share storage with the buffers, so the optimizer's in-place updates reach them. Each
         # replica gets leaves of its own: autograd through slices of one stacked leaf would build a
         # zeroed full-size gradient per slice.
-        self.stacked_leaves = {n: p.detach().requires_grad_() for n, p in self.params.items()}
-        self.replica_leaves = [{n: p[r].detach().requires_grad_() for n, p in self.params.items()}
+        self.stacked_leaves = tuple(p.detach().requires_grad_() for p in self.forward_parts())
+        self.replica_leaves = [tuple(p[r].detach().requires_grad_() for p in self.forward_parts())
                                for r in range(self.size)]
         self.replica_buffers = [{n: b[r] for n, b in self.buffers.items()} for r in range(self.size)]
 
+    def forward_parts(self):
+        """The buffers the forward reads, side by side: the master, or the lowered copy and the rest."""
+        return (self.master,) if self.low is None else (self.low, self.master[:, self.layout.lowered:])
+
     def train_step_grads(self, x, y, dropout_masks=None, label_smoothing=None):
         """x M×B×3×H×W, y M×B (dropout masks M×B×features for a model with dropout; label smoothing
-        one value per replica, or None) → per-replica mean loss [M], correct count [M], stacked grads."""
+        one value per replica, or None) → per-replica mean loss [M], correct count [M], and the
+        gradient as stacked parts that match `forward_parts`."""
         self.template.train()
         x = x if self.channels_last else x.contiguous()
         extra = {} if dropout_masks is None else {f"{self.classifier}.dropout_mask": dropout_masks}
@@ -72,25 +88,26 @@ class Replicas:
                                        for r, b in enumerate(self.replica_buffers)], label_smoothing)
 
     def _vmap_grads(self, x, y, buffers, label_smoothing):
-        losses, logits = self._run(stacked_losses)(self.template, self.stacked_leaves, buffers, x, y,
-                                                   label_smoothing, self.compute)
+        losses, logits = self._run(stacked_losses)(self.template, self.layout.views(*self.stacked_leaves), buffers,
+                                                   x, y, label_smoothing)
         # Replicas are independent, so d(sum of losses)/d(replica r) is replica r's own gradient.
-        grads = torch.autograd.grad(losses.sum(), list(self.stacked_leaves.values()))
-        return losses.detach(), correct_counts(logits, y), dict(zip(self.params, grads))
+        grads = torch.autograd.grad(losses.sum(), self.stacked_leaves)
+        return losses.detach(), correct_counts(logits, y), grads
 
     def _loop_grads(self, x, y, buffers, label_smoothing):
-        grads = {n: torch.empty_like(p) for n, p in self.params.items()} if self.size > 1 else {}
+        grads = tuple(torch.empty_like(p) for p in self.forward_parts()) if self.size > 1 else ()
         losses, correct = [], []
         for r in range(self.size):
             leaves = self.replica_leaves[r]
             smoothing = 0.0 if label_smoothing is None else label_smoothing[r].item()
-            loss, logits = self._run(replica_loss)(self.template, leaves, buffers[r], x[r], y[r], smoothing,
-                                                   self.compute)
-            for name, g in zip(leaves, torch.autograd.grad(loss, list(leaves.values()))):
-                if self.size == 1:  # a lone replica's gradients are a stack of one as they are
-                    grads[name] = g[None]
-                else:
-                    grads[name][r].copy_(g)
+            loss, logits = self._run(replica_loss)(self.template, self.layout.views(*leaves), buffers[r], x[r], y[r],
+                                                   smoothing)
+            replica_grads = torch.autograd.grad(loss, leaves)
+            if self.size == 1:  # a lone replica's gradient is a stack of one as it is
+                grads = tuple(g[None] for g in replica_grads)
+            else:
+                for stacked, g in zip(grads, replica_grads):
+                    stacked[r].copy_(g)
             losses.append(loss.detach())
             correct.append(correct_counts(logits, y[r]))
         return torch.stack(losses), torch.stack(correct), grads
@@ -98,12 +115,17 @@ class Replicas:
     def _run(self, fn):
         return compiled(fn, self.compile) if self.compile else fn
 
+    def weights_changed(self):
+        """After a change to the master weights outside the optimizer: the lowered copy follows."""
+        if self.low is not None:
+            self.low.copy_(self.master[:, :self.layout.lowered])
+
     @torch.no_grad()
     def logits(self, x):
         """Eval-mode logits of every replica on one shared batch x (B×C×H×W, or B×D) → M×B×classes."""
         self.template.eval()
         x = x if self.channels_last else x.contiguous()
-        params = in_compute_dtype(self.params, self.compute)
+        params = self.layout.views(*self.forward_parts())
         if self.strategy == "vmap":  # x shared by all replicas, or as a batched view for a user's layers
             shared = self.known_layers
             return vmap(forward, in_dims=(None, 0, 0, None if shared else 0))(
@@ -113,11 +135,47 @@ class Replicas:
 
     def input_dtype(self):
         """The dtype the first layer computes in: the mixed-precision dtype, else the weights'."""
-        return self.compute[0] if self.compute else next(iter(self.params.values())).dtype
+        return self.compute_dtype or self.master.dtype
 
     def state_dict(self, r):
         """Replica r as an ordinary state dict (contiguous copies), loadable into the model it was built from."""
-        return {n: t[r].clone(memory_format=torch.contiguous_format) for n, t in {**self.params, **self.buffers}.items()}
+        dead = self.dead_layout.views(self.dead)
+        params = {n: whole_weight(p[r], dead[n][r], self.live[n]) if n in self.live else p[r]
+                  for n, p in self.params.items()}
+        return {n: t.clone(memory_format=torch.contiguous_format) for n, t in {**params, **self.buffers}.items()}
+
+
+def split_live(template, params):
+    """({weight name: live tap indices}, live entries, dead entries) of stacked parameters: a weight with
+    dead taps (GemmConv2d.live_taps) splits into its live taps and its dead ones, each M×T×C×Cout."""
+    live = {f"{name}.weight": module.live_taps for name, module in template.named_modules()
+            if getattr(module, "live_taps", None) is not None}
+    live_params, dead_params = dict(params), {}
+    for name, taps in live.items():
+        weight = params[name]
+        by_tap = weight.permute(0, 3, 4, 2, 1).flatten(1, 2)  # M × k² × C × Cout
+        live_params[name] = by_tap[:, list(taps)]
+        dead_params[name] = by_tap[:, [t for t in range(by_tap.shape[1]) if t not in taps]]
+    return live, live_params, dead_params
+
+
+def whole_weight(live, dead, taps):
+    """A Cout×C×k×k weight from its live and dead taps (T×C×Cout each, one replica's)."""
+    k2 = live.shape[0] + dead.shape[0]
+    by_tap = torch.empty(k2, *live.shape[1:], dtype=live.dtype, device=live.device)
+    by_tap[list(taps)] = live
+    by_tap[[t for t in range(k2) if t not in taps]] = dead
+    k = round(k2 ** 0.5)
+    return by_tap.view(k, k, *live.shape[1:]).permute(3, 2, 0, 1)
+
+
+def flat_stack(layout, stacked, m, dtype, device):
+    """An [M, P] buffer holding `stacked` ({name: M×...}) as `layout` places it, and its views by name."""
+    flat = torch.empty(m, layout.size, dtype=dtype, device=device)
+    views = layout.views(flat)
+    for name, tensor in stacked.items():
+        views[name].copy_(tensor)
+    return flat, views
 
 
 @functools.cache
@@ -129,23 +187,18 @@ def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_class
                             num_classes=num_classes).to("meta")
     convs = {"all": set(structure.modules()), "small": small_convs(structure, input_shape),
              "none": set()}[gemm_rule]
-    return use_vmap_layers(structure, elementary_norm, convs)
+    structure = use_vmap_layers(structure, elementary_norm, convs)
+    for name, taps in live_taps(structure, input_shape).items():  # only GEMM convolutions can leave taps out
+        if isinstance(structure.get_submodule(name), GemmConv2d):
+            structure.get_submodule(name).live_taps = taps
+    return structure
 
 
 def memory_orders(template):
     """{parameter name: memory order} for the layers that declare the order of their weight's
     dimensions in memory (WEIGHT_MEMORY_ORDER, outermost first) in which they use it without copying."""
     return {f"{name}.weight": module.WEIGHT_MEMORY_ORDER for name, module in template.named_modules()
-            if hasattr(module, "WEIGHT_MEMORY_ORDER")}
-
-
-def laid_out(stacked, order):
-    """A stacked [M, ...] tensor with each replica's dimensions in memory in `order` (None: as they
-    are); the same shape and values, replicas outermost."""
-    if order is None:
-        return stacked
-    memory = stacked.permute(0, *(d + 1 for d in order)).contiguous()
-    return memory.permute(0, *(order.index(d) + 1 for d in range(len(order))))
+            if hasattr(module, "WEIGHT_MEMORY_ORDER") and module.live_taps is None}
 
 
 def conv_rule(conv, strategy, device):
@@ -166,15 +219,6 @@ def lowered_parameters(template):
                      for name, _ in module.named_parameters(recurse=False))
 
 
-def in_compute_dtype(params, compute):
-    """The parameters as the forward pass uses them: `compute` = (dtype, names) casts those names
-    (a differentiable cast, so gradients reach the float32 leaves in float32)."""
-    if not compute:
-        return params
-    dtype, names = compute
-    return {n: p.to(dtype) if n in names else p for n, p in params.items()}
-
-
 @functools.cache
 def compiled(fn, mode):
     """One torch.compile per step function and mode per process; shapes are static within a study."""
@@ -185,15 +229,15 @@ def forward(template, params, buffers, x):
     return functional_call(template, (params, buffers), (x,))
 
 
-def stacked_losses(template, params, buffers, x, y, label_smoothing, compute):
+def stacked_losses(template, params, buffers, x, y, label_smoothing):
     """The vmap strategy's forward: each replica's mean loss [M] and logits M×B×classes."""
-    logits = vmap(forward, in_dims=(None, 0, 0, 0))(template, in_compute_dtype(params, compute), buffers, x)
+    logits = vmap(forward, in_dims=(None, 0, 0, 0))(template, params, buffers, x)
     return batched_cross_entropy(at_least_float32(logits), y, label_smoothing), logits
 
 
-def replica_loss(template, params, buffers, x, y, label_smoothing, compute):
+def replica_loss(template, params, buffers, x, y, label_smoothing):
     """The loop strategy's forward of one replica: its mean loss and logits B×classes."""
-    logits = forward(template, in_compute_dtype(params, compute), buffers, x)
+    logits = forward(template, params, buffers, x)
     return F.cross_entropy(at_least_float32(logits), y, label_smoothing=label_smoothing), logits
 
 

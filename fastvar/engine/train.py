@@ -45,12 +45,13 @@ def replica_hyperparameters(recipe):
             "label_smoothing": recipe.get("label_smoothing", 0.0)}
 
 
-def make_optimizer(recipe, params, by_replica=False, compile=False, **vectors):
-    """The recipe's batched optimizer; `vectors` (lr, weight_decay) override its values per replica."""
-    kwargs = dict(recipe["optimizer"], by_replica=by_replica, compile=compile, **vectors)
+def make_optimizer(recipe, params, layout, **kwargs):
+    """The recipe's batched optimizer over a flat [M, P] buffer of `layout`; `kwargs` as
+    BatchedOptimizer takes them (lr and weight_decay: vectors that override the recipe's per replica)."""
+    kwargs = {**recipe["optimizer"], **kwargs}
     name = kwargs.pop("name")
-    if "lr_scale_1d" in recipe:  # biases and BatchNorm parameters: one dimension, plus the replicas'
-        kwargs["lr_scale"] = {n: recipe["lr_scale_1d"] for n, p in params.items() if p.dim() == 2}
+    if "lr_scale_1d" in recipe:  # biases and BatchNorm parameters: one dimension
+        kwargs["runs"] = layout.runs(lambda n: recipe["lr_scale_1d"] if len(layout.entries[n].shape) == 1 else 1.0)
     return OPTIMIZERS[name](params, **kwargs)
 
 
@@ -121,8 +122,18 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     # Replica by replica for the loop strategy (a lone run's operations) and on any uncompiled CPU
     # run (the C loops of fastvar.engine.optim_cpu); both orders give the same bits.
     by_replica = replicas.strategy == "loop" or (device.type == "cpu" and not replicas.compile)
-    optimizer = make_optimizer(recipe, replicas.params, by_replica=by_replica, compile=bool(replicas.compile),
-                               **vectors)
+    n, batch, epochs = len(data.y_train), recipe["batch_size"], recipe["epochs"]
+    steps_per_epoch = math.ceil(n / batch)
+    total_steps = epochs * steps_per_epoch
+    factors = [lr_factor(recipe["schedule"], step, steps_per_epoch, total_steps) for step in range(total_steps)]
+    optimizer = make_optimizer(recipe, replicas.master, replicas.layout, lr_factors=factors, by_replica=by_replica,
+                               low=replicas.low, **vectors)
+    # The dead taps get no gradient; weight decay alone moves them (the same update, its gradient 0)
+    decay_only = None
+    if vectors["weight_decay"].any() and replicas.dead.shape[1]:
+        decay_only = make_optimizer(recipe, replicas.dead, replicas.dead_layout, lr_factors=factors,
+                                    by_replica=by_replica, **vectors)
+        no_grad = (torch.zeros_like(replicas.dead),)
     before = fixed if onset_epoch else None
     orders = [DataOrder(s.order_seed, before and before.order_seed, onset_epoch, epoch_order) for s in seeds]
     own_aug = torch.tensor([s.aug_seed for s in seeds], dtype=torch.int64, device=device)
@@ -133,15 +144,13 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
         masks = DropoutMasks([s.dropout_seed for s in seeds], recipe["dropout"], features,
                              onset_epoch, before and before.dropout_seed)
     dtype = replicas.input_dtype()
-    n, batch, epochs = len(data.y_train), recipe["batch_size"], recipe["epochs"]
-    steps_per_epoch = math.ceil(n / batch)
-    total_steps = epochs * steps_per_epoch
     curves = {"train_loss_curve": [], "train_acc_curve": [], "train_loss_batch_mean_curve": []}
     for epoch in range(epochs):
         if epoch == onset_epoch:
             for r, s in enumerate(seeds):
                 if s.perturb_seed is not None:
                     perturb_one_ulp(replicas.params, r, s.perturb_seed)
+            replicas.weights_changed()
         aug_seeds = own_aug if epoch >= onset_epoch else fixed_aug
         order = torch.stack([o.epoch(n) for o in orders]).to(device)  # M×N
         loss_sum = torch.zeros(replicas.size, dtype=torch.float64, device=device)
@@ -153,7 +162,9 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
             dropout = None if masks is None else masks.draw(epoch, indices.shape[1]).to(device, dtype)
             losses, hits, grads = replicas.train_step_grads(x, data.y_train[indices], dropout, smoothing)
             done = epoch * steps_per_epoch + step
-            optimizer.step(grads, lr_factor(recipe["schedule"], done, steps_per_epoch, total_steps))
+            optimizer.step(grads)
+            if decay_only:
+                decay_only.step(no_grad)
             loss_sum += losses * indices.shape[1]
             batch_mean_sum += losses
             correct += hits

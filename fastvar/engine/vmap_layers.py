@@ -21,6 +21,8 @@ every parameter's and buffer's name and shape, so state dicts stay interchangeab
 import torch
 import torch.nn.functional as F
 
+from .live import conv_sizes
+
 
 def at_least_float32(x):
     """x in float32 at least: bfloat16 upcast, float64 kept."""
@@ -54,33 +56,44 @@ class GemmConv2d(torch.nn.Conv2d):
       (H·W·C × Ho·Wo·Cout), which leaves out every product with the zero padding (on a 1×1 image a
       3×3 kernel's eight outer taps, on 2×2 five of nine).
     Both read the weight as k×k×C×Cout taps: a view, with no copy forward or backward, where the
-    weight lies in memory in that order (WEIGHT_MEMORY_ORDER; fastvar.engine.replicas lays stacks out so)."""
+    weight lies in memory in that order (WEIGHT_MEMORY_ORDER; fastvar.engine.replicas lays stacks out so).
+    With `live_taps` (fastvar.engine.live: the taps that reach the image), the weight is those taps
+    alone, T×C×Cout, and neither form multiplies the others."""
 
     WEIGHT_MEMORY_ORDER = (2, 3, 1, 0)
+    live_taps = None  # all taps; else the indices ki·k + kj of the weight's T taps
 
     def forward(self, x):
         (k, _), (s, _), (p, _) = self.kernel_size, self.stride, self.padding
         b, c, h, w = x.shape
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        taps = self.weight.permute(self.WEIGHT_MEMORY_ORDER)
+        taps, tap_ids = self.taps(k, c)
         if h * w < k * k:
-            out = self.unrolled(x, taps, s, p, ho, wo)
+            out = self.unrolled(x, taps, tap_ids, s, p, ho, wo)
         else:
             padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, p, p, p, p))
-            windows = [padded[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] for i in range(k) for j in range(k)]
-            cols = torch.stack(windows, dim=3).reshape(b * ho * wo, k * k * c)
-            out = cols @ taps.reshape(k * k * c, self.out_channels)
+            windows = [padded[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
+                       for i, j in (divmod(t, k) for t in tap_ids)]
+            cols = torch.stack(windows, dim=3).reshape(b * ho * wo, len(tap_ids) * c)
+            out = cols @ taps.reshape(len(tap_ids) * c, self.out_channels)
         out = out.view(b, ho, wo, self.out_channels).permute(0, 3, 1, 2)
         return out if self.bias is None else out + self.bias[:, None, None]
 
-    def unrolled(self, x, taps, s, p, ho, wo):
+    def taps(self, k, c):
+        """The weight as T×C×Cout tap matrices (a view) and the taps' indices ki·k + kj."""
+        if self.live_taps is None:
+            return self.weight.permute(self.WEIGHT_MEMORY_ORDER).reshape(k * k, c, self.out_channels), range(k * k)
+        return self.weight, self.live_taps
+
+    def unrolled(self, x, taps, tap_ids, s, p, ho, wo):
         b, c, h, w = x.shape
-        k, cout = taps.shape[0], self.out_channels
-        taps = taps.reshape(k * k, c, cout)
+        k, cout = self.kernel_size[0], self.out_channels
         if h * w == ho * wo == 1 and p < k:  # one pixel to one: the tap at the padding offset alone
-            linear_map = taps[p * k + p]
-        else:  # (H·W·Ho·Wo × k²) 0/1 times (k² × C·Cout): the C×Cout block of each (input, output) pixel pair
-            blocks = tap_selection(h, w, ho, wo, k, s, p, taps) @ taps.reshape(k * k, c * cout)
+            linear_map = taps[list(tap_ids).index(p * k + p)]
+        else:  # (H·W·Ho·Wo × T) 0/1 times (T × C·Cout): the C×Cout block of each (input, output) pixel pair
+            selection = tap_selection(h, w, ho, wo, k, s, p, taps)
+            selection = selection if len(tap_ids) == k * k else selection[:, list(tap_ids)]
+            blocks = selection @ taps.reshape(len(tap_ids), c * cout)
             linear_map = blocks.view(h * w, ho * wo, c, cout).transpose(1, 2)
         return x.permute(0, 2, 3, 1).reshape(b, h * w * c) @ linear_map.reshape(h * w * c, ho * wo * cout)
 
@@ -104,19 +117,9 @@ def gemm_convertible(module):
 
 def small_convs(structure, input_shape=(3, 32, 32), max_pixels=4):
     """The Conv2d modules whose output has at most `max_pixels` pixels for an input of one example of
-    `input_shape`, found by a forward pass on the meta device (no arithmetic)."""
-    small = set()
-    if not any(isinstance(m, torch.nn.Conv2d) for m in structure.modules()):
-        return small
-    hooks = [m.register_forward_hook(lambda m, inputs, out: small.add(m) if out.shape[-2] * out.shape[-1] <= max_pixels
-                                     else None) for m in structure.modules() if isinstance(m, torch.nn.Conv2d)]
-    training = structure.training
-    dtype = next(structure.parameters()).dtype
-    structure.eval()(torch.empty(1, *input_shape, device="meta", dtype=dtype))
-    structure.train(training)
-    for hook in hooks:
-        hook.remove()
-    return small
+    `input_shape` (shapes from a forward on the meta device)."""
+    return {structure.get_submodule(name) for name, (_, (ho, wo)) in conv_sizes(structure, input_shape).items()
+            if ho * wo <= max_pixels}
 
 
 def use_vmap_layers(structure, elementary_norm, gemm_convs):

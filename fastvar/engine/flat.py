@@ -1,0 +1,82 @@
+"""Each replica's trained parameters as one flat vector: a stack of M replicas is one [M, P] buffer,
+and every tensor a layer reads is a view of it. The optimizer then makes one pass over one buffer
+(and its gradient, and its state) instead of one per parameter, and a training step differentiates
+with respect to the buffer itself: `torch.split` hands out the layers' tensors, and its backward
+writes their gradients side by side into one [M, P] gradient.
+
+The entries the mixed-precision casts lower (convolutions' and linear layers') come first, so the
+low-precision copy of the weights is one slice, [..., :lowered]. Among each, one-dimensional tensors
+come last, so that a per-shape learning-rate factor covers a few runs of the buffer.
+"""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    start: int
+    shape: tuple  # as the layers read it
+    order: tuple | None  # its dimensions in memory, outermost first (None: as they are)
+
+    @property
+    def size(self):
+        return prod(self.shape)
+
+    @property
+    def memory_shape(self):
+        return self.shape if self.order is None else tuple(self.shape[d] for d in self.order)
+
+    def view(self, chunk):
+        """The tensor shaped as the layers read it, from its stretch of a flat [..., size] buffer."""
+        lead = chunk.shape[:-1]
+        memory = chunk.view(*lead, *self.memory_shape)
+        if self.order is None:
+            return memory
+        return memory.permute(*range(len(lead)), *(len(lead) + self.order.index(d) for d in range(len(self.order))))
+
+
+def prod(shape):
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+class FlatLayout:
+    def __init__(self, shapes, orders=None, lowered=frozenset()):
+        """shapes: {name: shape of one replica's tensor}, in the model's order; orders: {name: memory
+        order} for the tensors a layer reads in another memory order; lowered: the names the
+        mixed-precision casts lower."""
+        orders = orders or {}
+        placed = sorted(shapes, key=lambda n: (n not in lowered, len(shapes[n]) == 1))
+        self.entries, start = {}, 0
+        for name in placed:
+            self.entries[name] = Entry(name, start, tuple(shapes[name]), orders.get(name))
+            start += self.entries[name].size
+        self.size = start
+        self.lowered = sum(self.entries[n].size for n in placed if n in lowered)
+        self.names = tuple(shapes)  # the model's order, for the views' dicts
+
+    def views(self, *parts):
+        """{name: tensor} of a flat buffer [..., P], or of two buffers side by side, [..., lowered]
+        (the lowered entries, in the compute dtype) and [..., P - lowered]. Differentiable: a split."""
+        ordered = list(self.entries.values())
+        cuts = [len(ordered)] if len(parts) == 1 else [sum(1 for e in ordered if e.start < self.lowered), len(ordered)]
+        chunks, first = [], 0
+        for part, cut in zip(parts, cuts):
+            chunks += part.split([e.size for e in ordered[first:cut]], dim=-1)
+            first = cut
+        by_name = {e.name: e.view(c) for e, c in zip(ordered, chunks)}
+        return {n: by_name[n] for n in self.names}
+
+    def runs(self, key):
+        """[(start, stop, value)]: the buffer cut into maximal runs of entries with equal key(name),
+        never across the end of the lowered entries."""
+        runs = []
+        for e in self.entries.values():
+            value = key(e.name)
+            if runs and runs[-1][2] == value and e.start != self.lowered:
+                runs[-1] = (runs[-1][0], e.start + e.size, value)
+            else:
+                runs.append((e.start, e.start + e.size, value))
+        return runs

@@ -1,0 +1,63 @@
+"""Live parameters: the weight entries a gradient can reach, found from shapes alone.
+
+A convolution's tap (ki, kj) multiplies input pixel (oi·s - p + ki·d, oj·s - p + kj·d) for output
+pixel (oi, oj). Where that lands in the zero padding for every output pixel, the tap multiplies
+only zeros: its gradient is exactly 0 at every step, for any data, and with weight decay 0 no
+optimizer here moves it. On 32×32 CIFAR the seed model's last stage works at 1×1 pixels, so eight of
+nine taps of each 3×3 kernel there (five of nine in the 2→1 strided one) are dead: 62 % of the model.
+The engine keeps such taps out of the forward pass, the optimizer and the mixed-precision casts.
+"""
+import torch
+
+
+def tap_reach(size, out_size, k, s, p, d):
+    """The taps (along one axis) that read some input index in [0, size) for some output index."""
+    return [t for t in range(k) if any(0 <= o * s - p + t * d < size for o in range(out_size))]
+
+
+def conv_sizes(structure, input_shape):
+    """{Conv2d module name: ((H, W) of its input, (Ho, Wo) of its output)} for one example of
+    `input_shape`, by a forward on the meta device (no arithmetic); convolutions not run are left out."""
+    names = {m: n for n, m in structure.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    if not names:
+        return {}
+    sizes = {}
+
+    def record(module, inputs, out):
+        sizes.setdefault(names[module], (tuple(inputs[0].shape[-2:]), tuple(out.shape[-2:])))
+    hooks = [m.register_forward_hook(record) for m in names]
+    training = structure.training
+    dtype = next(structure.parameters()).dtype
+    try:
+        structure.eval()(torch.empty(1, *input_shape, device="meta", dtype=dtype))
+    finally:
+        structure.train(training)
+        for hook in hooks:
+            hook.remove()
+    return sizes
+
+
+def live_taps(structure, input_shape):
+    """{Conv2d module name: the indices ki·k + kj of its live taps, in order} for each zero-padded
+    convolution with at least one dead tap at this input size; convolutions not run are left out."""
+    if len(input_shape) != 3:
+        return {}
+    live = {}
+    for name, ((h, w), (ho, wo)) in conv_sizes(structure, input_shape).items():
+        conv = structure.get_submodule(name)
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            continue
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+        rows, cols = tap_reach(h, ho, kh, sh, ph, dh), tap_reach(w, wo, kw, sw, pw, dw)
+        if len(rows) * len(cols) < kh * kw:
+            live[name] = tuple(i * kw + j for i in rows for j in cols)
+    return live
+
+
+def dead_fraction(structure, input_shape):
+    """The fraction of the model's parameters that are dead taps at this input size."""
+    taps = live_taps(structure, input_shape)
+    convs = {n: structure.get_submodule(n) for n in taps}
+    dead = sum(c.weight.numel() // c.weight[0, 0].numel() * (c.weight[0, 0].numel() - len(taps[n]))
+               for n, c in convs.items())
+    return dead / sum(p.numel() for p in structure.parameters())

@@ -12,6 +12,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # Triton kernels run on the CPU, through numpy; read at import
 
 from fastvar.data import Dataset, default_data_dir, load_cifar10  # noqa: E402
+from fastvar.engine.replicas import whole_weight  # noqa: E402
 
 
 def random_arrays(n_train, n_test, seed=0):
@@ -58,3 +59,12 @@ def real_data_dir():
 @pytest.fixture(scope="session")
 def real_subset(real_data_dir):
     return load_cifar10(real_data_dir, train_subset=200, test_subset=100)
+
+
+def named_gradients(replicas, grads):
+    """A step's flat gradient (Replicas.train_step_grads) as {parameter name: M × its shape}, dead taps 0."""
+    views = replicas.layout.views(*grads)
+    dead = replicas.dead_layout.views(torch.zeros_like(replicas.dead))
+    return {n: torch.stack([whole_weight(g[r].to(replicas.master.dtype), dead[n][r], replicas.live[n])
+                            if n in replicas.live else g[r].to(replicas.master.dtype) for r in range(replicas.size)])
+            for n, g in views.items()}

@@ -9,7 +9,7 @@ from fastvar.engine.replicas import Replicas
 from fastvar.sources import run_seeds
 from fastvar.recipes import RECIPES
 from fastvar.engine.train import fit, train_replicas
-from conftest import random_dataset
+from conftest import named_gradients, random_dataset
 
 ADAM = {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
 SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
@@ -102,7 +102,8 @@ def test_float32_gradients_match_a_plain_contiguous_model(width):
     x = augment(data.x_train, indices, torch.zeros(2, dtype=torch.int64), 0, mean=[0.5] * 3, std=[0.5] * 3)
     for strategy in ("loop", "vmap"):
         replicas = Replicas("resnet18", [s.init_seed for s in seeds], width=width, strategy=strategy)
-        _, _, grads = replicas.train_step_grads(x, data.y_train[indices])
+        _, _, step = replicas.train_step_grads(x, data.y_train[indices])
+        grads = named_gradients(replicas, step)
         for r, s in enumerate(seeds):
             model = build_model("resnet18", init_seed=s.init_seed, width=width)
             loss = F.cross_entropy(model(x[r].contiguous()), data.y_train[indices[r]])

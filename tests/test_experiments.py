@@ -3,6 +3,7 @@ one does not; one-ulp, onset, --vary and --fixed-seed."""
 import pytest
 import torch
 
+from conftest import named_gradients
 from fastvar import cli
 from fastvar.engine.replicas import Replicas
 from fastvar.sources import EXPERIMENTS, run_seeds, perturb_one_ulp
@@ -152,7 +153,8 @@ def test_dropout_masks_reach_each_replica_in_both_strategies():
     grads = {}
     for strategy in ("loop", "vmap"):
         replicas = Replicas("mlp", [0, 0], width=8, strategy=strategy, dtype=torch.float64, dropout=0.5)
-        _, _, grads[strategy] = replicas.train_step_grads(x, y, masks)
+        _, _, step = replicas.train_step_grads(x, y, masks)
+        grads[strategy] = named_gradients(replicas, step)
         plain = Replicas("mlp", [0, 0], width=8, strategy=strategy, dtype=torch.float64)
         assert torch.equal(replicas.logits(x[0]), plain.logits(x[0]))  # eval mode: no dropout
     for name, g in grads["loop"].items():

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from conftest import named_gradients
 from fastvar.models import build_model
 
 # torchvision.models.resnet18(num_classes=10): every parameter, as named_parameters() lists them.
@@ -134,7 +135,8 @@ def test_every_model_trains_in_both_strategies(name):
     grads = {}
     for strategy in ("loop", "vmap"):
         replicas = Replicas(name, [0, 1], width=8, strategy=strategy, dtype=torch.float64, conv="gemm" if strategy == "vmap" else "native")
-        losses, _, grads[strategy] = replicas.train_step_grads(x, y)
+        losses, _, step = replicas.train_step_grads(x, y)
+        grads[strategy] = named_gradients(replicas, step)
         assert torch.isfinite(losses).all()
     for key, g in grads["loop"].items():
         assert torch.allclose(g, grads["vmap"][key], atol=1e-10), key

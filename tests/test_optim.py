@@ -18,18 +18,25 @@ CASES = {
 }
 
 
+SHAPES = {"w": (4, 3, 2), "b": (4,)}
+
+
+def flat(tensors):
+    """{name: M×...} as one flat M×P buffer, the entries side by side."""
+    return torch.cat([t.flatten(1) for t in tensors.values()], dim=1)
+
+
 @pytest.mark.parametrize("by_replica", [False, True], ids=["stacked", "by-replica"])
 @pytest.mark.parametrize("case", CASES)
 def test_each_replica_steps_as_torch_optim_with_its_own_lr_and_decay(case, by_replica):
     batched_cls, kwargs, torch_optim = CASES[case]
     g = torch.Generator().manual_seed(0)
-    shapes = {"w": (4, 3, 2), "b": (4,)}
-    start = {n: torch.randn(3, *s, generator=g, dtype=torch.float64) for n, s in shapes.items()}
-    grads = [{n: torch.randn(3, *s, generator=g, dtype=torch.float64) for n, s in shapes.items()} for _ in range(6)]
-    stacked = {n: t.clone() for n, t in start.items()}
-    optimizer = batched_cls(stacked, LRS, DECAYS, by_replica=by_replica, **kwargs)
+    start = {n: torch.randn(3, *s, generator=g, dtype=torch.float64) for n, s in SHAPES.items()}
+    grads = [{n: torch.randn(3, *s, generator=g, dtype=torch.float64) for n, s in SHAPES.items()} for _ in range(6)]
+    stacked = flat(start)
+    optimizer = batched_cls(stacked, LRS, DECAYS, lr_factors=[1.0] * len(grads), by_replica=by_replica, **kwargs)
     for step_grads in grads:
-        optimizer.step(step_grads)
+        optimizer.step((flat(step_grads),))
     for r in range(3):
         lone = {n: t[r].clone().requires_grad_() for n, t in start.items()}
         reference = torch_optim(list(lone.values()), LRS[r], DECAYS[r])
@@ -37,53 +44,56 @@ def test_each_replica_steps_as_torch_optim_with_its_own_lr_and_decay(case, by_re
             for n, p in lone.items():
                 p.grad = step_grads[n][r].clone()
             reference.step()
-        for n in shapes:
-            assert torch.allclose(stacked[n][r], lone[n].detach(), rtol=0, atol=1e-12), (case, r, n)
-            assert not torch.allclose(stacked[n][r], start[n][r])
+        expected = flat({n: p.detach()[None] for n, p in lone.items()})[0]
+        assert torch.allclose(stacked[r], expected, rtol=0, atol=1e-12), (case, r)
+        assert not torch.allclose(stacked[r], flat(start)[r])
+
+
+def schedule_and_runs(width):
+    """A schedule over 5 steps, and the buffer cut into runs with their own lr factors."""
+    return dict(lr_factors=[1 - step / 10 for step in range(5)], runs=[(0, 100, 1.0), (100, width, 0.1)])
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_by_replica_and_stacked_updates_are_bit_identical_in_float32(case):
     batched_cls, kwargs, _ = CASES[case]
     g = torch.Generator().manual_seed(1)
-    start = {"w": torch.randn(3, 37, 5, generator=g), "b": torch.randn(3, 7, generator=g)}
-    grads = [{n: torch.randn(t.shape, generator=g) for n, t in start.items()} for _ in range(5)]
+    start = torch.randn(3, 192, generator=g)
+    grads = [torch.randn(start.shape, generator=g) for _ in range(5)]
     finals = []
     for by_replica in (False, True):
-        params = {n: t.clone() for n, t in start.items()}
-        optimizer = batched_cls(params, LRS, DECAYS, by_replica=by_replica, **kwargs)
-        for step, step_grads in enumerate(grads):
-            optimizer.step(step_grads, lr_factor=1 - step / 10)
+        params = start.clone()
+        optimizer = batched_cls(params, LRS, DECAYS, by_replica=by_replica, **schedule_and_runs(192), **kwargs)
+        for step_grads in grads:
+            optimizer.step((step_grads,))
         finals.append(params)
-    for n in start:
-        assert torch.equal(finals[0][n], finals[1][n]), (case, n)
+    assert torch.equal(finals[0], finals[1]), case
 
 
 @pytest.mark.parametrize("decays", [DECAYS, [0.0] * 3], ids=["decay", "no-decay"])
 @pytest.mark.parametrize("case, dtype", [(case, dtype) for case, (cls, _, _) in CASES.items() for dtype in cls.FUSED_DTYPES])
 def test_the_c_update_equals_the_torch_reference_bit_for_bit(case, dtype, decays, monkeypatch):
     """optim_cpu's loops against the optimizers' own `update`, by replica, over steps with a schedule;
-    odd sizes, so that vector loops have tails, and a non-contiguous gradient (vmap's may be)."""
+    odd sizes, so that vector loops have tails, and a gradient in two parts (mixed precision's)."""
     if optim_cpu.load() is None:
         assert not os.environ.get("CI"), "CI has a C compiler: the optimizer kernel must build"
         pytest.skip("no C compiler on this machine")
     batched_cls, kwargs, _ = CASES[case]
     g = torch.Generator().manual_seed(2)
-    start = {"w": torch.randn(3, 37, 5, generator=g, dtype=dtype), "b": torch.randn(3, 7, generator=g, dtype=dtype)}
-    grads = [{"w": torch.randn(3, 5, 37, generator=g, dtype=dtype).transpose(1, 2),
-              "b": torch.randn(3, 7, generator=g, dtype=dtype)} for _ in range(5)]
+    start = torch.randn(3, 197, generator=g, dtype=dtype)
+    grads = [(torch.randn(3, 100, generator=g, dtype=dtype), torch.randn(3, 97, generator=g, dtype=dtype))
+             for _ in range(5)]
     finals = []
     for fused in (False, True):
         monkeypatch.setattr(optim_cpu, "applies", lambda tensors, dtypes: fused)
-        params = {n: t.clone() for n, t in start.items()}
-        optimizer = batched_cls(params, LRS, decays, by_replica=True, **kwargs)
-        for step, step_grads in enumerate(grads):
-            optimizer.step(step_grads, lr_factor=1 - step / 10)
+        params = start.clone()
+        optimizer = batched_cls(params, LRS, decays, by_replica=True, **schedule_and_runs(197), **kwargs)
+        for step_grads in grads:
+            optimizer.step(step_grads)
         finals.append((params, optimizer.state))
     (params, state), (fused_params, fused_state) = finals
-    for n in start:
-        assert torch.equal(params[n], fused_params[n]) and not torch.equal(params[n], start[n]), (case, n)
-        assert all(torch.equal(state[n][s], fused_state[n][s]) for s in state[n])
+    assert torch.equal(params, fused_params) and not torch.equal(params, start), case
+    assert all(torch.equal(state[s], fused_state[s]) for s in state)
 
 
 def test_the_reference_square_root_is_rounded_once():

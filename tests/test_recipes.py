@@ -9,6 +9,7 @@ from fastvar.models import BasicBlock, build_model
 from fastvar.sources import run_seeds
 from fastvar.errors import ConfigError
 from fastvar.recipes import RECIPES
+from fastvar.engine.replicas import Replicas
 from fastvar.engine.train import lr_factor, make_optimizer, train_replicas
 from conftest import random_dataset
 
@@ -49,10 +50,16 @@ def test_schedules():
 
 
 def test_summers_trains_biases_and_batchnorm_at_a_tenth_of_the_rate():
-    params = {n: p.detach()[None] for n, p in build_model("resnet14", init_seed=0).named_parameters()}
-    scale = make_optimizer(RECIPES["summers"], params).lr_scale
-    assert scale["bn1.weight"] == scale["fc.bias"] == scale["layer2.0.downsample.bn.bias"] == 0.1
-    assert "conv1.weight" not in scale and "fc.weight" not in scale
+    replicas = Replicas("resnet14", [0])
+    runs = make_optimizer(RECIPES["summers"], replicas.master, replicas.layout).runs
+    assert len(runs) <= 4 and runs[0][0] == 0 and runs[-1][1] == replicas.layout.size  # a few runs cover it
+    assert all(a[1] == b[0] for a, b in zip(runs, runs[1:]))
+
+    def factor(name):
+        start = replicas.layout.entries[name].start
+        return next(f for a, b, f in runs if a <= start < b)
+    assert factor("bn1.weight") == factor("fc.bias") == factor("layer2.0.downsample.bn.bias") == 0.1
+    assert factor("conv1.weight") == factor("fc.weight") == 1.0
 
 
 def test_resnet14_and_resnet9_as_specified():

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from conftest import random_dataset
-from fastvar.engine.replicas import Replicas, laid_out
+from fastvar.engine.replicas import Replicas
 from fastvar.sources import run_seeds
 from fastvar.recipes import RECIPES
 from fastvar.engine.train import fit
@@ -35,7 +35,8 @@ def test_gemm_conv_equals_conv2d_forward_and_backward(c_in, c_out, k, s, p, bias
     gemm = as_class(torch.nn.Conv2d(c_in, c_out, k, stride=s, padding=p, bias=bias, dtype=torch.float64), GemmConv2d)
     gemm.load_state_dict(conv.state_dict())
     if weight_layout == "laid-out":
-        gemm.weight = torch.nn.Parameter(laid_out(gemm.weight.detach()[None], GemmConv2d.WEIGHT_MEMORY_ORDER)[0])
+        in_memory_order = gemm.weight.detach().permute(GemmConv2d.WEIGHT_MEMORY_ORDER).contiguous()
+        gemm.weight = torch.nn.Parameter(in_memory_order.permute(3, 2, 0, 1))
         assert not gemm.weight.is_contiguous() or k == c_in == 1
     x = torch.randn(3, c_in, size, size, dtype=torch.float64, requires_grad=True)
     expected, got = conv(x), gemm(x)
@@ -98,28 +99,35 @@ def test_vmap_with_gemm_convs_trains_as_the_loop_does_in_float64():
         assert any(isinstance(m, GemmConv2d) for m in replicas.template.modules()) == (conv == "gemm")
         fit(replicas, data, recipe, seeds)
         trained.append(replicas)
-    for name, loop in trained[0].params.items():
-        assert torch.allclose(trained[1].params[name], loop, rtol=0, atol=1e-9), name
-    for name, loop in trained[0].buffers.items():
-        assert torch.allclose(trained[1].buffers[name].double(), loop.double(), rtol=0, atol=1e-9), name
+    for r in range(2):  # as state dicts: the GEMM form keeps the last stage's dead taps apart
+        loop, vmapped = trained[0].state_dict(r), trained[1].state_dict(r)
+        for name, value in loop.items():
+            assert torch.allclose(vmapped[name].double(), value.double(), rtol=0, atol=1e-9), name
 
 
 @pytest.mark.parametrize("replicas_count", [1, 2])
 def test_replicas_lay_gemm_weights_out_as_the_layer_reads_them(replicas_count):
-    """The taps are a view of each replica's weight, the loop's gradients arrive in the weight's
-    layout (nothing to copy before the optimizer), and state dicts stay contiguous and equal."""
+    """The taps are a view of each replica's stretch of the flat buffer (the live taps alone where some
+    are dead), the gradient arrives as one flat buffer shaped like it, and state dicts stay contiguous
+    and equal to the model's own."""
     replicas = Replicas("resnet18", list(range(replicas_count)), width=4, conv="auto")
     plain = build_model("resnet18", init_seed=replicas_count - 1, width=4).state_dict()
     x, y = torch.randn(replicas_count, 8, 3, 32, 32), torch.randint(0, 10, (replicas_count, 8))
-    _, _, grads = replicas.train_step_grads(x, y)
-    gemm = [f"{name}.weight" for name, m in replicas.template.named_modules() if isinstance(m, GemmConv2d)]
-    assert len(gemm) == 10
-    for name in gemm:
+    _, _, (grad,) = replicas.train_step_grads(x, y)
+    assert grad.shape == replicas.master.shape == (replicas_count, replicas.layout.size)
+    gemm = {f"{name}.weight": m for name, m in replicas.template.named_modules() if isinstance(m, GemmConv2d)}
+    assert len(gemm) == 10 and sum(m.live_taps is not None for m in gemm.values()) == 4
+    for name, module in gemm.items():
         weight = replicas.params[name]
-        assert weight[-1].permute(GemmConv2d.WEIGHT_MEMORY_ORDER).is_contiguous(), name
-        assert grads[name][-1].stride() == weight[-1].stride(), name
+        assert weight.untyped_storage().data_ptr() == replicas.master.untyped_storage().data_ptr(), name
+        if module.live_taps is None:
+            assert weight[-1].permute(GemmConv2d.WEIGHT_MEMORY_ORDER).is_contiguous(), name
+        else:
+            assert weight.shape[1:] == (len(module.live_taps), module.in_channels, module.out_channels)
     state = replicas.state_dict(replicas_count - 1)
-    assert all(t.is_contiguous() and torch.equal(t, plain[n]) for n, t in state.items() if n in replicas.params)
+    assert state.keys() == plain.keys()
+    assert all(t.is_contiguous() for t in state.values())
+    assert all(torch.equal(t, plain[n]) for n, t in state.items() if n not in replicas.buffers)  # a step moved those
 
 
 def test_auto_conv_rule_takes_small_outputs_on_a_cpu_and_all_under_vmap_on_cuda():

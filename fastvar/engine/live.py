@@ -7,6 +7,8 @@ optimizer here moves it. On 32×32 CIFAR the seed model's last stage works at 1�
 nine taps of each 3×3 kernel there (five of nine in the 2→1 strided one) are dead: 62 % of the model.
 The engine keeps such taps out of the forward pass, the optimizer and the mixed-precision casts.
 """
+import copy
+
 import torch
 
 
@@ -18,6 +20,8 @@ def tap_reach(size, out_size, k, s, p, d):
 def conv_sizes(structure, input_shape):
     """{Conv2d module name: ((H, W) of its input, (Ho, Wo) of its output)} for one example of
     `input_shape`, by a forward on the meta device (no arithmetic); convolutions not run are left out."""
+    if any(p.device.type != "meta" for p in structure.parameters()):
+        structure = copy.deepcopy(structure).to("meta")
     names = {m: n for n, m in structure.named_modules() if isinstance(m, torch.nn.Conv2d)}
     if not names:
         return {}

@@ -142,7 +142,8 @@ class Replicas:
         dead = self.dead_layout.views(self.dead)
         params = {n: whole_weight(p[r], dead[n][r], self.live[n]) if n in self.live else p[r]
                   for n, p in self.params.items()}
-        return {n: t.clone(memory_format=torch.contiguous_format) for n, t in {**params, **self.buffers}.items()}
+        state = {**params, **{n: b[r] for n, b in self.buffers.items()}}
+        return {n: t.clone(memory_format=torch.contiguous_format) for n, t in state.items()}
 
 
 def split_live(template, params):

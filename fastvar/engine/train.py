@@ -50,8 +50,8 @@ def make_optimizer(recipe, params, layout, **kwargs):
     BatchedOptimizer takes them (lr and weight_decay: vectors that override the recipe's per replica)."""
     kwargs = {**recipe["optimizer"], **kwargs}
     name = kwargs.pop("name")
-    if "lr_scale_1d" in recipe:  # biases and BatchNorm parameters: one dimension
-        kwargs["runs"] = layout.runs(lambda n: recipe["lr_scale_1d"] if len(layout.entries[n].shape) == 1 else 1.0)
+    scale_1d = recipe.get("lr_scale_1d", 1.0)  # biases and BatchNorm parameters: one dimension
+    kwargs["runs"] = layout.runs(lambda n: scale_1d if len(layout.entries[n].shape) == 1 else 1.0)
     return OPTIMIZERS[name](params, **kwargs)
 
 

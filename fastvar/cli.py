@@ -130,8 +130,9 @@ def add_study_arguments(parser):
     parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
                         help="torch.compile the training step (auto: on CUDA only)")
     parser.add_argument("--conv", default="auto", choices=CONVS,
-                        help="gemm: convolutions as im2col + one matrix product; native: the framework's; auto: gemm "
-                             "under vmap on CUDA, else for convolutions with outputs of 2x2 pixels or less")
+                        help="gemm: convolutions as im2col + one matrix product; native: the framework's; grouped: "
+                             "under vmap one grouped convolution of all replicas, channels-last (gemm for outputs of "
+                             "2x2 pixels or less); auto: gemm under vmap on CUDA, else for outputs of 2x2 pixels or less")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch's CPU threads (default: torch's); on a CPU they change float32 rounding, "

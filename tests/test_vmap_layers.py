@@ -11,13 +11,15 @@ from fastvar.sources import run_seeds
 from fastvar.recipes import RECIPES
 from fastvar.engine.train import fit
 from fastvar.models import build_model
-from fastvar.engine.vmap_layers import ElementaryBatchNorm2d, GemmConv2d, gemm_convertible, small_convs
+from fastvar.engine.live import live_taps
+from fastvar.engine.vmap_layers import ElementaryBatchNorm2d, GemmConv2d, GroupedConv2d, gemm_convertible, small_convs
 
 # (in, out, kernel, stride, padding, bias, input size): every convolution shape the models use, and odd ones;
 # images of fewer than k² pixels take the unrolled form (2×2 and 1×1: the seed model's last two stages)
 CONVS = [(3, 8, 7, 2, 3, False, 32), (8, 8, 3, 1, 1, False, 8), (8, 16, 3, 2, 1, False, 8), (8, 16, 1, 2, 0, False, 8),
          (3, 8, 5, 2, 2, True, 32), (16, 8, 3, 1, 0, False, 5), (4, 6, 3, 1, 1, True, 1), (5, 7, 2, 3, 1, True, 9),
-         (8, 8, 3, 1, 1, False, 2), (8, 16, 3, 2, 1, False, 2), (6, 5, 5, 1, 2, True, 3), (4, 6, 3, 1, 2, False, 1)]
+         (8, 8, 3, 1, 1, False, 2), (8, 16, 3, 2, 1, False, 2), (6, 5, 5, 1, 2, True, 3), (4, 6, 3, 1, 2, False, 1),
+         (3, 4, 5, 2, 2, True, 2)]
 
 
 def as_class(module, cls):
@@ -88,15 +90,17 @@ def test_elementary_batch_norm_equals_batch_norm(dtype):
     assert torch.allclose(elementary(x.to(dtype)).double(), native(x), rtol=0, atol=tolerance * 10)
 
 
-def test_vmap_with_gemm_convs_trains_as_the_loop_does_in_float64():
+@pytest.mark.parametrize("vmap_conv", ["gemm", "grouped"])
+def test_vmap_with_gemm_or_grouped_convs_trains_as_the_loop_does_in_float64(vmap_conv):
     data = random_dataset(48, 10)
     recipe = dict(RECIPES["seed"], epochs=1, batch_size=16)  # 3 Adam steps
     seeds = [run_seeds("all-random", i) for i in range(2)]
     trained = []
-    for strategy, conv in (("loop", "native"), ("vmap", "gemm")):
+    for strategy, conv in (("loop", "native"), ("vmap", vmap_conv)):
         replicas = Replicas("resnet18", [s.init_seed for s in seeds], width=4, strategy=strategy,
                             dtype=torch.float64, conv=conv)
-        assert any(isinstance(m, GemmConv2d) for m in replicas.template.modules()) == (conv == "gemm")
+        kinds = {type(m) for m in replicas.template.modules()}
+        assert (GemmConv2d in kinds) == (conv != "native") and (GroupedConv2d in kinds) == (conv == "grouped")
         fit(replicas, data, recipe, seeds)
         trained.append(replicas)
     for r in range(2):  # as state dicts: the GEMM form keeps the last stage's dead taps apart
@@ -145,3 +149,78 @@ def test_auto_conv_rule_takes_small_outputs_on_a_cpu_and_all_under_vmap_on_cuda(
     narrow = template("resnet14", 8, torch.float32, None, False, "small", *cifar)  # 8×8 at its smallest: all native
     assert not any(isinstance(m, GemmConv2d) for m in narrow.modules())
     assert sum(isinstance(m, GemmConv2d) for m in template("resnet14", 8, torch.float32, None, False, "all", *cifar).modules()) == 13
+
+
+def some_taps_dead(c_in, c_out, k, s, p, bias, size):
+    return bool(live_taps(torch.nn.Sequential(torch.nn.Conv2d(c_in, c_out, k, s, p, device="meta")), (c_in, size, size)))
+
+
+@pytest.mark.parametrize("c_in,c_out,k,s,p,bias,size", [c for c in CONVS if some_taps_dead(*c)])
+def test_gemm_conv_with_live_taps_only_equals_conv2d(c_in, c_out, k, s, p, bias, size):
+    """Given its live taps alone (T×C×Cout), the GEMM convolution computes the full convolution, and
+    their gradient is the full gradient's at those taps (which is 0 at the dead ones)."""
+    torch.manual_seed(size + k + 1)
+    conv = torch.nn.Conv2d(c_in, c_out, k, stride=s, padding=p, bias=bias, dtype=torch.float64)
+    taps = live_taps(torch.nn.Sequential(conv), (c_in, size, size))["0"]
+    gemm = as_class(torch.nn.Conv2d(c_in, c_out, k, stride=s, padding=p, bias=bias, dtype=torch.float64), GemmConv2d)
+    gemm.load_state_dict(conv.state_dict())
+    by_tap = conv.weight.detach().permute(2, 3, 1, 0).reshape(k * k, c_in, c_out)
+    gemm.live_taps, gemm.weight = taps, torch.nn.Parameter(by_tap[list(taps)].clone())
+    x = torch.randn(3, c_in, size, size, dtype=torch.float64)
+    expected, got = conv(x), gemm(x)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+    g = torch.randn_like(expected)
+    (full,), (live,) = (torch.autograd.grad(out, [m.weight], g) for out, m in ((expected, conv), (got, gemm)))
+    by_tap_grad = full.permute(2, 3, 1, 0).reshape(k * k, c_in, c_out)
+    assert torch.allclose(live, by_tap_grad[list(taps)], rtol=0, atol=1e-12)
+    dead = [t for t in range(k * k) if t not in taps]
+    assert torch.count_nonzero(by_tap_grad[dead]) == 0
+
+
+def grouped_and_plain(c_in, c_out, k, s, p, bias, replicas=3):
+    convs = [torch.nn.Conv2d(c_in, c_out, k, stride=s, padding=p, bias=bias, dtype=torch.float64) for _ in range(replicas)]
+    params = {n: t.requires_grad_() for n, t in stack_module_state(convs)[0].items()}
+    template = as_class(torch.nn.Conv2d(c_in, c_out, k, stride=s, padding=p, bias=bias, dtype=torch.float64,
+                                        device="meta"), GroupedConv2d)
+    return convs, params, template
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("shared_input", [False, True], ids=["own-batches", "shared-batch"])
+@pytest.mark.parametrize("c_in,c_out,k,s,p,bias,size", CONVS[:6])
+def test_grouped_conv_under_vmap_is_each_replicas_conv2d_forward_and_backward(c_in, c_out, k, s, p, bias, size,
+                                                                              shared_input, compiled):
+    """Two grouped convolutions in a row under vmap (the second reads the first's batch-major output)
+    against each replica's nn.Conv2d in float64: outputs, input gradient and weight gradients."""
+    torch.manual_seed(size + s)
+    convs, params, template = grouped_and_plain(c_in, c_out, k, s, p, bias)
+    second_convs, second, second_template = grouped_and_plain(c_out, c_out, 3, 1, 1, False)
+    x = torch.randn(*(() if shared_input else (3,)), 4, c_in, size, size, dtype=torch.float64, requires_grad=True)
+
+    def forward(params, second, x):
+        def one(p, q, xi):
+            return functional_call(second_template, q, (functional_call(template, p, (xi,)).relu(),))
+        return vmap(one, in_dims=(0, 0, None if shared_input else 0))(params, second, x)
+    got = (torch.compile(forward, dynamic=False) if compiled else forward)(params, second, x)
+    expected = torch.stack([second_convs[r](convs[r](x if shared_input else x[r]).relu()) for r in range(3)])
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+    g = torch.randn_like(expected)
+    grads = torch.autograd.grad(got, [x, *params.values(), *second.values()], g)
+    assert torch.allclose(grads[0], torch.autograd.grad(expected, x, g, retain_graph=True)[0], rtol=0, atol=1e-11)
+    for r in range(3):
+        own = torch.autograd.grad(expected[r], [*convs[r].parameters(), *second_convs[r].parameters()], g[r],
+                                  retain_graph=True)
+        assert all(torch.allclose(mine[r], theirs, rtol=0, atol=1e-11) for mine, theirs in zip(grads[1:], own))
+
+
+def test_grouped_conv_alone_is_conv2d():
+    conv = torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=True, dtype=torch.float64)
+    grouped = as_class(torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=True, dtype=torch.float64), GroupedConv2d)
+    grouped.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64, requires_grad=True)
+    expected, got = conv(x), grouped(x)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+    g = torch.randn_like(expected)
+    for a, b in zip(torch.autograd.grad(expected, [x, *conv.parameters()], g),
+                    torch.autograd.grad(got, [x, *grouped.parameters()], g)):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)

@@ -25,7 +25,7 @@ from .live import live_taps
 from .vmap_layers import GemmConv2d, at_least_float32, small_convs, use_vmap_layers
 
 STRATEGIES = ("loop", "vmap")
-CONVS = ("auto", "gemm", "native")
+CONVS = ("auto", "gemm", "native", "grouped")
 
 
 class Replicas:
@@ -183,12 +183,14 @@ def flat_stack(layout, stacked, m, dtype, device):
 def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_classes, input_shape):
     """The model's structure without state (parameters and buffers come from the stacks), one per
     configuration in a process: compiled steps are keyed by it, so later batches reuse them.
-    `elementary_norm`, `gemm_rule` ("all", "small", "none"): the layers of fastvar.engine.vmap_layers to swap in."""
+    `elementary_norm`, `gemm_rule` ("all", "small", "none", "grouped": small ones GEMM, the others grouped):
+    the layers of fastvar.engine.vmap_layers to swap in."""
     structure = build_model(model, init_seed=0, width=width, dtype=dtype, dropout=dropout,
                             num_classes=num_classes).to("meta")
-    convs = {"all": set(structure.modules()), "small": small_convs(structure, input_shape),
-             "none": set()}[gemm_rule]
-    structure = use_vmap_layers(structure, elementary_norm, convs)
+    small = small_convs(structure, input_shape)
+    convs = {"all": set(structure.modules()), "small": small, "grouped": small, "none": set()}[gemm_rule]
+    grouped = set(structure.modules()) - small if gemm_rule == "grouped" else set()
+    structure = use_vmap_layers(structure, elementary_norm, convs, grouped)
     for name, taps in live_taps(structure, input_shape).items():  # only GEMM convolutions can leave taps out
         if isinstance(structure.get_submodule(name), GemmConv2d):
             structure.get_submodule(name).live_taps = taps
@@ -205,12 +207,13 @@ def memory_orders(template):
 def conv_rule(conv, strategy, device):
     """Which convolutions become GEMM convolutions: conv "gemm" all, "native" none; "auto" decides by
     device, strategy and the model's shapes, never by a timing: all under vmap on CUDA (vmap's grouped
-    convolution is slow there), else those with outputs of 2×2 pixels or less (where they beat oneDNN)."""
+    convolution is slow there), else those with outputs of 2×2 pixels or less (where they beat oneDNN).
+    "grouped": those small ones GEMM, the others one grouped convolution of all replicas (GroupedConv2d)."""
     if conv not in CONVS:
         raise ValueError(f"unknown conv {conv!r}; choose from {', '.join(CONVS)}")
     if conv == "auto":
         return "all" if strategy == "vmap" and device.type == "cuda" else "small"
-    return {"gemm": "all", "native": "none"}[conv]
+    return {"gemm": "all", "native": "none", "grouped": "grouped"}[conv]
 
 
 def lowered_parameters(template):

@@ -15,12 +15,17 @@ tiny outputs, faster than oneDNN's on a CPU, in either strategy).
   the unrolled form (the whole linear map, no products with the padding) took the seed model's step
   from 250 to 200 ms more.
 
+- GroupedConv2d: under vmap, one grouped convolution of all replicas in channels-last memory, through
+  a custom op whose vmap rule keeps activations batch-major (fastvar.engine.grouped_conv): no
+  columns in memory, for the larger images (--conv grouped; the tiny ones stay GEMM, live taps only).
+
 `use_vmap_layers` swaps them into a structure-only model (the state comes from elsewhere), keeping
 every parameter's and buffer's name and shape, so state dicts stay interchangeable.
 """
 import torch
 import torch.nn.functional as F
 
+from .grouped_conv import replica_conv2d
 from .live import conv_sizes
 
 
@@ -98,6 +103,15 @@ class GemmConv2d(torch.nn.Conv2d):
         return x.permute(0, 2, 3, 1).reshape(b, h * w * c) @ linear_map.reshape(h * w * c, ho * wo * cout)
 
 
+class GroupedConv2d(torch.nn.Conv2d):
+    """A convolution that vmap makes one grouped convolution of all replicas in batch-major
+    channels-last memory, writing no columns (fastvar.engine.grouped_conv); alone, F.conv2d."""
+
+    def forward(self, x):
+        out = replica_conv2d(x, self.weight, self.stride[0], self.padding[0])
+        return out if self.bias is None else out + self.bias[:, None, None]
+
+
 def tap_selection(h, w, ho, wo, k, s, p, like):
     """(H·W·Ho·Wo × k²), like `like`: 1 where tap (ki, kj) joins input pixel (i, j) to output pixel
     (oi, oj), i.e. i = oi·s - p + ki and j = oj·s - p + kj; rows of pairs no tap joins are zero."""
@@ -122,12 +136,14 @@ def small_convs(structure, input_shape=(3, 32, 32), max_pixels=4):
             if ho * wo <= max_pixels}
 
 
-def use_vmap_layers(structure, elementary_norm, gemm_convs):
+def use_vmap_layers(structure, elementary_norm, gemm_convs, grouped_convs=()):
     """Swap in place every BatchNorm2d (with `elementary_norm`) and the Conv2d modules in
-    `gemm_convs` (those gemm_convertible) for their written-out twins."""
+    `gemm_convs`, then in `grouped_convs` (those gemm_convertible) for their written-out twins."""
     for module in structure.modules():
         if elementary_norm and type(module) is torch.nn.BatchNorm2d:
             module.__class__ = ElementaryBatchNorm2d
         elif module in gemm_convs and gemm_convertible(module):
             module.__class__ = GemmConv2d
+        elif module in grouped_convs and gemm_convertible(module):
+            module.__class__ = GroupedConv2d
     return structure

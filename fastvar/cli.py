@@ -133,6 +133,8 @@ def add_study_arguments(parser):
                         help="gemm: convolutions as im2col + one matrix product; native: the framework's; grouped: "
                              "under vmap one grouped convolution of all replicas, channels-last (gemm for outputs of "
                              "2x2 pixels or less); auto: gemm under vmap on CUDA, else for outputs of 2x2 pixels or less")
+    parser.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"),
+                        help="replay each training step as one CUDA graph (auto: on CUDA); results are the same")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch's CPU threads (default: torch's); on a CPU they change float32 rounding, "
@@ -169,7 +171,8 @@ def study_arguments(args):
 def execution_of(args):
     """The Execution the parsed flags of add_study_arguments ask for."""
     return Execution(device=args.device, strategy=args.strategy, batch_models=args.batch_models, compile=args.compile,
-                     conv=args.conv, threads=args.threads, shard=args.shard or shard_from_environment())
+                     conv=args.conv, threads=args.threads, shard=args.shard or shard_from_environment(),
+                     cuda_graphs=args.cuda_graphs)
 
 
 def shard_spec(text):

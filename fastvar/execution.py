@@ -24,10 +24,11 @@ class Execution:
     threads: int | None = None  # torch's intra-op threads (None: as torch has them); on a CPU they change rounding
     shard: tuple[int, int] | None = None  # (I, N): train only the runs with run_index % N == I
     retain_freed_memory: bool = True  # glibc keeps freed memory for reuse (about 7 % of a CPU step); process-wide
+    cuda_graphs: str = "auto"  # replay each training step as a CUDA graph; auto: on CUDA (shapes are static)
 
     def __post_init__(self):
         choices = {"strategy": ("auto", *STRATEGIES), "device": ("auto", "cpu", "cuda"),
-                   "compile": ("auto", "on", "off"), "conv": CONVS}
+                   "compile": ("auto", "on", "off"), "conv": CONVS, "cuda_graphs": ("auto", "on", "off")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
@@ -37,6 +38,8 @@ class Execution:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda, but this machine has no CUDA device")
+        if self.cuda_graphs == "on" and (self.device == "cpu" or not torch.cuda.is_available()):
+            raise ConfigError("--cuda-graphs on needs a CUDA device")
         if self.shard is not None and not (len(self.shard) == 2 and 0 <= self.shard[0] < self.shard[1]):
             raise ConfigError(f"--shard I/N needs 0 <= I < N, not {self.shard}")
 
@@ -59,6 +62,11 @@ class Execution:
     def resolved_compile(self, device):
         """The torch.compile mode of the training step, or None (eager)."""
         return "default" if self.compile == "on" or (self.compile == "auto" and device.type == "cuda") else None
+
+    def resolved_cuda_graphs(self, device):
+        """Whether each training step replays as a CUDA graph: on CUDA unless off (a vmap batch is
+        padded to M and a loop replica's batch is its own, so a study's shapes are static)."""
+        return device.type == "cuda" and self.cuda_graphs != "off"
 
     def trains(self, run_index):
         """Whether this process trains run `run_index`: all runs, or this shard's."""

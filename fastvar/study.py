@@ -303,7 +303,8 @@ def train_chunk(chunk, data, execution, device, on_step, size):
     started = time.perf_counter()
     results = train_replicas(data, lead.recipe_dict(), seeds, model=lead.model_factory(), width=lead.resolved_width(),
                              strategy=strategy, dtype=PRECISIONS[precision], compute_dtype=COMPUTE_DTYPE.get(precision),
-                             compile=compile, conv=execution.conv, on_step=on_step, keep_weights=keep,
+                             compile=compile, conv=execution.conv, cuda_graphs=execution.resolved_cuda_graphs(device),
+                             on_step=on_step, keep_weights=keep,
                              eval_every_epoch=lead.eval_every_epoch, onset_epoch=lead.onset_epoch or 0,
                              fixed=run_seeds(set(), 0, lead.seed, lead.fixed_seed), epoch_order=lead.epoch_order,
                              hyper=[replica_hyperparameters(study.recipe_dict()) for study, _, _ in padded])

@@ -168,3 +168,12 @@ def test_vary_kernels_on_cuda_gives_runs_that_differ(synthetic_dir, tmp_path):
     rows = train(synthetic_dir, tmp_path / "kernels", *args)
     assert rows[0]["init_seed"] == rows[1]["init_seed"] and rows[0]["order_seed"] == rows[1]["order_seed"]
     assert not (rows[0]["test_logits"] == rows[1]["test_logits"]).all()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA graphs can be had here")
+@pytest.mark.parametrize("flags", [["--cuda-graphs", "on"], ["--cuda-graphs", "on", "--device", "cpu"]])
+def test_cuda_graphs_on_without_a_gpu_is_one_line_and_exit_2(synthetic_dir, tmp_path, capsys, flags):
+    capsys.readouterr()
+    assert cli.main([*TINY, *flags, "--data-dir", str(synthetic_dir), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cuda-graphs on needs a CUDA device" in err[0] and not (tmp_path / "bad").exists()

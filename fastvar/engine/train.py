@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from ..augment import batch_inputs, normalized
 from ..sources import DataOrder, DropoutMasks, perturb_one_ulp
+from .graphs import GraphedStep
 from .optim import OPTIMIZERS
 from .replicas import Replicas
 
@@ -57,7 +58,7 @@ def make_optimizer(recipe, params, layout, **kwargs):
 
 def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype=None, compile=None, conv="auto",
                    on_step=None, keep_weights=(), eval_every_epoch=False, onset_epoch=0, fixed=None, hyper=None,
-                   epoch_order="fresh", model=None):
+                   epoch_order="fresh", model=None, cuda_graphs=False):
     """Train one replica per entry of `seeds` (RunSeeds) on `data` (already on its device); with an
     `onset_epoch`, every replica uses the `fixed` RunSeeds' order and augmentation before it; `hyper`,
     one dict per replica as `replica_hyperparameters` gives, sets each replica's own (default: the recipe's);
@@ -69,7 +70,8 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
     with `eval_every_epoch` per-epoch test accuracy and loss (else None), with a cyclic schedule the
     test logits at the end of each cycle (`snapshot_logits`), and for the replicas listed in
     `keep_weights` their final state dict (`weights`, on the CPU).
-    `compute_dtype` (bfloat16 for mixed precision, or None), `compile` and `conv` as Replicas takes them.
+    `compute_dtype` (bfloat16 for mixed precision, or None), `compile` and `conv` as Replicas takes them;
+    `cuda_graphs`: replay each step as a CUDA graph (fastvar.engine.graphs).
     `on_step(fraction)` is called after each step with the fraction of this batch's training done.
     """
     replicas = Replicas(model or recipe["model"], [s.init_seed for s in seeds], width=width, strategy=strategy,
@@ -89,7 +91,7 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
             if epoch in snapshot_at:
                 snapshots.append(logits.cpu())
     curves = fit(replicas, data, recipe, seeds, onset_epoch=onset_epoch, fixed=fixed, hyper=hyper,
-                 on_step=on_step, on_epoch=on_epoch, epoch_order=epoch_order)
+                 on_step=on_step, on_epoch=on_epoch, epoch_order=epoch_order, cuda_graphs=cuda_graphs)
     final = recipe["epochs"] - 1  # evaluated already where every epoch is, or where the last cycle ends
     logits = latest[final] if final in latest else evaluate(replicas, data, recipe)
     results = [result(logits[r], data.y_test, {name: c[r] for name, c in curves.items()})
@@ -104,7 +106,7 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
 
 
 def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None, on_step=None, on_epoch=None,
-        epoch_order="fresh"):
+        epoch_order="fresh", cuda_graphs=False):
     """Train `replicas` in place for the recipe's epochs. Returns per-epoch curves by name, each one
     list per replica: `train_loss_curve` (mean loss over the epoch's examples), `train_acc_curve`, and
     `train_loss_batch_mean_curve` (the mean of the batches' mean losses, the last partial batch weighted
@@ -113,7 +115,7 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     Before `onset_epoch`, order and augmentation come from the `fixed` seeds; the one-ulp perturbation
     of the replicas with a perturb seed lands at its start (0: right after init). `hyper`: each
     replica's learning rate, weight decay and label smoothing (default: the recipe's for all).
-    `on_epoch(epoch)` is called after each epoch."""
+    `on_epoch(epoch)` is called after each epoch; `cuda_graphs`: each step replayed as a CUDA graph."""
     device = data.x_train.device
     hyper = hyper or [replica_hyperparameters(recipe)] * replicas.size
     vectors = {k: torch.tensor([h[k] for h in hyper], dtype=torch.float64) for k in hyper[0]}
@@ -134,6 +136,14 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
         decay_only = make_optimizer(recipe, replicas.dead, replicas.dead_layout, lr_factors=factors,
                                     by_replica=by_replica, **vectors)
         no_grad = (torch.zeros_like(replicas.dead),)
+
+    def train_step(x, y, dropout):  # no host reads: a CUDA graph can replay it
+        losses, hits, grads = replicas.train_step_grads(x, y, dropout, smoothing)
+        optimizer.step(grads)
+        if decay_only:
+            decay_only.step(no_grad)
+        return losses, hits
+    step_of = GraphedStep(train_step) if cuda_graphs else train_step
     before = fixed if onset_epoch else None
     orders = [DataOrder(s.order_seed, before and before.order_seed, onset_epoch, epoch_order) for s in seeds]
     own_aug = torch.tensor([s.aug_seed for s in seeds], dtype=torch.int64, device=device)
@@ -160,11 +170,8 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
             indices = order[:, start:start + batch]
             x = batch_inputs(data.x_train, indices, aug_seeds, epoch, recipe, dtype)
             dropout = None if masks is None else masks.draw(epoch, indices.shape[1]).to(device, dtype)
-            losses, hits, grads = replicas.train_step_grads(x, data.y_train[indices], dropout, smoothing)
+            losses, hits = step_of(x, data.y_train[indices], dropout)
             done = epoch * steps_per_epoch + step
-            optimizer.step(grads)
-            if decay_only:
-                decay_only.step(no_grad)
             loss_sum += losses * indices.shape[1]
             batch_mean_sum += losses
             correct += hits

@@ -32,3 +32,22 @@ def test_augment_benchmark_emits_its_json():
     assert summary["speedup"] > 0 and summary["cpu_path"] in summary["results"]
     ratio = summary["results"][summary["cpu_path"]] / summary["results"]["per-sample (DataLoader style), CPU"]
     assert abs(summary["speedup"] - ratio) < 0.01 * ratio
+
+
+def test_gpu_probe_dry_run_runs_every_section_and_writes_its_json(tmp_path):
+    """The probe's toy sizes on this machine (a CPU: its Triton kernels interpreted): every section
+    runs, the file and the last line agree, and the fused update equals its reference bit for bit."""
+    out = tmp_path / "probe.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_probe.py"), "--dry-run", "--out", str(out)],
+                            capture_output=True, text=True, check=True)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == json.loads(out.read_text())
+    assert list(report) == ["device", "roofline", "update", "step", "conv", "graphs"]
+    assert not any(isinstance(v, str) for v in report.values()), report  # no section failed or was skipped
+    assert report["update"]["bit_identical"] and report["roofline"]["copy_gb_s"] > 0
+    assert [(r["conv"], r["img_s"] > 0, len(r["top_kernels"]) > 0) for r in report["step"]] == [
+        ("auto", True, True), ("grouped", True, True)]
+    *layers, totals = report["conv"]
+    assert sum(r["count"] for r in layers) == 20 and all(r["fastest"] in ("gemm", "grouped", "vmap") for r in layers)
+    assert set(totals) == {"gemm_total_ms", "grouped_total_ms", "vmap_total_ms", "shared_total_ms"}
+    assert report["graphs"]["eager_ms"] > 0

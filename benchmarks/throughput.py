@@ -4,6 +4,8 @@
                 converts each sample as ToTensor + Normalize do, and a .item() per batch (float32);
   loop          fastvar's loop strategy (resident uint8 data, batched optimizer), M replicas;
   vmap          fastvar's vmap strategy, M replicas;
+  loop-dense    (and vmap-dense) every parameter in the step and the optimizer, dead taps included, as
+                before live parameters (fastvar.engine.live): the same results, bit for bit;
   +compile      the same under torch.compile (its compile time reported), with --compile.
 
     python benchmarks/throughput.py --width 64 --batch-models 1,4 --seconds 20
@@ -100,9 +102,10 @@ def baseline(data, recipe, width, device, warmup, seconds):
 
 def fastvar(data, recipe, width, device, strategy, m, precision, compile, conv, warmup, seconds):
     """Images per second and seconds of warm-up (compile included) of fastvar's own loop (fit), and
-    the FLOPs its step executes per image."""
+    the FLOPs its step executes per image; strategy "loop-dense" or "vmap-dense": every parameter."""
     seeds = [run_seeds("all-random", i) for i in range(m)]
-    options = dict(width=width, strategy=strategy, dtype=PRECISIONS[precision],
+    strategy, _, dense = strategy.partition("-")
+    options = dict(width=width, strategy=strategy, dtype=PRECISIONS[precision], live_only=dense != "dense",
                    compute_dtype=COMPUTE_DTYPE.get(precision), device=device, conv=conv)
     replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], compile=compile, **options)
     batch = recipe["batch_size"]
@@ -217,7 +220,7 @@ def parse_args():
     parser.add_argument("--recipe", choices=RECIPES, default="seed")
     parser.add_argument("--width", type=int, help="default: the model's")
     parser.add_argument("--batch-models", default="1,4")
-    parser.add_argument("--strategies", default="loop,vmap")
+    parser.add_argument("--strategies", default="loop,vmap", help="of loop, vmap, loop-dense, vmap-dense")
     parser.add_argument("--precision", choices=PRECISIONS, help="default: bf16-mixed on CUDA, float32 on the CPU")
     parser.add_argument("--compile", help="also time each strategy under torch.compile in this mode (default, "
                                           "reduce-overhead, ...); default: on CUDA only, mode default")

@@ -191,3 +191,22 @@ def test_the_triton_update_equals_the_torch_reference_bit_for_bit(case, decay):
     assert torch.equal(params, kernel_params) and not torch.equal(params, start)
     assert torch.equal(low, kernel_low) and torch.equal(kernel_low, kernel_params[:, :lowered].bfloat16())
     assert all(torch.equal(state[s], kernel_state[s]) for s in state)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+@pytest.mark.parametrize("optimizer", [fastvar.Adam(lr=1e-3), fastvar.Adam(lr=1e-3, weight_decay=5e-4),
+                                       fastvar.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)],
+                         ids=["adam", "adam-l2", "sgd-l2"])
+def test_leaving_dead_taps_out_changes_no_bit_of_a_float32_run(strategy, optimizer):
+    """On any processor: the same replicas trained with every tap in the step (live_only=False) and
+    with the live taps only, the dead ones moved by weight decay alone: every weight and buffer equal."""
+    recipe = RECIPES["seed"].replace(optimizer=optimizer, epochs=2, batch_size=16).to_dict()
+    seeds = [run_seeds("all-random", i) for i in range(2)]
+    trained = []
+    for live_only in (False, True):
+        replicas = Replicas("resnet18", [s.init_seed for s in seeds], width=8, strategy=strategy, live_only=live_only)
+        assert (replicas.dead.shape[1] > 0) == live_only
+        fit(replicas, random_dataset(48, 10), recipe, seeds)
+        trained.append([replicas.state_dict(r) for r in range(2)])
+    for dense, live in zip(*trained):
+        assert all(torch.equal(dense[n], live[n]) for n in dense)

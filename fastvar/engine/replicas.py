@@ -31,16 +31,17 @@ CONVS = ("auto", "gemm", "native", "grouped")
 class Replicas:
     def __init__(self, model, init_seeds, *, width=None, strategy="loop", dtype=torch.float32, device="cpu",
                  dropout=None, compute_dtype=None, compile=None, conv="auto", num_classes=10,
-                 input_shape=(3, 32, 32)):
+                 input_shape=(3, 32, 32), live_only=True):
         """`model` as fastvar.models.model_spec takes it; `input_shape` (C, H, W, or D for features)
-        of one example, for the shapes that pick the GEMM convolutions and their live taps."""
+        of one example, for the shapes that pick the GEMM convolutions and their live taps.
+        `live_only=False` keeps every tap in the step (the reference the live form equals bit for bit)."""
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
         device = torch.device(device)
         # Written-out BatchNorm where vmap needs it or mixed precision does (vmap_layers says why)
         elementary_norm = strategy == "vmap" or compute_dtype is not None
         self.template = template(model, width, dtype, dropout, elementary_norm, conv_rule(conv, strategy, device),
-                                 num_classes, tuple(input_shape))
+                                 num_classes, tuple(input_shape), live_only)
         models = [build_model(model, init_seed=s, width=width, dtype=dtype, dropout=dropout, num_classes=num_classes)
                   for s in init_seeds]
         params, buffers = stack_module_state(models)
@@ -180,18 +181,18 @@ def flat_stack(layout, stacked, m, dtype, device):
 
 
 @functools.cache
-def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_classes, input_shape):
+def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_classes, input_shape, live_only=True):
     """The model's structure without state (parameters and buffers come from the stacks), one per
     configuration in a process: compiled steps are keyed by it, so later batches reuse them.
     `elementary_norm`, `gemm_rule` ("all", "small", "none", "grouped": small ones GEMM, the others grouped):
-    the layers of fastvar.engine.vmap_layers to swap in."""
+    the layers of fastvar.engine.vmap_layers to swap in; `live_only`: the GEMM ones read their live taps only."""
     structure = build_model(model, init_seed=0, width=width, dtype=dtype, dropout=dropout,
                             num_classes=num_classes).to("meta")
     small = small_convs(structure, input_shape)
     convs = {"all": set(structure.modules()), "small": small, "grouped": small, "none": set()}[gemm_rule]
     grouped = set(structure.modules()) - small if gemm_rule == "grouped" else set()
     structure = use_vmap_layers(structure, elementary_norm, convs, grouped)
-    for name, taps in live_taps(structure, input_shape).items():  # only GEMM convolutions can leave taps out
+    for name, taps in live_taps(structure, input_shape).items() if live_only else ():  # GEMM ones can leave taps out
         if isinstance(structure.get_submodule(name), GemmConv2d):
             structure.get_submodule(name).live_taps = taps
     return structure

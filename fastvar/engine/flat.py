@@ -42,41 +42,54 @@ def prod(shape):
     return n
 
 
+ALIGN = 16  # elements: every entry of every replica starts 64 bytes aligned, as a fresh tensor would
+
+
+def aligned(n):
+    return -(-n // ALIGN) * ALIGN
+
+
 class FlatLayout:
     def __init__(self, shapes, orders=None, lowered=frozenset()):
         """shapes: {name: shape of one replica's tensor}, in the model's order; orders: {name: memory
         order} for the tensors a layer reads in another memory order; lowered: the names the
-        mixed-precision casts lower."""
+        mixed-precision casts lower. Each entry starts at a multiple of ALIGN elements, and so does
+        each replica's row: a CPU kernel may round by its operand's alignment, and a replica's result
+        must not depend on its place in the stack."""
         orders = orders or {}
         placed = sorted(shapes, key=lambda n: (n not in lowered, len(shapes[n]) == 1))
-        self.entries, start = {}, 0
+        self.entries, start, self.lowered = {}, 0, None
         for name in placed:
+            if name not in lowered and self.lowered is None:
+                self.lowered = start
             self.entries[name] = Entry(name, start, tuple(shapes[name]), orders.get(name))
-            start += self.entries[name].size
+            start = aligned(start + self.entries[name].size)
         self.size = start
-        self.lowered = sum(self.entries[n].size for n in placed if n in lowered)
+        self.lowered = start if self.lowered is None else self.lowered
         self.names = tuple(shapes)  # the model's order, for the views' dicts
 
     def views(self, *parts):
         """{name: tensor} of a flat buffer [..., P], or of two buffers side by side, [..., lowered]
         (the lowered entries, in the compute dtype) and [..., P - lowered]. Differentiable: a split."""
-        ordered = list(self.entries.values())
-        cuts = [len(ordered)] if len(parts) == 1 else [sum(1 for e in ordered if e.start < self.lowered), len(ordered)]
-        chunks, first = [], 0
-        for part, cut in zip(parts, cuts):
-            chunks += part.split([e.size for e in ordered[first:cut]], dim=-1)
-            first = cut
-        by_name = {e.name: e.view(c) for e, c in zip(ordered, chunks)}
+        bounds = [0, self.size] if len(parts) == 1 else [0, self.lowered, self.size]
+        by_name = {}
+        for part, low, high in zip(parts, bounds, bounds[1:]):
+            inside = [e for e in self.entries.values() if low <= e.start < high]
+            edges = [low] + [x for e in inside for x in (e.start, e.start + e.size)] + [high]
+            chunks = part.split([b - a for a, b in zip(edges, edges[1:])], dim=-1)
+            by_name.update({e.name: e.view(c) for e, c in zip(inside, chunks[1::2])})
         return {n: by_name[n] for n in self.names}
 
     def runs(self, key):
-        """[(start, stop, value)]: the buffer cut into maximal runs of entries with equal key(name),
-        never across the end of the lowered entries."""
+        """[(start, stop, value)]: the buffer cut into maximal runs of entries with equal key(name)
+        (the alignment gaps with the entry before them), never across the end of the lowered entries."""
+        ordered = list(self.entries.values())
+        ends = [e.start for e in ordered[1:]] + [self.size]
         runs = []
-        for e in self.entries.values():
+        for e, end in zip(ordered, ends):
             value = key(e.name)
             if runs and runs[-1][2] == value and e.start != self.lowered:
-                runs[-1] = (runs[-1][0], e.start + e.size, value)
+                runs[-1] = (runs[-1][0], end, value)
             else:
-                runs.append((e.start, e.start + e.size, value))
+                runs.append((e.start, end, value))
         return runs

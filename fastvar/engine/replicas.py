@@ -173,7 +173,7 @@ def whole_weight(live, dead, taps):
 
 def flat_stack(layout, stacked, m, dtype, device):
     """An [M, P] buffer holding `stacked` ({name: M×...}) as `layout` places it, and its views by name."""
-    flat = torch.empty(m, layout.size, dtype=dtype, device=device)
+    flat = torch.zeros(m, layout.size, dtype=dtype, device=device)  # the alignment gaps stay 0
     views = layout.views(flat)
     for name, tensor in stacked.items():
         views[name].copy_(tensor)

@@ -8,11 +8,13 @@ Sections, in order; none starts after the deadline, and the JSON file is rewritt
   roofline      device-to-device copy bandwidth and the bf16 matmul peak
   update        the fused Triton update against the stacked torch reference over the seed model's live
                 parameters (ms, GB/s, and whether they agree bit for bit on this device)
-  step          the whole training step (vmap, bf16-mixed, eager) at each M: images/s, seed runs per
-                GPU-hour, ms in forward, backward and update, peak memory, the top kernels by time
+  step          the whole training step (vmap, bf16-mixed, eager) at each M, and with the grouped and
+                implicit convolutions: images/s, seed runs per GPU-hour, ms in forward, backward and
+                update, peak memory, the top kernels by time
   conv          each convolution form per layer group of the model at one M, forward and backward:
                 gemm (im2col + bmm), grouped (replicas as the groups of one channels-last convolution),
-                vmap (torch's own rule), and one shared-weight convolution over M·B images (speed of light)
+                implicit (Triton implicit GEMMs), vmap (torch's own rule), and one shared-weight
+                convolution over M·B images (speed of light)
   graphs        the step compiled (on CUDA), eager and replayed as a CUDA graph: ms, and whether both
                 train alike
 Prints a table per section and ends with one JSON line (every section's results).
@@ -27,7 +29,7 @@ from pathlib import Path
 STEPS_PER_RUN = 3910  # the seed recipe: 10 epochs of 391 batches of 128
 FULL = {"width": 64, "batch": 128, "step_ms": (64, 128, 256), "m": 128, "copy_mib": 1024, "matmul": 8192,
         "repeats": 10}
-DRY = {"width": 4, "batch": 4, "step_ms": (2,), "m": 2, "copy_mib": 4, "matmul": 128, "repeats": 2}
+DRY = {"width": 4, "batch": 2, "step_ms": (2,), "m": 2, "copy_mib": 4, "matmul": 128, "repeats": 2}
 
 
 def parse_args():
@@ -53,7 +55,7 @@ from fastvar.engine.live import conv_sizes  # noqa: E402
 from fastvar.engine.optim import BatchedAdam, update_stacked  # noqa: E402
 from fastvar.engine.replicas import Replicas, stacked_losses  # noqa: E402
 from fastvar.engine.train import make_optimizer  # noqa: E402
-from fastvar.engine.vmap_layers import GemmConv2d, GroupedConv2d  # noqa: E402
+from fastvar.engine.vmap_layers import GemmConv2d, GroupedConv2d, ImplicitConv2d  # noqa: E402
 from fastvar.models import build_model  # noqa: E402
 from fastvar.recipes import RECIPES  # noqa: E402
 from throughput import Timer, peak_memory_mb  # noqa: E402
@@ -143,9 +145,11 @@ def batch(m):
 
 
 def step_section():
-    """At each M with the default convolutions (auto), and at the conv section's M with the grouped ones."""
+    """At each M with the default convolutions (auto), and at the conv section's M with the grouped and
+    (on CUDA: interpreted, it would take minutes) the implicit ones."""
     rows = []
-    for m, conv in [(m, "auto") for m in SIZES["step_ms"]] + [(SIZES["m"], "grouped")]:
+    others = ("grouped", "implicit") if DEVICE.type == "cuda" else ("grouped",)
+    for m, conv in [(m, "auto") for m in SIZES["step_ms"]] + [(SIZES["m"], c) for c in others]:
         if DEVICE.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(DEVICE)
@@ -192,14 +196,15 @@ def conv_form(form, c_in, c_out, k, s, p, m):
     if form == "shared":
         return lambda x, w: F.conv2d(x.flatten(0, 1), w[0], stride=s, padding=p)
     layer = torch.nn.Conv2d(c_in, c_out, k, stride=s, padding=p, bias=False, device="meta")
-    layer.__class__ = {"gemm": GemmConv2d, "grouped": GroupedConv2d, "vmap": torch.nn.Conv2d}[form]
+    layer.__class__ = {"gemm": GemmConv2d, "grouped": GroupedConv2d, "implicit": ImplicitConv2d,
+                       "vmap": torch.nn.Conv2d}[form]
 
     def run(x, w):
         return vmap(lambda wi, xi: functional_call(layer, {"weight": wi}, (xi,)))(w, x)
     return run
 
 
-FORMS = ("gemm", "grouped", "vmap", "shared")
+FORMS = ("gemm", "grouped", "implicit", "vmap", "shared")
 
 
 def conv_section():
@@ -209,7 +214,7 @@ def conv_section():
         x.requires_grad_()
         row = {"layer": f"{k}x{k}/{s} {c_in}->{c_out} @{h}x{h}", "count": count}
         for form in FORMS:
-            order = GemmConv2d.WEIGHT_MEMORY_ORDER if form == "gemm" else (0, 1, 2, 3)
+            order = GemmConv2d.WEIGHT_MEMORY_ORDER if form in ("gemm", "implicit") else (0, 1, 2, 3)
             memory = torch.randn(m, *(((c_out, c_in, k, k)[d]) for d in order), device=DEVICE, dtype=torch.bfloat16)
             w = memory.permute(0, *(order.index(d) + 1 for d in range(4))).requires_grad_()
             run = conv_form(form, c_in, c_out, k, s, p, m)

@@ -130,9 +130,10 @@ def add_study_arguments(parser):
     parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
                         help="torch.compile the training step (auto: on CUDA only)")
     parser.add_argument("--conv", default="auto", choices=CONVS,
-                        help="gemm: convolutions as im2col + one matrix product; native: the framework's; grouped: "
-                             "under vmap one grouped convolution of all replicas, channels-last (gemm for outputs of "
-                             "2x2 pixels or less); auto: gemm under vmap on CUDA, else for outputs of 2x2 pixels or less")
+                        help="gemm: convolutions as im2col + one matrix product; native: the framework's; grouped, "
+                             "implicit: under vmap all replicas at once, as one grouped channels-last convolution or as "
+                             "Triton implicit GEMMs (CUDA), gemm for outputs of 2x2 pixels or less; auto: gemm under "
+                             "vmap on CUDA, else for outputs of 2x2 pixels or less")
     parser.add_argument("--cuda-graphs", default="auto", choices=("auto", "on", "off"),
                         help="replay each training step as one CUDA graph (auto: on CUDA); results are the same")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

@@ -38,8 +38,11 @@ class Execution:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda, but this machine has no CUDA device")
-        if self.cuda_graphs == "on" and (self.device == "cpu" or not torch.cuda.is_available()):
+        on_cuda = self.device != "cpu" and torch.cuda.is_available()
+        if self.cuda_graphs == "on" and not on_cuda:
             raise ConfigError("--cuda-graphs on needs a CUDA device")
+        if self.conv == "implicit" and not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ConfigError("--conv implicit runs Triton kernels: it needs a CUDA device")
         if self.shard is not None and not (len(self.shard) == 2 and 0 <= self.shard[0] < self.shard[1]):
             raise ConfigError(f"--shard I/N needs 0 <= I < N, not {self.shard}")
 

@@ -170,10 +170,14 @@ def test_vary_kernels_on_cuda_gives_runs_that_differ(synthetic_dir, tmp_path):
     assert not (rows[0]["test_logits"] == rows[1]["test_logits"]).all()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA graphs can be had here")
-@pytest.mark.parametrize("flags", [["--cuda-graphs", "on"], ["--cuda-graphs", "on", "--device", "cpu"]])
-def test_cuda_graphs_on_without_a_gpu_is_one_line_and_exit_2(synthetic_dir, tmp_path, capsys, flags):
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA can be had here")
+@pytest.mark.parametrize("flags, says", [(["--cuda-graphs", "on"], "--cuda-graphs on needs a CUDA device"),
+                                         (["--cuda-graphs", "on", "--device", "cpu"], "--cuda-graphs on needs"),
+                                         (["--conv", "implicit"], "--conv implicit runs Triton kernels")])
+def test_a_cuda_only_option_without_a_gpu_is_one_line_and_exit_2(synthetic_dir, tmp_path, capsys, flags, says,
+                                                                 monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the tests' interpreter would run the kernels on the CPU
     capsys.readouterr()
     assert cli.main([*TINY, *flags, "--data-dir", str(synthetic_dir), "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--cuda-graphs on needs a CUDA device" in err[0] and not (tmp_path / "bad").exists()
+    assert len(err) == 1 and says in err[0] and not (tmp_path / "bad").exists()

@@ -12,7 +12,8 @@ from fastvar.recipes import RECIPES
 from fastvar.engine.train import fit
 from fastvar.models import build_model
 from fastvar.engine.live import live_taps
-from fastvar.engine.vmap_layers import ElementaryBatchNorm2d, GemmConv2d, GroupedConv2d, gemm_convertible, small_convs
+from fastvar.engine.vmap_layers import (ElementaryBatchNorm2d, GemmConv2d, GroupedConv2d, ImplicitConv2d,
+                                         gemm_convertible, small_convs)
 
 # (in, out, kernel, stride, padding, bias, input size): every convolution shape the models use, and odd ones;
 # images of fewer than k² pixels take the unrolled form (2×2 and 1×1: the seed model's last two stages)
@@ -90,17 +91,18 @@ def test_elementary_batch_norm_equals_batch_norm(dtype):
     assert torch.allclose(elementary(x.to(dtype)).double(), native(x), rtol=0, atol=tolerance * 10)
 
 
-@pytest.mark.parametrize("vmap_conv", ["gemm", "grouped"])
-def test_vmap_with_gemm_or_grouped_convs_trains_as_the_loop_does_in_float64(vmap_conv):
-    data = random_dataset(48, 10)
-    recipe = dict(RECIPES["seed"], epochs=1, batch_size=16)  # 3 Adam steps
+@pytest.mark.parametrize("vmap_conv", ["gemm", "grouped", "implicit"])
+def test_vmap_with_gemm_grouped_or_implicit_convs_trains_as_the_loop_does_in_float64(vmap_conv):
+    data = random_dataset(16, 10)
+    recipe = dict(RECIPES["seed"], epochs=1, batch_size=8)  # 2 Adam steps (the implicit form interpreted)
     seeds = [run_seeds("all-random", i) for i in range(2)]
     trained = []
     for strategy, conv in (("loop", "native"), ("vmap", vmap_conv)):
         replicas = Replicas("resnet18", [s.init_seed for s in seeds], width=4, strategy=strategy,
                             dtype=torch.float64, conv=conv)
         kinds = {type(m) for m in replicas.template.modules()}
-        assert (GemmConv2d in kinds) == (conv != "native") and (GroupedConv2d in kinds) == (conv == "grouped")
+        assert (GemmConv2d in kinds) == (conv != "native")
+        assert (GroupedConv2d in kinds) == (conv == "grouped") and (ImplicitConv2d in kinds) == (conv == "implicit")
         fit(replicas, data, recipe, seeds)
         trained.append(replicas)
     for r in range(2):  # as state dicts: the GEMM form keeps the last stage's dead taps apart
@@ -177,25 +179,31 @@ def test_gemm_conv_with_live_taps_only_equals_conv2d(c_in, c_out, k, s, p, bias,
     assert torch.count_nonzero(by_tap_grad[dead]) == 0
 
 
-def grouped_and_plain(c_in, c_out, k, s, p, bias, replicas=3):
+def grouped_and_plain(c_in, c_out, k, s, p, bias, cls, replicas=3):
     convs = [torch.nn.Conv2d(c_in, c_out, k, stride=s, padding=p, bias=bias, dtype=torch.float64) for _ in range(replicas)]
     params = {n: t.requires_grad_() for n, t in stack_module_state(convs)[0].items()}
     template = as_class(torch.nn.Conv2d(c_in, c_out, k, stride=s, padding=p, bias=bias, dtype=torch.float64,
-                                        device="meta"), GroupedConv2d)
+                                        device="meta"), cls)
     return convs, params, template
+
+
+# The implicit form's kernels are interpreted on a CPU: images of at most 12×12 keep that quick
+REPLICA_CASES = [(cls, *case) for cls in (GroupedConv2d, ImplicitConv2d) for case in CONVS[:6]
+                 if cls is GroupedConv2d or case[-1] <= 12] + [(ImplicitConv2d, 3, 8, 7, 2, 3, False, 12)]
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("shared_input", [False, True], ids=["own-batches", "shared-batch"])
-@pytest.mark.parametrize("c_in,c_out,k,s,p,bias,size", CONVS[:6])
-def test_grouped_conv_under_vmap_is_each_replicas_conv2d_forward_and_backward(c_in, c_out, k, s, p, bias, size,
-                                                                              shared_input, compiled):
-    """Two grouped convolutions in a row under vmap (the second reads the first's batch-major output)
-    against each replica's nn.Conv2d in float64: outputs, input gradient and weight gradients."""
+@pytest.mark.parametrize("cls,c_in,c_out,k,s,p,bias,size", REPLICA_CASES)
+def test_replica_convs_under_vmap_are_each_replicas_conv2d_forward_and_backward(c_in, c_out, k, s, p, bias, size, cls,
+                                                                                shared_input, compiled):
+    """Two convolutions of the form in a row under vmap (the second reads the first's output in the
+    layout it left) against each replica's nn.Conv2d in float64: outputs, input and weight gradients.
+    The implicit form's Triton kernels run under TRITON_INTERPRET=1 on a CPU."""
     torch.manual_seed(size + s)
-    convs, params, template = grouped_and_plain(c_in, c_out, k, s, p, bias)
-    second_convs, second, second_template = grouped_and_plain(c_out, c_out, 3, 1, 1, False)
-    x = torch.randn(*(() if shared_input else (3,)), 4, c_in, size, size, dtype=torch.float64, requires_grad=True)
+    convs, params, template = grouped_and_plain(c_in, c_out, k, s, p, bias, cls)
+    second_convs, second, second_template = grouped_and_plain(c_out, c_out, 3, 1, 1, False, cls)
+    x = torch.randn(*(() if shared_input else (3,)), 2, c_in, size, size, dtype=torch.float64, requires_grad=True)
 
     def forward(params, second, x):
         def one(p, q, xi):
@@ -213,9 +221,10 @@ def test_grouped_conv_under_vmap_is_each_replicas_conv2d_forward_and_backward(c_
         assert all(torch.allclose(mine[r], theirs, rtol=0, atol=1e-11) for mine, theirs in zip(grads[1:], own))
 
 
-def test_grouped_conv_alone_is_conv2d():
+@pytest.mark.parametrize("cls", [GroupedConv2d, ImplicitConv2d], ids=["grouped", "implicit"])
+def test_replica_convs_alone_are_conv2d(cls):
     conv = torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=True, dtype=torch.float64)
-    grouped = as_class(torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=True, dtype=torch.float64), GroupedConv2d)
+    grouped = as_class(torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=True, dtype=torch.float64), cls)
     grouped.load_state_dict(conv.state_dict())
     x = torch.randn(2, 4, 9, 9, dtype=torch.float64, requires_grad=True)
     expected, got = conv(x), grouped(x)

@@ -22,10 +22,11 @@ from ..errors import ConfigError
 from ..models import BUILTIN_MODELS, build_model, classifier_name, model_name
 from .flat import FlatLayout
 from .live import live_taps
-from .vmap_layers import GemmConv2d, at_least_float32, small_convs, use_vmap_layers
+from .vmap_layers import GemmConv2d, GroupedConv2d, ImplicitConv2d, at_least_float32, small_convs, use_vmap_layers
 
 STRATEGIES = ("loop", "vmap")
-CONVS = ("auto", "gemm", "native", "grouped")
+REPLICA_CONVS = {"grouped": GroupedConv2d, "implicit": ImplicitConv2d}
+CONVS = ("auto", "gemm", "native", "grouped", "implicit")
 
 
 class Replicas:
@@ -184,14 +185,15 @@ def flat_stack(layout, stacked, m, dtype, device):
 def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_classes, input_shape, live_only=True):
     """The model's structure without state (parameters and buffers come from the stacks), one per
     configuration in a process: compiled steps are keyed by it, so later batches reuse them.
-    `elementary_norm`, `gemm_rule` ("all", "small", "none", "grouped": small ones GEMM, the others grouped):
+    `elementary_norm`, `gemm_rule` ("all", "small", "none"; "grouped", "implicit": the small ones GEMM,
+    the others that form):
     the layers of fastvar.engine.vmap_layers to swap in; `live_only`: the GEMM ones read their live taps only."""
     structure = build_model(model, init_seed=0, width=width, dtype=dtype, dropout=dropout,
                             num_classes=num_classes).to("meta")
     small = small_convs(structure, input_shape)
-    convs = {"all": set(structure.modules()), "small": small, "grouped": small, "none": set()}[gemm_rule]
-    grouped = set(structure.modules()) - small if gemm_rule == "grouped" else set()
-    structure = use_vmap_layers(structure, elementary_norm, convs, grouped)
+    convs = {"all": set(structure.modules()), "small": small, "none": set()}.get(gemm_rule, small)
+    rest = set(structure.modules()) - small if gemm_rule in REPLICA_CONVS else set()
+    structure = use_vmap_layers(structure, elementary_norm, convs, rest, REPLICA_CONVS.get(gemm_rule))
     for name, taps in live_taps(structure, input_shape).items() if live_only else ():  # GEMM ones can leave taps out
         if isinstance(structure.get_submodule(name), GemmConv2d):
             structure.get_submodule(name).live_taps = taps
@@ -202,19 +204,20 @@ def memory_orders(template):
     """{parameter name: memory order} for the layers that declare the order of their weight's
     dimensions in memory (WEIGHT_MEMORY_ORDER, outermost first) in which they use it without copying."""
     return {f"{name}.weight": module.WEIGHT_MEMORY_ORDER for name, module in template.named_modules()
-            if hasattr(module, "WEIGHT_MEMORY_ORDER") and module.live_taps is None}
+            if hasattr(module, "WEIGHT_MEMORY_ORDER") and getattr(module, "live_taps", None) is None}
 
 
 def conv_rule(conv, strategy, device):
     """Which convolutions become GEMM convolutions: conv "gemm" all, "native" none; "auto" decides by
     device, strategy and the model's shapes, never by a timing: all under vmap on CUDA (vmap's grouped
     convolution is slow there), else those with outputs of 2×2 pixels or less (where they beat oneDNN).
-    "grouped": those small ones GEMM, the others one grouped convolution of all replicas (GroupedConv2d)."""
+    "grouped", "implicit": those small ones GEMM, the others all replicas at once in that form
+    (GroupedConv2d, ImplicitConv2d)."""
     if conv not in CONVS:
         raise ValueError(f"unknown conv {conv!r}; choose from {', '.join(CONVS)}")
     if conv == "auto":
         return "all" if strategy == "vmap" and device.type == "cuda" else "small"
-    return {"gemm": "all", "native": "none", "grouped": "grouped"}[conv]
+    return {"gemm": "all", "native": "none"}.get(conv, conv)
 
 
 def lowered_parameters(template):

@@ -15,9 +15,10 @@ tiny outputs, faster than oneDNN's on a CPU, in either strategy).
   the unrolled form (the whole linear map, no products with the padding) took the seed model's step
   from 250 to 200 ms more.
 
-- GroupedConv2d: under vmap, one grouped convolution of all replicas in channels-last memory, through
-  a custom op whose vmap rule keeps activations batch-major (fastvar.engine.grouped_conv): no
-  columns in memory, for the larger images (--conv grouped; the tiny ones stay GEMM, live taps only).
+- GroupedConv2d, ImplicitConv2d: under vmap, all replicas' convolutions at once with no columns in
+  memory, through a custom op with its own vmap rule (fastvar.engine.replica_conv): one grouped
+  convolution in channels-last memory, or Triton implicit GEMMs; for the larger images (--conv
+  grouped, --conv implicit; the tiny ones stay GEMM, live taps only).
 
 `use_vmap_layers` swaps them into a structure-only model (the state comes from elsewhere), keeping
 every parameter's and buffer's name and shape, so state dicts stay interchangeable.
@@ -25,7 +26,7 @@ every parameter's and buffer's name and shape, so state dicts stay interchangeab
 import torch
 import torch.nn.functional as F
 
-from .grouped_conv import replica_conv2d
+from .replica_conv import replica_conv2d
 from .live import conv_sizes
 
 
@@ -105,11 +106,19 @@ class GemmConv2d(torch.nn.Conv2d):
 
 class GroupedConv2d(torch.nn.Conv2d):
     """A convolution that vmap makes one grouped convolution of all replicas in batch-major
-    channels-last memory, writing no columns (fastvar.engine.grouped_conv); alone, F.conv2d."""
+    channels-last memory, writing no columns (fastvar.engine.replica_conv); alone, F.conv2d."""
+    FORM = "grouped"
 
     def forward(self, x):
-        out = replica_conv2d(x, self.weight, self.stride[0], self.padding[0])
+        out = replica_conv2d(x, self.weight, self.stride[0], self.padding[0], self.FORM)
         return out if self.bias is None else out + self.bias[:, None, None]
+
+
+class ImplicitConv2d(GroupedConv2d):
+    """A convolution that vmap runs as Triton implicit GEMMs over all replicas (CUDA, or the
+    interpreter), reading the weight as GemmConv2d's taps; alone, F.conv2d."""
+    FORM = "implicit"
+    WEIGHT_MEMORY_ORDER = GemmConv2d.WEIGHT_MEMORY_ORDER
 
 
 def tap_selection(h, w, ho, wo, k, s, p, like):
@@ -136,14 +145,15 @@ def small_convs(structure, input_shape=(3, 32, 32), max_pixels=4):
             if ho * wo <= max_pixels}
 
 
-def use_vmap_layers(structure, elementary_norm, gemm_convs, grouped_convs=()):
+def use_vmap_layers(structure, elementary_norm, gemm_convs, grouped_convs=(), grouped_class=None):
     """Swap in place every BatchNorm2d (with `elementary_norm`) and the Conv2d modules in
-    `gemm_convs`, then in `grouped_convs` (those gemm_convertible) for their written-out twins."""
+    `gemm_convs`, then in `grouped_convs` (as `grouped_class`; those gemm_convertible) for their
+    written-out twins."""
     for module in structure.modules():
         if elementary_norm and type(module) is torch.nn.BatchNorm2d:
             module.__class__ = ElementaryBatchNorm2d
         elif module in gemm_convs and gemm_convertible(module):
             module.__class__ = GemmConv2d
         elif module in grouped_convs and gemm_convertible(module):
-            module.__class__ = GroupedConv2d
+            module.__class__ = grouped_class
     return structure

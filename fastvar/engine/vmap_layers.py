@@ -145,15 +145,15 @@ def small_convs(structure, input_shape=(3, 32, 32), max_pixels=4):
             if ho * wo <= max_pixels}
 
 
-def use_vmap_layers(structure, elementary_norm, gemm_convs, grouped_convs=(), grouped_class=None):
+def use_vmap_layers(structure, elementary_norm, gemm_convs, replica_convs=(), replica_class=None):
     """Swap in place every BatchNorm2d (with `elementary_norm`) and the Conv2d modules in
-    `gemm_convs`, then in `grouped_convs` (as `grouped_class`; those gemm_convertible) for their
+    `gemm_convs`, then in `replica_convs` (as `replica_class`; those gemm_convertible) for their
     written-out twins."""
     for module in structure.modules():
         if elementary_norm and type(module) is torch.nn.BatchNorm2d:
             module.__class__ = ElementaryBatchNorm2d
         elif module in gemm_convs and gemm_convertible(module):
             module.__class__ = GemmConv2d
-        elif module in grouped_convs and gemm_convertible(module):
-            module.__class__ = grouped_class
+        elif module in replica_convs and gemm_convertible(module):
+            module.__class__ = replica_class
     return structure

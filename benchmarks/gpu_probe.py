@@ -120,7 +120,7 @@ def update_section():
         finals[form] = (params, low)
     equal = all(torch.equal(a, b) for a, b in zip(finals["triton"], finals["reference"]))
     return {**results, "speedup": results["reference_ms"] / results["triton_ms"], "bit_identical": equal,
-            "live_parameters": size, "replicas": m}
+            "live_parameters": sum(e.size for e in layout.entries.values()), "buffer_width": size, "replicas": m}
 
 
 def step_parts(replicas, optimizer, x, y):

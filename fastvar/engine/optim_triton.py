@@ -26,15 +26,23 @@ def _bfloat16_bits(x):
 
 
 @triton.jit
-def _adam_kernel(param, grad, exp_avg, exp_avg_sq, low, step_size, bias2_sqrt, decay, n,
-                 param_row, grad_row, low_row, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
-                 DECAY_MODE: tl.constexpr, WRITE_LOW: tl.constexpr, BLOCK: tl.constexpr):
+def _load_run(param, grad, n, param_row, grad_row, BLOCK: tl.constexpr):
+    """This program's replica r and block of entries: where they are, and the parameters and the
+    gradient (upcast) there."""
     r = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     inside = cols < n
     at = r * param_row + cols
     p = tl.load(param + at, mask=inside)
     g = tl.load(grad + r * grad_row + cols, mask=inside).to(tl.float32)
+    return r, cols, inside, at, p, g
+
+
+@triton.jit
+def _adam_kernel(param, grad, exp_avg, exp_avg_sq, low, step_size, bias2_sqrt, decay, n,
+                 param_row, grad_row, low_row, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
+                 DECAY_MODE: tl.constexpr, WRITE_LOW: tl.constexpr, BLOCK: tl.constexpr):
+    r, cols, inside, at, p, g = _load_run(param, grad, n, param_row, grad_row, BLOCK)
     d = tl.load(decay + r)
     if DECAY_MODE == 2:  # decoupled (AdamW): the parameter scaled first
         p = p * d
@@ -60,12 +68,7 @@ def _adam_kernel(param, grad, exp_avg, exp_avg_sq, low, step_size, bias2_sqrt, d
 def _sgd_kernel(param, grad, buffer, low, lr, weight_decay, n, param_row, grad_row, low_row, momentum,
                 DECAY: tl.constexpr, MOMENTUM_MODE: tl.constexpr, NESTEROV: tl.constexpr,
                 WRITE_LOW: tl.constexpr, BLOCK: tl.constexpr):
-    r = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    inside = cols < n
-    at = r * param_row + cols
-    p = tl.load(param + at, mask=inside)
-    g = tl.load(grad + r * grad_row + cols, mask=inside).to(tl.float32)
+    r, cols, inside, at, p, g = _load_run(param, grad, n, param_row, grad_row, BLOCK)
     if DECAY:
         l2 = p * tl.load(weight_decay + r)
         g = g + l2

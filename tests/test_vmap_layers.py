@@ -13,7 +13,7 @@ from fastvar.engine.train import fit
 from fastvar.models import build_model
 from fastvar.engine.live import live_taps
 from fastvar.engine.vmap_layers import (ElementaryBatchNorm2d, GemmConv2d, GroupedConv2d, ImplicitConv2d,
-                                         gemm_convertible, small_convs)
+                                         gemm_convertible, one_tap_each, small_convs)
 
 # (in, out, kernel, stride, padding, bias, input size): every convolution shape the models use, and odd ones;
 # images of fewer than k² pixels take the unrolled form (2×2 and 1×1: the seed model's last two stages)
@@ -233,3 +233,13 @@ def test_replica_convs_alone_are_conv2d(cls):
     for a, b in zip(torch.autograd.grad(expected, [x, *conv.parameters()], g),
                     torch.autograd.grad(got, [x, *grouped.parameters()], g)):
         assert torch.allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_one_output_pixel_with_a_tap_for_each_input_pixel_reads_the_taps_as_its_map():
+    """The seed model's last stage: from 2×2 to 1×1 (stride 2) the four live taps are the map in their
+    own order (a slice: a view), on a 1×1 image the centre tap; else the general form."""
+    assert one_tap_each(2, 2, 1, 1, 3, 1, (4, 5, 7, 8)) == [0, 1, 2, 3]
+    assert one_tap_each(2, 2, 1, 1, 3, 1, range(9)) == [4, 5, 7, 8]
+    assert one_tap_each(1, 1, 1, 1, 3, 1, (4,)) == [0] and one_tap_each(1, 1, 1, 1, 3, 1, range(9)) == [4]
+    assert one_tap_each(2, 2, 2, 2, 3, 1, range(9)) is None  # four output pixels
+    assert one_tap_each(3, 3, 1, 1, 2, 0, range(4)) is None  # the third row reaches no tap

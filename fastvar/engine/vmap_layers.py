@@ -60,7 +60,9 @@ class GemmConv2d(torch.nn.Conv2d):
     - im2col: the k² strided slices of the padded input side by side, (B·Ho·Wo × k²·C) by (k²·C × Cout);
     - unrolled, for images of fewer than k² pixels: the convolution's whole linear map, (B × H·W·C) by
       (H·W·C × Ho·Wo·Cout), which leaves out every product with the zero padding (on a 1×1 image a
-      3×3 kernel's eight outer taps, on 2×2 five of nine).
+      3×3 kernel's eight outer taps, on 2×2 five of nine); where one output pixel reads each input
+      pixel through a tap of its own, the map is those taps, no product to build it (a view of the
+      live taps, for the seed model's last stage).
     Both read the weight as k×k×C×Cout taps: a view, with no copy forward or backward, where the
     weight lies in memory in that order (WEIGHT_MEMORY_ORDER; fastvar.engine.replicas lays stacks out so).
     With `live_taps` (fastvar.engine.live: the taps that reach the image), the weight is those taps
@@ -94,8 +96,9 @@ class GemmConv2d(torch.nn.Conv2d):
     def unrolled(self, x, taps, tap_ids, s, p, ho, wo):
         b, c, h, w = x.shape
         k, cout = self.kernel_size[0], self.out_channels
-        if h * w == ho * wo == 1 and p < k:  # one pixel to one: the tap at the padding offset alone
-            linear_map = taps[list(tap_ids).index(p * k + p)]
+        own = one_tap_each(h, w, ho, wo, k, p, tap_ids)
+        if own is not None:  # one output pixel, each input pixel its own tap: those taps are the map
+            linear_map = taps[own[0]:own[-1] + 1] if own == list(range(own[0], own[-1] + 1)) else taps[own]
         else:  # (H·W·Ho·Wo × T) 0/1 times (T × C·Cout): the C×Cout block of each (input, output) pixel pair
             selection = tap_selection(h, w, ho, wo, k, s, p, taps)
             selection = selection if len(tap_ids) == k * k else selection[:, list(tap_ids)]
@@ -119,6 +122,18 @@ class ImplicitConv2d(GroupedConv2d):
     interpreter), reading the weight as GemmConv2d's taps; alone, F.conv2d."""
     FORM = "implicit"
     WEIGHT_MEMORY_ORDER = GemmConv2d.WEIGHT_MEMORY_ORDER
+
+
+def one_tap_each(h, w, ho, wo, k, p, tap_ids):
+    """For a single output pixel whose every input pixel is joined to it by a tap among `tap_ids`:
+    the positions in `tap_ids` of those taps, input pixels in raster order (on a 1×1 image, the tap
+    at the padding offset; from 2×2 to 1×1 with stride 2, the four live taps in their own order, so
+    the map is a view of the weight); else None."""
+    if ho * wo != 1 or not all(0 <= i + p < k and 0 <= j + p < k for i in range(h) for j in range(w)):
+        return None
+    joined = [(i + p) * k + (j + p) for i in range(h) for j in range(w)]
+    ids = list(tap_ids)
+    return [ids.index(t) for t in joined] if all(t in ids for t in joined) else None
 
 
 def tap_selection(h, w, ho, wo, k, s, p, like):

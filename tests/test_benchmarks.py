@@ -52,3 +52,12 @@ def test_gpu_probe_dry_run_runs_every_section_and_writes_its_json(tmp_path):
     assert all(r["fastest"] in ("gemm", "grouped", "implicit", "vmap") for r in layers)
     assert set(totals) == {f"{form}_total_ms" for form in ("gemm", "grouped", "implicit", "vmap", "shared")}
     assert report["graphs"]["eager_ms"] > 0
+
+
+def test_update_benchmark_emits_its_json():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "update.py"), "--width", "8", "--rounds", "2"],
+                            capture_output=True, text=True, check=True)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["dense_ms"] > 0 and summary["live_ms"] > 0
+    assert summary["live_entries"] < 0.4 * summary["dense_entries"]  # the seed model's last stage, 1x1 pixels
+    assert abs(summary["speedup"] - summary["dense_ms"] / summary["live_ms"]) < 0.01 * summary["speedup"]

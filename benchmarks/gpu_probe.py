@@ -160,9 +160,11 @@ def step_section():
         forward, forward_backward, update = step_parts(replicas, optimizer, x, y)
         fwd, fwd_bwd, upd = timed(forward), timed(forward_backward), timed(update)
         step_s = fwd_bwd + upd
-        rows.append({"m": m, "conv": conv, "img_s": m * SIZES["batch"] / step_s, "runs_per_hour": 3600 * m / (STEPS_PER_RUN * step_s),
+        rows.append({"m": m, "conv": conv, "img_s": m * SIZES["batch"] / step_s,
+                     "runs_per_hour": 3600 * m / (STEPS_PER_RUN * step_s),
                      "forward_ms": fwd * 1e3, "backward_ms": (fwd_bwd - fwd) * 1e3, "update_ms": upd * 1e3,
-                     "peak_mib": peak_memory_mb(DEVICE), "top_kernels": top_kernels(lambda: (forward_backward(), update()))})
+                     "peak_mib": peak_memory_mb(DEVICE),
+                     "top_kernels": top_kernels(lambda: (forward_backward(), update()))})
         del replicas, optimizer
     return rows
 

@@ -51,7 +51,8 @@ def main():
                 optimizer.step(grads)
             times[name].append(t.seconds)
     median = {name: sorted(t)[len(t) // 2] * 1e3 for name, t in times.items()}
-    print(f"{'form':<8}{'entries':>12}{'ms (median)':>14}   {time.strftime('%Y-%m-%d')}, {device}, M={args.batch_models}")
+    print(f"{'form':<8}{'entries':>12}{'ms (median)':>14}   "
+          f"{time.strftime('%Y-%m-%d')}, {device}, M={args.batch_models}")
     for name, (_, _, entries) in forms.items():
         print(f"{name:<8}{entries:>12,}{median[name]:>14.2f}")
     print(json.dumps({"dense_ms": round(median["dense"], 3), "live_ms": round(median["live"], 3),

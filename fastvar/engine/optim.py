@@ -41,10 +41,10 @@ class BatchedOptimizer:
 
     def __init__(self, params, lr, weight_decay, *, lr_factors, runs=None, by_replica=False, low=None):
         """params: an [M, P] buffer, updated in place. lr, weight_decay: a float or one value per
-        replica. lr_factors: the schedule's multiplier of lr at each step, in order (its length: the steps). runs: [(start,
-        stop, factor)] covering the buffer, a further factor of lr on each, cut where the gradient's parts
-        meet (default: 1 on all, one run). low: the copy of params[:, :L] in the compute dtype that the
-        forward reads, rewritten after each update."""
+        replica. lr_factors: the schedule's multiplier of lr at each step, in order (its length: the
+        steps). runs: [(start, stop, factor)] covering the buffer, a further factor of lr on each, cut
+        where the gradient's parts meet (default: 1 on all, one run). low: the copy of params[:, :L]
+        in the compute dtype that the forward reads, rewritten after each update."""
         self.params, self.low = params, low
         self.size, width = params.shape
         self.runs = runs or [(0, width, 1.0)]

@@ -272,9 +272,10 @@ def plan_line(study, execution, total, todo, out, images):
     device = execution.resolved_device()
     threads = f" with {torch.get_num_threads()} threads" if device.type == "cpu" else ""  # set by Study.run
     width = f" at width {study.resolved_width()}" if study.resolved_width() is not None else ""
+    epochs = study.recipe_dict()["epochs"]
     return (f"fastvar: training {todo} of {total} runs of {study.experiment} into {out} "
             f"({total - todo} there already): the {study.recipe_name()} recipe, {study.recipe_dict()['model']}{width}, "
-            f"{study.recipe_dict()['epochs']} epochs of {images:,} examples, on {device}{threads}, "
+            f"{epochs} epoch{'s' * (epochs != 1)} of {images:,} examples, on {device}{threads}, "
             f"{execution.resolved_strategy(device)} strategy, M = {execution.batch_models}, "
             f"{study.resolved_precision(device)}")
 

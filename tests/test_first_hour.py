@@ -75,7 +75,7 @@ def test_the_start_names_what_will_run(synthetic_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"fastvar: loading CIFAR-10 from {synthetic_dir} ..." in err
     assert (f"fastvar: training 2 of 2 runs of all-random into {tmp_path / 'study'} (0 there already): the seed "
-            f"recipe, resnet18 at width 4, 1 epochs of 320 examples, on cpu with {torch.get_num_threads()} threads, "
+            f"recipe, resnet18 at width 4, 1 epoch of 320 examples, on cpu with {torch.get_num_threads()} threads, "
             f"loop strategy, M = 2, float32") in err
 
 

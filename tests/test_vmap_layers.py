@@ -243,28 +243,3 @@ def test_one_output_pixel_with_a_tap_for_each_input_pixel_reads_the_taps_as_its_
     assert one_tap_each(1, 1, 1, 1, 3, 1, (4,)) == [0] and one_tap_each(1, 1, 1, 1, 3, 1, range(9)) == [4]
     assert one_tap_each(2, 2, 2, 2, 3, 1, range(9)) is None  # four output pixels
     assert one_tap_each(3, 3, 1, 1, 2, 0, range(4)) is None  # the third row reaches no tap
-
-
-@pytest.mark.parametrize("live", [False, True], ids=["all-taps", "live-taps"])
-@pytest.mark.parametrize("c_in,c_out,k,s,p,bias,size", [c for c in CONVS if c[-1] ** 2 < c[2] ** 2])
-def test_the_unrolled_form_by_rows_equals_conv2d(c_in, c_out, k, s, p, bias, size, live):
-    """vmap's unrolled form, products of views by output pixel and input row, against nn.Conv2d in
-    float64: forward, input gradient and the taps' gradient, with every tap or the live ones alone."""
-    torch.manual_seed(size * k + s)
-    conv = torch.nn.Conv2d(c_in, c_out, k, stride=s, padding=p, bias=bias, dtype=torch.float64)
-    gemm = as_class(torch.nn.Conv2d(c_in, c_out, k, stride=s, padding=p, bias=bias, dtype=torch.float64), GemmConv2d)
-    gemm.load_state_dict(conv.state_dict())
-    gemm.by_rows = True
-    taps = live_taps(torch.nn.Sequential(conv), (c_in, size, size)).get("0") if live else None
-    if taps is not None:
-        by_tap = conv.weight.detach().permute(2, 3, 1, 0).reshape(k * k, c_in, c_out)
-        gemm.live_taps, gemm.weight = taps, torch.nn.Parameter(by_tap[list(taps)].clone())
-    x = torch.randn(3, c_in, size, size, dtype=torch.float64, requires_grad=True)
-    expected, got = conv(x), gemm(x)
-    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
-    g = torch.randn_like(expected)
-    (gx, gw), (ex, ew) = (torch.autograd.grad(out, [x, m.weight], g) for out, m in ((got, gemm), (expected, conv)))
-    assert torch.allclose(gx, ex, rtol=0, atol=1e-12)
-    full = ew.permute(2, 3, 1, 0).reshape(k * k, c_in, c_out)
-    mine = gw if taps is not None else gw.permute(2, 3, 1, 0).reshape(k * k, c_in, c_out)
-    assert torch.allclose(mine, full[list(taps)] if taps is not None else full, rtol=0, atol=1e-12)

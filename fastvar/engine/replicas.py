@@ -42,7 +42,7 @@ class Replicas:
         # Written-out BatchNorm where vmap needs it or mixed precision does (vmap_layers says why)
         elementary_norm = strategy == "vmap" or compute_dtype is not None
         self.template = template(model, width, dtype, dropout, elementary_norm, conv_rule(conv, strategy, device),
-                                 num_classes, tuple(input_shape), live_only, strategy == "vmap")
+                                 num_classes, tuple(input_shape), live_only)
         models = [build_model(model, init_seed=s, width=width, dtype=dtype, dropout=dropout, num_classes=num_classes)
                   for s in init_seeds]
         params, buffers = stack_module_state(models)
@@ -182,14 +182,12 @@ def flat_stack(layout, stacked, m, dtype, device):
 
 
 @functools.cache
-def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_classes, input_shape, live_only=True,
-             by_rows=False):
+def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_classes, input_shape, live_only=True):
     """The model's structure without state (parameters and buffers come from the stacks), one per
     configuration in a process: compiled steps are keyed by it, so later batches reuse them.
     `elementary_norm`, `gemm_rule` ("all", "small", "none"; "grouped", "implicit": the small ones GEMM,
     the others that form):
-    the layers of fastvar.engine.vmap_layers to swap in; `live_only`: the GEMM ones read their live taps only;
-    `by_rows`: their unrolled form as products of views (vmap's; the loop keeps the CPU's measured form)."""
+    the layers of fastvar.engine.vmap_layers to swap in; `live_only`: the GEMM ones read their live taps only."""
     structure = build_model(model, init_seed=0, width=width, dtype=dtype, dropout=dropout,
                             num_classes=num_classes).to("meta")
     small = small_convs(structure, input_shape)
@@ -199,9 +197,6 @@ def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_class
     for name, taps in live_taps(structure, input_shape).items() if live_only else ():  # GEMM ones can leave taps out
         if isinstance(structure.get_submodule(name), GemmConv2d):
             structure.get_submodule(name).live_taps = taps
-    for module in structure.modules() if by_rows else ():
-        if isinstance(module, GemmConv2d):
-            module.by_rows = True
     return structure
 
 

@@ -70,7 +70,7 @@ class GemmConv2d(torch.nn.Conv2d):
 
     WEIGHT_MEMORY_ORDER = (2, 3, 1, 0)
     live_taps = None  # all taps; else the indices ki·k + kj of the weight's T taps
-    by_rows = False  # the unrolled form as products of views (vmap); else through its linear map
+
     def forward(self, x):
         (k, _), (s, _), (p, _) = self.kernel_size, self.stride, self.padding
         b, c, h, w = x.shape
@@ -97,11 +97,8 @@ class GemmConv2d(torch.nn.Conv2d):
         b, c, h, w = x.shape
         k, cout = self.kernel_size[0], self.out_channels
         own = one_tap_each(h, w, ho, wo, k, p, tap_ids)
-        grid = tap_grid(tap_ids, k)
         if own is not None:  # one output pixel, each input pixel its own tap: those taps are the map
             linear_map = taps[own[0]:own[-1] + 1] if own == list(range(own[0], own[-1] + 1)) else taps[own]
-        elif self.by_rows and grid is not None:
-            return products_by_row(x, taps, grid, k, s, p, ho, wo)
         else:  # (H·W·Ho·Wo × T) 0/1 times (T × C·Cout): the C×Cout block of each (input, output) pixel pair
             selection = tap_selection(h, w, ho, wo, k, s, p, taps)
             selection = selection if len(tap_ids) == k * k else selection[:, list(tap_ids)]
@@ -125,40 +122,6 @@ class ImplicitConv2d(GroupedConv2d):
     interpreter), reading the weight as GemmConv2d's taps; alone, F.conv2d."""
     FORM = "implicit"
     WEIGHT_MEMORY_ORDER = GemmConv2d.WEIGHT_MEMORY_ORDER
-
-
-def tap_grid(tap_ids, k):
-    """(first row, rows, first column, columns) where the taps are a whole grid of consecutive rows
-    and columns in raster order (all taps, or the live ones), else None."""
-    ids = list(tap_ids)
-    rows, cols = sorted({t // k for t in ids}), sorted({t % k for t in ids})
-    whole = rows == list(range(rows[0], rows[-1] + 1)) and cols == list(range(cols[0], cols[-1] + 1))
-    if not whole or ids != [r * k + c for r in rows for c in cols]:
-        return None
-    return rows[0], len(rows), cols[0], len(cols)
-
-
-def products_by_row(x, taps, grid, k, s, p, ho, wo):
-    """The convolution of a tiny image as, for each output pixel and each input row it reads, one
-    product of views: the row's joined pixels (B × n·C) by the taps that join them (n·C × Cout), a
-    stretch of one tap row. Nothing is built from the weight and no product touches the padding."""
-    b, c, h, w = x.shape
-    row0, rows, col0, cols = grid
-    by_tap = taps.view(rows, cols, c, -1)
-    image = x.permute(0, 2, 3, 1)  # B × H × W × C: a view of channels-last memory
-    pixels = []
-    for oi in range(ho):
-        for oj in range(wo):
-            terms = []
-            for i in range(h):
-                ki = i - oi * s + p - row0
-                j0, j1 = max(0, col0 + oj * s - p), min(w, col0 + cols + oj * s - p)
-                if 0 <= ki < rows and j0 < j1:
-                    kj0 = j0 + p - oj * s - col0
-                    joined = by_tap[ki, kj0:kj0 + j1 - j0].reshape(-1, taps.shape[-1])
-                    terms.append(image[:, i, j0:j1].reshape(b, -1) @ joined)
-            pixels.append(sum(terms[1:], terms[0]) if terms else image.new_zeros(b, taps.shape[-1]))
-    return torch.stack(pixels, dim=1)
 
 
 def one_tap_each(h, w, ho, wo, k, p, tap_ids):

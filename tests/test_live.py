@@ -12,7 +12,7 @@ import fastvar
 from conftest import random_dataset
 from fastvar.engine import optim_triton
 from fastvar.engine.flat import FlatLayout
-from fastvar.engine.live import dead_fraction, live_taps
+from fastvar.engine.live import live_taps
 from fastvar.engine.optim import BatchedAdam, BatchedSGD, update_stacked
 from fastvar.engine.replicas import Replicas
 from fastvar.engine.train import fit
@@ -41,6 +41,14 @@ def test_live_taps_from_shapes_are_those_that_reach_the_image(h, w, k, s, p):
     conv = torch.nn.Conv2d(2, 3, k, stride=s, padding=p)
     found = live_taps(torch.nn.Sequential(conv), (2, h, w)).get("0", tuple(range(k * k)))
     assert set(found) == brute_force_live(h, w, k, s, p)
+
+
+def dead_fraction(model, input_shape):
+    """The fraction of the model's parameters that are dead taps at this input size."""
+    taps = live_taps(model, input_shape)
+    dead = sum(w.shape[0] * w.shape[1] * (w.shape[2] * w.shape[3] - len(taps[n]))
+               for n, w in ((n, model.get_submodule(n).weight) for n in taps))
+    return dead / sum(p.numel() for p in model.parameters())
 
 
 def test_the_seed_model_on_cifar_has_62_percent_dead_parameters_and_none_at_64_pixels():
@@ -195,7 +203,6 @@ def test_the_triton_update_equals_the_torch_reference_bit_for_bit(case, decay):
         optimizer = cls(params, [1e-3, 3e-3, 5e-4], [0.0, decay, decay / 2], lr_factors=[1.0, 0.9, 0.8, 0.7],
                         runs=[(0, 1000, 1.0), (1000, lowered, 0.5), (lowered, p, 0.5)], low=low, **kwargs)
         optimizer.stacked_update = optim_triton.UPDATES[cls.__name__] if update == "triton" else update_stacked
-        optimizer.kernel_writes_low = update == "triton"
         for grad in grads:
             optimizer.step(grad)
         results.append((params, low, optimizer.state))

@@ -8,6 +8,7 @@ The entries the mixed-precision casts lower (convolutions' and linear layers') c
 low-precision copy of the weights is one slice, [..., :lowered]. Among each, one-dimensional tensors
 come last, so that a per-shape learning-rate factor covers a few runs of the buffer.
 """
+import math
 from dataclasses import dataclass
 
 
@@ -20,7 +21,7 @@ class Entry:
 
     @property
     def size(self):
-        return prod(self.shape)
+        return math.prod(self.shape)
 
     @property
     def memory_shape(self):
@@ -33,13 +34,6 @@ class Entry:
         if self.order is None:
             return memory
         return memory.permute(*range(len(lead)), *(len(lead) + self.order.index(d) for d in range(len(self.order))))
-
-
-def prod(shape):
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 ALIGN = 16  # elements: every entry of every replica starts 64 bytes aligned, as a fresh tensor would

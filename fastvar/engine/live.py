@@ -57,11 +57,3 @@ def live_taps(structure, input_shape):
             live[name] = tuple(i * kw + j for i in rows for j in cols)
     return live
 
-
-def dead_fraction(structure, input_shape):
-    """The fraction of the model's parameters that are dead taps at this input size."""
-    taps = live_taps(structure, input_shape)
-    convs = {n: structure.get_submodule(n) for n in taps}
-    dead = sum(c.weight.numel() // c.weight[0, 0].numel() * (c.weight[0, 0].numel() - len(taps[n]))
-               for n, c in convs.items())
-    return dead / sum(p.numel() for p in structure.parameters())

@@ -61,7 +61,6 @@ class BatchedOptimizer:
         fused = by_replica and optim_cpu.applies([params, *self.state.values()], self.FUSED_DTYPES)
         self.replica_update = self.fused_update if fused else self.update
         self.stacked_update = optim_triton.UPDATES[type(self).__name__] if params.is_cuda else update_stacked
-        self.kernel_writes_low = params.is_cuda and not by_replica
 
     def step_tables(self, lr_factors):
         """{name: the value at each step}: numbers the host computes once (no step reads the host)."""
@@ -88,7 +87,7 @@ class BatchedOptimizer:
                                         {k: v[r].item() for k, v in c.items()}, constants)
         else:
             self.stacked_update(self.update, segments, constants, self.low)
-        if self.low is not None and not self.kernel_writes_low:
+        if self.low is not None and (self.by_replica or self.stacked_update is update_stacked):  # else the kernel did
             self.low.copy_(self.params[:, :self.low.shape[1]])
 
     def grad_runs(self, grads):

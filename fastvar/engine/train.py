@@ -135,13 +135,13 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     if vectors["weight_decay"].any() and replicas.dead.shape[1]:
         decay_only = make_optimizer(recipe, replicas.dead, replicas.dead_layout, lr_factors=factors,
                                     by_replica=by_replica, **vectors)
-        no_grad = (torch.zeros_like(replicas.dead),)
+        dead_grad = (torch.zeros_like(replicas.dead),)
 
     def train_step(x, y, dropout):  # no host reads: a CUDA graph can replay it
         losses, hits, grads = replicas.train_step_grads(x, y, dropout, smoothing)
         optimizer.step(grads)
         if decay_only:
-            decay_only.step(no_grad)
+            decay_only.step(dead_grad)
         return losses, hits
     step_of = GraphedStep(train_step) if cuda_graphs else train_step
     before = fixed if onset_epoch else None

@@ -15,6 +15,18 @@ from fastvar.data import Dataset, default_data_dir, load_cifar10  # noqa: E402
 from fastvar.engine.replicas import whole_weight  # noqa: E402
 
 
+def needs_triton():
+    """Triton, imported, or a skip where it is not installed (the gpu extra); in CI on Linux, where the
+    test extra installs it, a missing Triton is a failure."""
+    try:
+        import triton
+    except ImportError:
+        if os.environ.get("CI") and sys.platform == "linux":
+            pytest.fail("CI installs the test extra, which holds triton on Linux")
+        pytest.skip("triton is not installed (the gpu extra)")
+    return triton
+
+
 def random_arrays(n_train, n_test, seed=0):
     """CIFAR-shaped random images with every class present: for mechanics, not accuracy."""
     rng = np.random.default_rng(seed)

@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import fastvar
-from conftest import random_dataset
-from fastvar.engine import optim_triton
+from conftest import needs_triton, random_dataset
 from fastvar.engine.flat import FlatLayout
 from fastvar.engine.live import live_taps
 from fastvar.engine.optim import BatchedAdam, BatchedSGD, update_stacked
@@ -189,6 +188,8 @@ def test_results_equal_a_folder_trained_before_live_parameters_bit_for_bit(name,
 def test_the_triton_update_equals_the_torch_reference_bit_for_bit(case, decay):
     """Under TRITON_INTERPRET=1 on a CPU (CUDA where present): odd widths, runs with their own lr factors,
     per-replica lr and decay, a bfloat16 gradient part, and the bfloat16 copy written by the kernel."""
+    needs_triton()
+    from fastvar.engine import optim_triton
     cls, kwargs = case
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(2)

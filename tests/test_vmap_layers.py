@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from conftest import random_dataset
+from conftest import needs_triton, random_dataset
 from fastvar.engine.replicas import Replicas
 from fastvar.sources import run_seeds
 from fastvar.recipes import RECIPES
@@ -93,6 +93,8 @@ def test_elementary_batch_norm_equals_batch_norm(dtype):
 
 @pytest.mark.parametrize("vmap_conv", ["gemm", "grouped", "implicit"])
 def test_vmap_with_gemm_grouped_or_implicit_convs_trains_as_the_loop_does_in_float64(vmap_conv):
+    if vmap_conv == "implicit":
+        needs_triton()
     data = random_dataset(16, 10)
     recipe = dict(RECIPES["seed"], epochs=1, batch_size=8)  # 2 Adam steps (the implicit form interpreted)
     seeds = [run_seeds("all-random", i) for i in range(2)]
@@ -200,6 +202,8 @@ def test_replica_convs_under_vmap_are_each_replicas_conv2d_forward_and_backward(
     """Two convolutions of the form in a row under vmap (the second reads the first's output in the
     layout it left) against each replica's nn.Conv2d in float64: outputs, input and weight gradients.
     The implicit form's Triton kernels run under TRITON_INTERPRET=1 on a CPU."""
+    if cls is ImplicitConv2d:
+        needs_triton()
     torch.manual_seed(size + s)
     convs, params, template = grouped_and_plain(c_in, c_out, k, s, p, bias, cls)
     second_convs, second, second_template = grouped_and_plain(c_out, c_out, 3, 1, 1, False, cls)

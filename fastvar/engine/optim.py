@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from . import optim_cpu, optim_triton
+from . import optim_cpu
 
 
 def per_replica(values, like):
@@ -60,7 +60,7 @@ class BatchedOptimizer:
         # By replica on a CPU, the C loops where they build (the same bits as `update`); on CUDA, Triton's
         fused = by_replica and optim_cpu.applies([params, *self.state.values()], self.FUSED_DTYPES)
         self.replica_update = self.fused_update if fused else self.update
-        self.stacked_update = optim_triton.UPDATES[type(self).__name__] if params.is_cuda else update_stacked
+        self.stacked_update = triton_update(type(self).__name__) if params.is_cuda else update_stacked
 
     def step_tables(self, lr_factors):
         """{name: the value at each step}: numbers the host computes once (no step reads the host)."""
@@ -101,6 +101,12 @@ class BatchedOptimizer:
             i = max(j for j, o in enumerate(offsets) if o <= a)
             found.append(grads[i][:, a - offsets[i]:b - offsets[i]])
         return found
+
+
+def triton_update(name):
+    """The Triton kernels' update of the optimizer class `name` (imported here: Triton is the GPU extra)."""
+    from . import optim_triton
+    return optim_triton.UPDATES[name]
 
 
 def update_stacked(update, segments, constants, low):

@@ -18,8 +18,6 @@ backward; alone (one replica, or the loop strategy), the op is `F.conv2d` with i
 import torch
 import torch.nn.functional as F
 
-from .implicit_conv import stacked_conv2d
-
 
 @torch.library.custom_op("fastvar::replica_conv2d", mutates_args=())
 def replica_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, form: str) -> torch.Tensor:
@@ -71,6 +69,7 @@ def grouped(x, x_dim, weight, m, stride, padding):
 
 def implicit(x, x_dim, weight, m, stride, padding):
     """M×Cout×C×k×k weights: the Triton implicit GEMMs over M × B × H × W × C (a shared input: stride 0)."""
+    from .implicit_conv import stacked_conv2d  # Triton: imported on the path that runs it only
     x = x.unsqueeze(0).expand(m, *x.shape) if x_dim is None else x.movedim(x_dim, 0)
     out = stacked_conv2d(x.permute(0, 1, 3, 4, 2), weight.permute(0, 3, 4, 2, 1), stride, padding)
     return out.permute(0, 1, 4, 2, 3), 0

@@ -39,6 +39,9 @@ class Execution:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("--device cuda, but this machine has no CUDA device")
         on_cuda = self.device != "cpu" and torch.cuda.is_available()
+        if self.cuda_graphs == "on" and self.strategy == "loop":
+            raise ConfigError("--cuda-graphs on needs the vmap strategy: a loop step reads each replica's "
+                              "coefficients on the host, which a graph would replay as captured")
         if self.cuda_graphs == "on" and not on_cuda:
             raise ConfigError("--cuda-graphs on needs a CUDA device")
         if self.conv == "implicit" and not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
@@ -67,9 +70,10 @@ class Execution:
         return "default" if self.compile == "on" or (self.compile == "auto" and device.type == "cuda") else None
 
     def resolved_cuda_graphs(self, device):
-        """Whether each training step replays as a CUDA graph: on CUDA unless off (a vmap batch is
-        padded to M and a loop replica's batch is its own, so a study's shapes are static)."""
-        return device.type == "cuda" and self.cuda_graphs != "off"
+        """Whether each training step replays as a CUDA graph: on CUDA under vmap unless off (a vmap
+        batch is padded to M, so a study's shapes are static; its step reads nothing on the host). Never
+        with the loop strategy, whose step passes host numbers a graph would freeze at their first values."""
+        return device.type == "cuda" and self.resolved_strategy(device) == "vmap" and self.cuda_graphs != "off"
 
     def trains(self, run_index):
         """Whether this process trains run `run_index`: all runs, or this shard's."""

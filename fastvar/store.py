@@ -45,6 +45,7 @@ COLUMNS = {
     "compiled": "INTEGER",  # 1: trained through torch.compile
     "conv": "TEXT",  # --conv: auto, gemm (fastvar.engine.vmap_layers) or native
     "threads": "INTEGER",  # torch's intra-op threads: on a CPU they change float32 rounding
+    "cuda_graph": "INTEGER",  # 1: every step after the warm-up replayed as a CUDA graph
     # the seed repository's averages: means of per-batch mean losses (batches of 128 for the test set)
     "train_loss_batch_mean_curve": "TEXT", "test_loss_batch_mean": "REAL",
 }

@@ -223,14 +223,16 @@ def tables(analyses):
 
 # How a run was trained, beyond its config: rows that differ here round differently (float32 CPU
 # convolutions round by thread count; vmap by its M), so a folder that mixes them mixes regimes.
-TRAINED_WITH = ("device", "strategy", "precision", "conv", "compiled", "threads", "batch_models")
+TRAINED_WITH = ("device", "strategy", "precision", "conv", "compiled", "cuda_graph", "threads", "batch_models")
 
 
 def trained_with(row):
-    """The row's training regime: threads count on the CPU only, M under vmap only."""
+    """The row's training regime: threads count on the CPU only, graphs on CUDA only, M under vmap only."""
     regime = {k: row.get(k) for k in TRAINED_WITH}
     if not str(regime["device"]).startswith("cpu"):
         regime["threads"] = None
+    if not str(regime["device"]).startswith("cuda"):
+        regime["cuda_graph"] = None
     if regime["strategy"] != "vmap":
         regime["batch_models"] = None
     return regime

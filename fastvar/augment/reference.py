@@ -93,8 +93,6 @@ def augment(images, indices, seeds, epoch, *, flip=False, pad=0, translate=0, cu
         out = augment_triton(images, indices, seeds, epoch, table, flip, shift, reflect, cutout)
     else:
         example = indices.reshape(-1)
-        if len(example) and not 0 <= int(example.min()) <= int(example.max()) < len(images):
-            raise IndexError(f"example indices must lie in [0, {len(images)})")
         draws = example_draws(seeds, epoch, indices, flip, shift, cutout, images.shape[1:3])
         if backend == "torch":
             out = augment_torch(images, example, draws, mean, std, dtype, shift, reflect, cutout)
@@ -107,6 +105,9 @@ def augment_c(images, example, draws, mean, std, dtype, shift, reflect, cutout):
     library = augment_cpu.load()
     if library is None or images.device.type != "cpu":
         raise RuntimeError("the C augmentation runs on CPU tensors, where a C compiler built it")
+    # C reads memory unchecked (torch's index_select checks its own, with no read on the host)
+    if len(example) and not 0 <= int(example.min()) <= int(example.max()) < len(images):
+        raise IndexError(f"example indices must lie in [0, {len(images)})")
     table = normalize_table(tuple(mean), tuple(std), dtype, images.device)
     return augment_cpu.augment_cpu(library, images, example, draws, table, shift, reflect, cutout)
 
@@ -178,13 +179,14 @@ def normalize_rows(x, mean, std, dtype, cpu_chunk=64):
     return out
 
 
-def batch_inputs(x, indices, aug_seeds, epoch, recipe, dtype):
+def batch_inputs(x, indices, aug_seeds, epoch, recipe, dtype, backend="auto"):
     """The M×B batch the replicas train on: uint8 N×H×W×C images augmented and normalised
-    (M×B×C×H×W), or float features N×D as they are, in `dtype` (M×B×D)."""
+    (M×B×C×H×W), or float features N×D as they are, in `dtype` (M×B×D). `backend` as augment takes it."""
     if x.dtype != torch.uint8:
         return x[indices].to(dtype)
     mean, std = (per_channel(recipe[k], x.shape[3]) for k in ("mean", "std"))
-    return augment(x, indices, aug_seeds, epoch, **recipe["augment"], mean=mean, std=std, dtype=dtype)
+    return augment(x, indices, aug_seeds, epoch, **recipe["augment"], mean=mean, std=std, dtype=dtype,
+                   backend=backend)
 
 
 def per_channel(values, channels):
@@ -193,8 +195,8 @@ def per_channel(values, channels):
     return values if len(values) == channels or len(set(values)) != 1 else [values[0]] * channels
 
 
-def normalized(images, indices, recipe, dtype):
+def normalized(images, indices, recipe, dtype, backend="auto"):
     """images[indices] as the model sees them in evaluation: normalised, not augmented (uint8 NHWC),
     or features as they are."""
     return batch_inputs(images, indices[None], torch.zeros(1, dtype=torch.int64), 0, dict(recipe, augment={}),
-                        dtype)[0]
+                        dtype, backend)[0]

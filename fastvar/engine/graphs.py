@@ -7,7 +7,8 @@ of each input shape run eagerly on a side stream (allocator, cuDNN and compile w
 requires); the next is captured, then replayed, and every later one copies its inputs into the
 captured ones and replays. A capture records kernels without running them, so Python-side state
 changes only at capture: what the step computes must live in tensors, as it does here. A capture
-that fails says so in one line and leaves that shape eager: the same step, launched op by op.
+that fails says so in one line, naming its first cause, and leaves that shape eager: the same step,
+launched op by op. `ran_as_graph` says whether every shape was captured (what a row records).
 """
 import sys
 
@@ -44,10 +45,28 @@ class GraphedStep:
             with torch.cuda.graph(graph):
                 outputs = self.step(*static_inputs)
         except RuntimeError as e:  # nothing ran: the step is run eagerly instead, now and for this shape
-            print(f"fastvar: the training step could not be captured as a CUDA graph ({str(e).splitlines()[0]}); "
+            print(f"fastvar: the training step could not be captured as a CUDA graph ({first_line(first_cause(e))}); "
                   "it runs without one", file=sys.stderr)
             self.eager.add(key)
             return self(*inputs)
         self.graphs[key] = (graph, static_inputs, outputs)
         graph.replay()  # the capture ran nothing: this is the step
         return outputs
+
+    @property
+    def ran_as_graph(self):
+        """True once a shape is captured, while none has fallen back to eager."""
+        return bool(self.graphs) and not self.eager
+
+
+def first_cause(error):
+    """The exception that started a chain: a failed capture raises again as the capture ends, and the
+    later error ("operation failed due to a previous error during capture") hides the cause."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def first_line(error):
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else 'no message'}"

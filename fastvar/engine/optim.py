@@ -39,12 +39,13 @@ def sqrt_rounded_once(x):
 class BatchedOptimizer:
     STATE = ()
 
-    def __init__(self, params, lr, weight_decay, *, lr_factors, runs=None, by_replica=False, low=None):
+    def __init__(self, params, lr, weight_decay, *, lr_factors, runs=None, by_replica=False, low=None, triton=None):
         """params: an [M, P] buffer, updated in place. lr, weight_decay: a float or one value per
         replica. lr_factors: the schedule's multiplier of lr at each step, in order (its length: the
         steps). runs: [(start, stop, factor)] covering the buffer, a further factor of lr on each, cut
         where the gradient's parts meet (default: 1 on all, one run). low: the copy of params[:, :L]
-        in the compute dtype that the forward reads, rewritten after each update."""
+        in the compute dtype that the forward reads, rewritten after each update. triton: whole stacks
+        through the Triton kernels (default: on CUDA; on a CPU they need TRITON_INTERPRET=1)."""
         self.params, self.low = params, low
         self.size, width = params.shape
         self.runs = runs or [(0, width, 1.0)]
@@ -54,13 +55,15 @@ class BatchedOptimizer:
         self.weight_decay = torch.as_tensor(weight_decay, dtype=torch.float64).expand(self.size).clone().to(**vector)
         self.decay, self.by_replica = bool(self.weight_decay.any()), by_replica
         self.tables = {k: torch.tensor(v, **vector) for k, v in self.step_tables(list(lr_factors)).items()}
-        self.step_index = torch.zeros((), dtype=torch.int64, device=vector["device"])
+        # One element, not a 0-dim tensor: indexing with a 0-dim tensor reads it on the host (.item())
+        self.step_index = torch.zeros(1, dtype=torch.int64, device=vector["device"])
         self.steps = 0  # on the host too, for what changes a step's arithmetic (SGD's first step)
         self.state = {s: torch.zeros_like(params) for s in self.STATE}
         # By replica on a CPU, the C loops where they build (the same bits as `update`); on CUDA, Triton's
         fused = by_replica and optim_cpu.applies([params, *self.state.values()], self.FUSED_DTYPES)
         self.replica_update = self.fused_update if fused else self.update
-        self.stacked_update = triton_update(type(self).__name__) if params.is_cuda else update_stacked
+        triton = params.is_cuda if triton is None else triton
+        self.stacked_update = triton_update(type(self).__name__) if triton else update_stacked
 
     def step_tables(self, lr_factors):
         """{name: the value at each step}: numbers the host computes once (no step reads the host)."""
@@ -72,7 +75,7 @@ class BatchedOptimizer:
         compute dtype, then [M, P - L]); lr × this step's lr factor × each run's factor."""
         self.steps += 1
         constants = self.constants()
-        now = {k: t[self.step_index] for k, t in self.tables.items()}
+        now = {k: t.index_select(0, self.step_index) for k, t in self.tables.items()}  # [1] each
         self.step_index.add_(1)
         # Per-replica coefficients in float64, rounded once to the parameters' dtype either way.
         by_factor = {f: self.coefficients(self.lr * (now["lr_factor"] * f), now) for f in {r[2] for r in self.runs}}

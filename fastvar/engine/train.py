@@ -58,7 +58,7 @@ def make_optimizer(recipe, params, layout, **kwargs):
 
 def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype=None, compile=None, conv="auto",
                    on_step=None, keep_weights=(), eval_every_epoch=False, onset_epoch=0, fixed=None, hyper=None,
-                   epoch_order="fresh", model=None, cuda_graphs=False):
+                   epoch_order="fresh", model=None, cuda_graphs=False, cuda_path=None, graph_class=GraphedStep):
     """Train one replica per entry of `seeds` (RunSeeds) on `data` (already on its device); with an
     `onset_epoch`, every replica uses the `fixed` RunSeeds' order and augmentation before it; `hyper`,
     one dict per replica as `replica_hyperparameters` gives, sets each replica's own (default: the recipe's);
@@ -71,7 +71,8 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
     test logits at the end of each cycle (`snapshot_logits`), and for the replicas listed in
     `keep_weights` their final state dict (`weights`, on the CPU).
     `compute_dtype` (bfloat16 for mixed precision, or None), `compile` and `conv` as Replicas takes them;
-    `cuda_graphs`: replay each step as a CUDA graph (fastvar.engine.graphs).
+    `cuda_graphs`: replay each step as a CUDA graph (a `graph_class`, fastvar.engine.graphs.GraphedStep; its
+    `ran_as_graph` becomes each row's `cuda_graph`); `cuda_path` as fit takes it.
     `on_step(fraction)` is called after each step with the fraction of this batch's training done.
     """
     replicas = Replicas(model or recipe["model"], [s.init_seed for s in seeds], width=width, strategy=strategy,
@@ -79,34 +80,43 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
                         compute_dtype=compute_dtype, compile=compile, conv=conv, num_classes=data.num_classes,
                         input_shape=data.example_shape)
     test_scores, snapshots, latest = [], [], {}  # evaluation draws no randomness: it changes no result
+    augment_backend = "triton" if resolved_cuda_path(cuda_path, data.x_train.device) else "auto"
     snapshot_at = snapshot_epochs(recipe)
 
     def on_epoch(epoch):
         if eval_every_epoch or epoch in snapshot_at:
-            logits = evaluate(replicas, data, recipe)
+            logits = evaluate(replicas, data, recipe, augment_backend)
             latest.clear()  # only the latest evaluation can serve again, as the final one
             latest[epoch] = logits
             if eval_every_epoch:
                 test_scores.append(scores(logits, data.y_test))
             if epoch in snapshot_at:
                 snapshots.append(logits.cpu())
+    graphed = []
+
+    def wrap_step(step):  # kept, to read whether its steps ran as a graph
+        graphed.append(graph_class(step))
+        return graphed[-1]
+    wrap_step = wrap_step if cuda_graphs else None
     curves = fit(replicas, data, recipe, seeds, onset_epoch=onset_epoch, fixed=fixed, hyper=hyper,
-                 on_step=on_step, on_epoch=on_epoch, epoch_order=epoch_order, cuda_graphs=cuda_graphs)
+                 on_step=on_step, on_epoch=on_epoch, epoch_order=epoch_order, cuda_path=cuda_path,
+                 step_wrapper=wrap_step)
     final = recipe["epochs"] - 1  # evaluated already where every epoch is, or where the last cycle ends
-    logits = latest[final] if final in latest else evaluate(replicas, data, recipe)
+    logits = latest[final] if final in latest else evaluate(replicas, data, recipe, augment_backend)
     results = [result(logits[r], data.y_test, {name: c[r] for name, c in curves.items()})
                for r in range(replicas.size)]
     for r, row in enumerate(results):
         row["test_acc_curve"] = [acc[r].item() for acc, _ in test_scores] if eval_every_epoch else None
         row["test_loss_curve"] = [loss[r].item() for _, loss in test_scores] if eval_every_epoch else None
         row["snapshot_logits"] = [s[r] for s in snapshots]
+        row["cuda_graph"] = int(bool(graphed) and graphed[0].ran_as_graph)
     for r in keep_weights:
         results[r]["weights"] = {n: t.cpu() for n, t in replicas.state_dict(r).items()}
     return results
 
 
 def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None, on_step=None, on_epoch=None,
-        epoch_order="fresh", cuda_graphs=False):
+        epoch_order="fresh", cuda_path=None, step_wrapper=None):
     """Train `replicas` in place for the recipe's epochs. Returns per-epoch curves by name, each one
     list per replica: `train_loss_curve` (mean loss over the epoch's examples), `train_acc_curve`, and
     `train_loss_batch_mean_curve` (the mean of the batches' mean losses, the last partial batch weighted
@@ -115,7 +125,10 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     Before `onset_epoch`, order and augmentation come from the `fixed` seeds; the one-ulp perturbation
     of the replicas with a perturb seed lands at its start (0: right after init). `hyper`: each
     replica's learning rate, weight decay and label smoothing (default: the recipe's for all).
-    `on_epoch(epoch)` is called after each epoch; `cuda_graphs`: each step replayed as a CUDA graph."""
+    `on_epoch(epoch)` is called after each epoch; `step_wrapper(step)` → what runs each training step
+    in its place (fastvar.engine.graphs.GraphedStep: a CUDA graph).
+    `cuda_path` (default: on CUDA): the kernels CUDA runs, on any device (the stacked update and the
+    augmentation in Triton; on a CPU under TRITON_INTERPRET=1), so that a CPU can check CUDA's step."""
     device = data.x_train.device
     hyper = hyper or [replica_hyperparameters(recipe)] * replicas.size
     vectors = {k: torch.tensor([h[k] for h in hyper], dtype=torch.float64) for k in hyper[0]}
@@ -123,18 +136,19 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     smoothing = smoothing.to(device) if smoothing.any() else None
     # Replica by replica for the loop strategy (a lone run's operations) and on any uncompiled CPU
     # run (the C loops of fastvar.engine.optim_cpu); both orders give the same bits.
-    by_replica = replicas.strategy == "loop" or (device.type == "cpu" and not replicas.compile)
+    cuda_path = resolved_cuda_path(cuda_path, device)
+    by_replica = replicas.strategy == "loop" or (not cuda_path and device.type == "cpu" and not replicas.compile)
     n, batch, epochs = len(data.y_train), recipe["batch_size"], recipe["epochs"]
     steps_per_epoch = math.ceil(n / batch)
     total_steps = epochs * steps_per_epoch
     factors = [lr_factor(recipe["schedule"], step, steps_per_epoch, total_steps) for step in range(total_steps)]
     optimizer = make_optimizer(recipe, replicas.master, replicas.layout, lr_factors=factors, by_replica=by_replica,
-                               low=replicas.low, **vectors)
+                               low=replicas.low, triton=cuda_path and not by_replica, **vectors)
     # The dead taps get no gradient; weight decay alone moves them (the same update, its gradient 0)
     decay_only = None
     if vectors["weight_decay"].any() and replicas.dead.shape[1]:
         decay_only = make_optimizer(recipe, replicas.dead, replicas.dead_layout, lr_factors=factors,
-                                    by_replica=by_replica, **vectors)
+                                    by_replica=by_replica, triton=cuda_path and not by_replica, **vectors)
         dead_grad = (torch.zeros_like(replicas.dead),)
 
     def train_step(x, y, dropout):  # no host reads: a CUDA graph can replay it
@@ -143,7 +157,7 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
         if decay_only:
             decay_only.step(dead_grad)
         return losses, hits
-    step_of = GraphedStep(train_step) if cuda_graphs else train_step
+    step_of = step_wrapper(train_step) if step_wrapper else train_step
     before = fixed if onset_epoch else None
     orders = [DataOrder(s.order_seed, before and before.order_seed, onset_epoch, epoch_order) for s in seeds]
     own_aug = torch.tensor([s.aug_seed for s in seeds], dtype=torch.int64, device=device)
@@ -153,7 +167,7 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
         features = replicas.template.get_submodule(replicas.classifier).in_features
         masks = DropoutMasks([s.dropout_seed for s in seeds], recipe["dropout"], features,
                              onset_epoch, before and before.dropout_seed)
-    dtype = replicas.input_dtype()
+    dtype, augment_backend = replicas.input_dtype(), "triton" if cuda_path else "auto"
     curves = {"train_loss_curve": [], "train_acc_curve": [], "train_loss_batch_mean_curve": []}
     for epoch in range(epochs):
         if epoch == onset_epoch:
@@ -168,7 +182,7 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
         correct = torch.zeros(replicas.size, dtype=torch.int64, device=device)
         for step, start in enumerate(range(0, n, batch)):  # the last, partial batch is kept
             indices = order[:, start:start + batch]
-            x = batch_inputs(data.x_train, indices, aug_seeds, epoch, recipe, dtype)
+            x = batch_inputs(data.x_train, indices, aug_seeds, epoch, recipe, dtype, augment_backend)
             dropout = None if masks is None else masks.draw(epoch, indices.shape[1]).to(device, dtype)
             losses, hits = step_of(x, data.y_train[indices], dropout)
             done = epoch * steps_per_epoch + step
@@ -185,12 +199,17 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     return {name: [list(c) for c in zip(*by_epoch)] for name, by_epoch in curves.items()}
 
 
-def evaluate(replicas, data, recipe):
-    """Eval-mode test logits of all replicas, M×n_test×classes, one pass over the test set."""
+def resolved_cuda_path(cuda_path, device):
+    return device.type == "cuda" if cuda_path is None else cuda_path
+
+
+def evaluate(replicas, data, recipe, augment_backend="auto"):
+    """Eval-mode test logits of all replicas, M×n_test×classes, one pass over the test set
+    (`augment_backend` as fastvar.augment.augment takes it, for the normalisation)."""
     dtype = replicas.input_dtype()
     n, device = len(data.y_test), data.x_test.device
     chunks = [replicas.logits(normalized(data.x_test, torch.arange(start, min(start + EVAL_BATCH, n), device=device),
-                                         recipe, dtype)) for start in range(0, n, EVAL_BATCH)]
+                                         recipe, dtype, augment_backend)) for start in range(0, n, EVAL_BATCH)]
     return torch.cat(chunks, dim=1)
 
 

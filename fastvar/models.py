@@ -148,6 +148,15 @@ class Residual(nn.Module):
         return x + self.body(x)
 
 
+class GlobalMaxPool(nn.Module):
+    """nn.AdaptiveMaxPool2d(1) as a max over each channel's pixels: the same values, and the gradient to
+    the same (first) maximum, bit for bit on CPUs; its backward is a scatter, deterministic on CUDA,
+    where adaptive_max_pool2d_backward throws under deterministic algorithms (fastvar.engine.determinism)."""
+
+    def forward(self, x):
+        return x.flatten(2).max(2).values[..., None, None]
+
+
 class ResNet9(nn.Module):
     """The small ResNet of Jordan's 60k-run study; PyTorch's default init, output scaled by 0.2."""
 
@@ -157,7 +166,7 @@ class ResNet9(nn.Module):
         self.net = nn.Sequential(
             conv_bn_relu(3, w), conv_bn_relu(w, 2 * w, kernel=5, stride=2, padding=2), Residual(2 * w),
             conv_bn_relu(2 * w, 4 * w), nn.MaxPool2d(2), Residual(4 * w),
-            conv_bn_relu(4 * w, 2 * w, padding=0), nn.AdaptiveMaxPool2d(1), nn.Flatten())
+            conv_bn_relu(4 * w, 2 * w, padding=0), GlobalMaxPool(), nn.Flatten())
         self.fc = nn.Linear(2 * w, num_classes, bias=False)
 
     def forward(self, x):

@@ -215,8 +215,10 @@ class Study:
             raise ConfigError(f"the recipe augments images ({', '.join(self.recipe_dict()['augment'])}), but the data "
                               f"are features ({tuple(data.x_train.shape)}); use a recipe without augmentation")
         if self.recipe_dict()["model"] not in BUILTIN_MODELS:
-            check_replicable(self.model_factory(), execution.resolved_strategy(execution.resolved_device()),
-                             data.num_classes, data.example_shape)
+            device = execution.resolved_device()
+            fixed_kernels_on_cuda = device.type == "cuda" and "kernels" not in self.varied()
+            check_replicable(self.model_factory(), execution.resolved_strategy(device), data.num_classes,
+                             data.example_shape, deterministic_cuda=fixed_kernels_on_cuda)
 
     def unfinished(self, store, execution):
         """The runs of this process (its shard's) that `store` does not hold yet, in run order."""

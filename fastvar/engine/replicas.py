@@ -20,6 +20,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ..errors import ConfigError
 from ..models import BUILTIN_MODELS, build_model, classifier_name, model_name
+from .determinism import ThrowingOps, describe
 from .flat import FlatLayout
 from .live import live_taps
 from .vmap_layers import GemmConv2d, GroupedConv2d, ImplicitConv2d, at_least_float32, small_convs, use_vmap_layers
@@ -93,7 +94,9 @@ class Replicas:
         losses, logits = self._run(stacked_losses)(self.template, self.layout.views(*self.stacked_leaves), buffers,
                                                    x, y, label_smoothing)
         # Replicas are independent, so d(sum of losses)/d(replica r) is replica r's own gradient.
-        grads = torch.autograd.grad(losses.sum(), self.stacked_leaves)
+        # materialised: in mixed precision a model of convolutions and linear layers only leaves the
+        # float32 part empty and unused
+        grads = torch.autograd.grad(losses.sum(), self.stacked_leaves, materialize_grads=True)
         return losses.detach(), correct_counts(logits, y), grads
 
     def _loop_grads(self, x, y, buffers, label_smoothing):
@@ -104,7 +107,7 @@ class Replicas:
             smoothing = 0.0 if label_smoothing is None else label_smoothing[r].item()
             loss, logits = self._run(replica_loss)(self.template, self.layout.views(*leaves), buffers[r], x[r], y[r],
                                                    smoothing)
-            replica_grads = torch.autograd.grad(loss, leaves)
+            replica_grads = torch.autograd.grad(loss, leaves, materialize_grads=True)
             if self.size == 1:  # a lone replica's gradient is a stack of one as it is
                 grads = tuple(g[None] for g in replica_grads)
             else:
@@ -281,10 +284,12 @@ def correct_counts(logits, y):
 RANDOM_LAYERS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout)
 
 
-def check_replicable(model, strategy, num_classes, input_shape):
+def check_replicable(model, strategy, num_classes, input_shape, deterministic_cuda=False):
     """Find, before a study starts, what would make `model` (a user's own) fail as replicas or make a
     run depend on more than its seeds: a layer that draws its own randomness, or a dry step of two
-    replicas on two random examples that fails or, repeated, gives another loss. Raises ConfigError."""
+    replicas on two random examples that fails or, repeated, gives another loss; with
+    `deterministic_cuda` (a CUDA study with its kernels fixed), an op of the step or the evaluation
+    that throws there under deterministic algorithms (fastvar.engine.determinism). Raises ConfigError."""
     name = model_name(model)
     probe = build_model(model, init_seed=0, num_classes=num_classes)
     drawing = [path for path, m in probe.named_modules() if isinstance(m, RANDOM_LAYERS) and m.p > 0]
@@ -296,10 +301,16 @@ def check_replicable(model, strategy, num_classes, input_shape):
         replicas = Replicas(model, [0, 1], strategy=strategy, num_classes=num_classes, input_shape=input_shape)
         x = torch.randn(2, 2, *input_shape, generator=torch.Generator().manual_seed(0))
         y = torch.zeros(2, 2, dtype=torch.int64)
-        first, second = (replicas.train_step_grads(x, y)[0] for _ in range(2))
+        with ThrowingOps() as throwing:
+            first, second = (replicas.train_step_grads(x, y)[0] for _ in range(2))
+            replicas.logits(x[0])
     except Exception as e:  # whatever the model raised: one line naming it, before any run starts
         raise ConfigError(f"{name} cannot be trained as replicas ({strategy} strategy): {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}") from None
+    if deterministic_cuda and throwing.found:
+        raise ConfigError(f"{name} runs {describe(throwing.found)}, which throws on CUDA under deterministic "
+                          f"algorithms, as a study with fixed kernels sets them; vary the kernels (--vary kernels, "
+                          f"or an experiment that varies them, such as all-random) or use another op")
     if not torch.equal(first, second):
         raise ConfigError(f"{name} gives another loss for the same weights and batch: its forward draws "
                           f"randomness of its own, so a run would not be defined by its seeds")

@@ -29,8 +29,8 @@ def _bfloat16_bits(x):
 def _load_run(param, grad, n, param_row, grad_row, BLOCK: tl.constexpr):
     """This program's replica r and block of entries: where they are, and the parameters and the
     gradient (upcast) there."""
-    r = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    r = tl.program_id(1).to(tl.int64)
+    cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inside = cols < n
     at = r * param_row + cols
     p = tl.load(param + at, mask=inside)
@@ -110,7 +110,8 @@ def sgd(update, segments, constants, low):
 
 
 def launch(kernel, param, grad, low, *tensors, scalars, **constexprs):
-    """One program per replica and block of BLOCK entries. `tensors`: state runs shaped like `param`,
+    """One program per block of BLOCK entries and replica (the blocks on the grid's first axis, which
+    holds up to 2**31 - 1 programs: the second holds 65,535, a stack of 67 M entries). `tensors`: state runs shaped like `param`,
     then per-replica coefficient vectors (float64, rounded once to float32 here); `low`, where the run
     lies in the lowered entries, gets the updated weights in its dtype."""
     m, n = param.shape
@@ -121,7 +122,7 @@ def launch(kernel, param, grad, low, *tensors, scalars, **constexprs):
     if low is not None and low.dtype != torch.bfloat16:
         raise ValueError("the Triton update writes a bfloat16 copy of the weights only")
     low_bits = param if low is None else low.view(torch.int16)
-    kernel[(m, triton.cdiv(n, BLOCK))](param, grad, *states, low_bits, *vectors, n,
+    kernel[(triton.cdiv(n, BLOCK), m)](param, grad, *states, low_bits, *vectors, n,
                                        param.stride(0), grad.stride(0), 0 if low is None else low.stride(0),
                                        *scalars, WRITE_LOW=low is not None, BLOCK=BLOCK, enable_fp_fusion=False,
                                        **constexprs)

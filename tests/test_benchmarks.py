@@ -42,11 +42,18 @@ def test_gpu_probe_dry_run_runs_every_section_and_writes_its_json(tmp_path):
                             capture_output=True, text=True, check=True)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == json.loads(out.read_text())
-    assert list(report) == ["device", "roofline", "update", "step", "conv", "graphs"]
+    assert list(report) == ["device", "roofline", "update", "step", "conv", "graphs", "augment_eval", "deterministic",
+                            "study", "recommend"]
     assert not any(isinstance(v, str) for v in report.values()), report  # no section failed or was skipped
     assert report["update"]["bit_identical"] and report["roofline"]["copy_gb_s"] > 0
     assert [(r["conv"], r["img_s"] > 0, len(r["top_kernels"]) > 0) for r in report["step"]] == [
         ("auto", True, True), ("grouped", True, True)]
+    assert report["device"]["triton"] and set(report["device"]["ptxas"]) == {"sm_80", "sm_90"}
+    assert report["augment_eval"]["augment_img_s"] > 0 and report["augment_eval"]["evaluate_s"] > 0
+    assert [r["runs"] for r in report["deterministic"]] == [True] * 4
+    study = report["study"]
+    assert study["exit"] == 0 and study["rows_landed"] and study["graphed"] and study["loop_vmap_agree"]
+    assert report["recommend"]["m"] == 2 and report["recommend"]["cuda_graphs"] is False
     *layers, totals = report["conv"]
     assert sum(r["count"] for r in layers) == 20
     assert all(r["fastest"] in ("gemm", "grouped", "implicit", "vmap") for r in layers)

@@ -20,6 +20,12 @@ import triton.language as tl
 
 BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 32
 WARPS = 8  # with 4, ptxas spilled on sm_80 and sm_90 (benchmarks/compile_kernels.py; docs/performance.md)
+
+
+def block_k(t):
+    """The reduction tile: half for 4- and 8-byte elements, whose IEEE products hold their operands in
+    registers (with 32, float32 spilled on sm_80)."""
+    return BLOCK_K if t.element_size() == 2 else BLOCK_K // 2
 # Triton compiles a variant per integer argument equal to 1 or divisible by 16. Only the channel
 # counts and the channel stride (contiguous, vector loads) are worth one; the rest would multiply the
 # variants a study compiles (each layer's sizes) for no gain a test here could show.
@@ -120,7 +126,7 @@ def stacked_conv2d(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) 
     w = dense_taps(w)
     grid = (triton.cdiv(b * ho * wo, BLOCK_M), m, triton.cdiv(co, BLOCK_N))
     _forward_kernel[grid](x, w, out, b, h, wd, c, ho, wo, co, *x.stride(), w.stride(0), stride, padding, k, k * k * c,
-                          BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K, num_warps=WARPS)
+                          BM=BLOCK_M, BN=BLOCK_N, BK=block_k(x), num_warps=WARPS)
     return out
 
 
@@ -140,7 +146,7 @@ def stacked_conv2d_input_grad(g: torch.Tensor, w: torch.Tensor, height: int, wid
     w = dense_taps(w)
     grid = (triton.cdiv(b * height * width, BLOCK_M), m, triton.cdiv(c, BLOCK_N))
     _input_grad_kernel[grid](g, w, grad_x, b, height, width, c, ho, wo, co, *g.stride(), w.stride(0), stride, padding,
-                             k, k * k * co, BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K, num_warps=WARPS)
+                             k, k * k * co, BM=BLOCK_M, BN=BLOCK_N, BK=block_k(g), num_warps=WARPS)
     return grad_x
 
 
@@ -156,7 +162,7 @@ def stacked_conv2d_weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, stride:
     grad_w = torch.empty(m, k, k, c, co, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(k * k * c, BLOCK_M), m, triton.cdiv(co, BLOCK_N))
     _weight_grad_kernel[grid](x, g, grad_w, b, h, wd, c, ho, wo, co, *x.stride(), *g.stride(), stride, padding, k,
-                              k * k * c, BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K, num_warps=WARPS)
+                              k * k * c, BM=BLOCK_M, BN=BLOCK_N, BK=block_k(x), num_warps=WARPS)
     return grad_w
 
 

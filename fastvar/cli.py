@@ -39,7 +39,11 @@ PROJECT_AFTER_S = 15  # seconds of steps measured before the projected total tim
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag gets the one line every other bad input gets (and exit status 2)."""
+    """argparse, but a bad flag gets the one line every other bad input gets (and exit status 2), and
+    no abbreviations (`--batch 8` is not `--batch-models 8`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
 
     def error(self, message):
         self.exit(2, f"fastvar: error: {message}\n")
@@ -173,7 +177,7 @@ def execution_of(args):
     """The Execution the parsed flags of add_study_arguments ask for."""
     return Execution(device=args.device, strategy=args.strategy, batch_models=args.batch_models, compile=args.compile,
                      conv=args.conv, threads=args.threads, shard=args.shard or shard_from_environment(),
-                     cuda_graphs=args.cuda_graphs)
+                     cuda_graphs=args.cuda_graphs, retain_freed_memory=True)
 
 
 def shard_spec(text):
@@ -219,6 +223,10 @@ def main(argv=None, prog="fastvar"):
     except FastvarError as e:
         print(f"fastvar: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `fastvar analyze A B | head -1`: the reader left; end quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout must not fail again
+        return 0
 
 
 def train(args):

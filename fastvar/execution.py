@@ -23,7 +23,9 @@ class Execution:
     conv: str = "auto"  # gemm: im2col + a matrix product (fastvar.engine.vmap_layers); native; auto: by device and shapes
     threads: int | None = None  # torch's intra-op threads (None: as torch has them); on a CPU they change rounding
     shard: tuple[int, int] | None = None  # (I, N): train only the runs with run_index % N == I
-    retain_freed_memory: bool = True  # glibc keeps freed memory for reuse (about 7 % of a CPU step); process-wide
+    # glibc keeps freed memory for reuse (faster CPU steps, docs/performance.md): process-wide, so the
+    # command line asks for it and a library call leaves the process as it was
+    retain_freed_memory: bool = False
     cuda_graphs: str = "auto"  # replay each training step as a CUDA graph; auto: on CUDA (shapes are static)
 
     def __post_init__(self):

@@ -192,10 +192,15 @@ class Store:
         rows = [{**dict.fromkeys(COLUMNS), **dict(zip(present, values))} for values in cursor]
         return [{name: decode(name, value, row) for name, value in row.items()} for row in rows]
 
-    def close(self):
-        self.db.close()
+    def unlock(self):
+        """Let another trainer in: the store stays open for reading."""
         if self.lock_file:
             self.lock_file.close()  # releases the lock
+            self.lock_file = None
+
+    def close(self):
+        self.db.close()
+        self.unlock()
 
 
 def weights_path(folder, experiment, run_index):

@@ -236,7 +236,10 @@ class Study:
             self.dataset = data.name
         self.check_model(data, execution)
         store = self.open_store(out, data, execution)
-        train_runs([(self, store, i) for i in self.unfinished(store, execution)], data, execution, progress)
+        try:
+            train_runs([(self, store, i) for i in self.unfinished(store, execution)], data, execution, progress)
+        finally:  # training is over: a second run into the folder in this process (a notebook) may start
+            store.unlock()
         return store
 
     def seeds(self, run_index):

@@ -98,9 +98,13 @@ class Sweep:
             entries.append(group)
         total = sum(len(g) for g in entries)
         done = 0
-        for group in entries:
-            train_runs(group, data, execution, progress and (lambda d, t, base=done: progress(base + d, total)))
-            done += len(group)
+        try:
+            for group in entries:
+                train_runs(group, data, execution, progress and (lambda d, t, base=done: progress(base + d, total)))
+                done += len(group)
+        finally:  # as Study.run: the folders are free again once it returns
+            for _, _, store in stores:
+                store.unlock()
         return [(point, store) for point, _, store in stores]
 
 

@@ -67,6 +67,7 @@ def test_a_shard_made_with_another_config_is_not_merged(synthetic_dir, tmp_path,
 def test_a_second_trainer_on_the_same_shard_is_refused(synthetic_dir, tmp_path, capsys):
     from fastvar import Study
     held = Study(runs=1, width=4, epochs=1).run(tmp_path / "busy", data_dir=synthetic_dir)
+    held.lock()  # as a trainer holds it while it trains (Study.run lets go when it returns)
     capsys.readouterr()
     assert cli.main([*TINY, "--data-dir", str(synthetic_dir), "--out", str(tmp_path / "busy")]) == 2
     assert "another process is training" in capsys.readouterr().err

@@ -1,21 +1,25 @@
 """The seed study's four plots of one results folder, and the analysis plots of several."""
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 PLOTS = ("train_loss", "train_acc", "test_acc", "test_loss")
+
+
+def new_figure(*grid, figsize):
+    """A figure outside pyplot: saved to a file, never shown, and no backend chosen for the process
+    (a notebook keeps its inline plots)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid)
 
 
 def curves_figure(curves, ylabel, title):
     """One thin line per run, the mean over runs, and a ±1 SD band; whole epochs on the axis."""
     curves = np.asarray(curves, dtype=float)
     epochs = np.arange(1, curves.shape[1] + 1)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(6, 4))
     for curve in curves:
         ax.plot(epochs, curve, color="tab:blue", alpha=0.15, linewidth=0.7, gid="run")
     mean, sd = curves.mean(0), curves.std(0, ddof=1) if len(curves) > 1 else np.zeros(curves.shape[1])
@@ -31,7 +35,7 @@ def curves_figure(curves, ylabel, title):
 def histogram_figure(values, xlabel, title):
     """Histogram of one value per run, with the mean and ±1 SD marked."""
     values = np.asarray(values, dtype=float)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(6, 4))
     ax.hist(values, bins=min(30, max(5, len(values) // 5)), color="tab:blue", alpha=0.8)
     mean, sd = values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
     ax.axvline(mean, color="black", label=f"mean {mean:.4g}")
@@ -59,14 +63,13 @@ def plot_study(rows, out_dir, study="results"):
 
 
 def save_figures(figures, out_dir):
-    """Write each figure as `out_dir/<name>.png` and close it; return the paths by name."""
+    """Write each figure as `out_dir/<name>.png`; return the paths by name."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, fig in figures.items():
         paths[name] = out_dir / f"{name}.png"
         fig.savefig(paths[name], dpi=120, bbox_inches="tight")
-        plt.close(fig)
     return paths
 
 
@@ -76,7 +79,7 @@ def folder_axis(ax, analyses):
 
 def accuracy_figure(analyses):
     """Every run's test accuracy, one column of points (and a box) per folder."""
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(analyses), 4))
+    fig, ax = new_figure(figsize=(1.6 + 1.4 * len(analyses), 4))
     jitter = np.random.default_rng(0)
     for i, a in enumerate(analyses):
         acc = np.array([r["test_acc"] for r in a.rows]) * 100
@@ -89,7 +92,7 @@ def accuracy_figure(analyses):
 
 def sd_figure(analyses, setting=None):
     """Accuracy SD ± its bootstrap error per folder, or against the one setting the folders differ in."""
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(analyses), 4))
+    fig, ax = new_figure(figsize=(1.6 + 1.4 * len(analyses), 4))
     x = setting[1] if setting else range(len(analyses))
     sd = [a.metrics["acc_sd"] * 100 for a in analyses]
     err = [a.metrics["acc_sd_err"] * 100 for a in analyses]
@@ -104,7 +107,7 @@ def sd_figure(analyses, setting=None):
 
 def ensemble_figure(analyses):
     """Accuracy of ensembles of disjoint groups of runs against the ensemble's size."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(6, 4))
     for a in analyses:
         sizes = sorted(a.metrics["ensembles"], key=int)
         ax.plot([int(s) for s in sizes], [a.metrics["ensembles"][s]["acc"] * 100 for s in sizes], "o-",
@@ -120,7 +123,7 @@ def ensemble_figure(analyses):
 
 def per_example_figure(analyses):
     """Histogram of per-example accuracy p_i: how many test images every run gets right, none, some."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(6, 4))
     for a in analyses:
         ax.hist(a.correct().mean(0), bins=min(20, len(a.rows) + 1), range=(0, 1), histtype="step",
                 label=a.folder.name)
@@ -133,7 +136,7 @@ def per_example_figure(analyses):
 
 def binomial_figure(analyses):
     """Observed accuracy SD against the binomial model's, and the distribution SD left over."""
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(analyses), 4))
+    fig, ax = new_figure(figsize=(1.6 + 1.4 * len(analyses), 4))
     x = np.arange(len(analyses))
     for k, (key, label) in enumerate((("acc_sd", "observed"), ("binomial_sd", "binomial"),
                                       ("distribution_sd", "distribution"))):
@@ -153,7 +156,7 @@ def test_loss_curves(analysis):
 def divergence_figure(analyses):
     """How runs drift apart over training: the SD of test cross-entropy per epoch (left) and the
     middle 95 % of it with the median (right), for folders evaluated every epoch."""
-    fig, (sd_ax, range_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (sd_ax, range_ax) = new_figure(1, 2, figsize=(11, 4))
     for a in analyses:
         curves = test_loss_curves(a)
         if curves is None:

@@ -1,0 +1,55 @@
+"""The library in a notebook (issue 22, part 3) and the command line's manners (part 4, in part):
+nothing process-wide changes behind a library call, a finished run lets go of its folder, flags are
+never abbreviated, and a closed pipe ends quietly."""
+import subprocess
+import sys
+
+from conftest import ROOT
+from fastvar import Study, cli
+
+TINY = ["--runs", "1", "--width", "2", "--epochs", "1"]
+
+
+def test_importing_and_plotting_leave_matplotlibs_backend_alone(tmp_path):
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+              "import matplotlib; matplotlib.use('svg')\n"
+              "import fastvar, fastvar.analysis, fastvar.analysis.plots as plots\n"
+              "fig, ax = plots.new_figure(figsize=(2, 2)); ax.plot([0, 1])\n"
+              f"plots.save_figures({{'one': fig}}, {str(tmp_path)!r})\n"
+              "print(matplotlib.get_backend())")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "svg"
+    assert (tmp_path / "one.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_study_lets_go_of_its_folder_when_it_returns(synthetic_dir, tmp_path):
+    first = Study(runs=1, width=2, epochs=1).run(tmp_path / "nb", data_dir=synthetic_dir)
+    second = Study(runs=2, width=2, epochs=1).run(tmp_path / "nb", data_dir=synthetic_dir)  # same process
+    assert [r["run_index"] for r in second.runs()] == [0, 1] and len(first.runs()) == 2
+
+
+def test_only_the_command_line_keeps_freed_memory(synthetic_dir, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("fastvar.native.retain_freed_memory", lambda: calls.append(1))
+    Study(runs=1, width=2, epochs=1).run(tmp_path / "lib", data_dir=synthetic_dir)
+    assert calls == []
+    assert cli.main([*TINY, "--data-dir", str(synthetic_dir), "--out", str(tmp_path / "cli")]) == 0
+    assert calls == [1]
+
+
+def test_an_abbreviated_flag_is_refused_in_one_line(synthetic_dir, tmp_path, capsys):
+    try:
+        cli.main([*TINY, "--batch", "8", "--data-dir", str(synthetic_dir), "--out", str(tmp_path / "x")])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--batch" in err[0] and not (tmp_path / "x").exists()
+
+
+def test_a_closed_pipe_ends_quietly(synthetic_dir, tmp_path):
+    assert cli.main([*TINY, "--data-dir", str(synthetic_dir), "--out", str(tmp_path / "a")]) == 0
+    reader = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "analyze", str(tmp_path / "a")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.close()  # the reader leaves before the first line (torch is still loading): every print fails
+    err = reader.stderr.read().decode()
+    assert reader.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -95,8 +95,8 @@ def test_elementary_batch_norm_equals_batch_norm(dtype):
 def test_vmap_with_gemm_grouped_or_implicit_convs_trains_as_the_loop_does_in_float64(vmap_conv):
     if vmap_conv == "implicit":
         needs_triton()
-    data = random_dataset(16, 10)
-    recipe = dict(RECIPES["seed"], epochs=1, batch_size=8)  # 2 Adam steps (the implicit form interpreted)
+    data = random_dataset(8, 10)
+    recipe = dict(RECIPES["seed"], epochs=1, batch_size=4)  # 2 Adam steps (the implicit form interpreted)
     seeds = [run_seeds("all-random", i) for i in range(2)]
     trained = []
     for strategy, conv in (("loop", "native"), ("vmap", vmap_conv)):

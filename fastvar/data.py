@@ -69,6 +69,12 @@ class Dataset:
         shape = tuple(self.x_train.shape[1:])
         return (shape[2], shape[0], shape[1]) if self.x_train.dtype == torch.uint8 else shape
 
+    def __repr__(self):
+        kind = ("uint8 images {}×{}×{}" if self.x_train.dtype == torch.uint8 else "features of {}").format(
+            *self.x_train.shape[1:])
+        return (f"Dataset({self.name}: {len(self.y_train):,} training and {len(self.y_test):,} test examples, "
+                f"{kind}, {self.num_classes} classes)")
+
     def to(self, device):
         return Dataset(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)), name=self.name)
 
@@ -87,6 +93,10 @@ def check_user_arrays(arrays):
             raise DataError(f"y_{split} must be {len(x)} integer labels (one per example), not {y.dtype} {tuple(y.shape)}")
         if y.min() < 0:
             raise DataError(f"y_{split} has a negative label ({int(y.min())}); labels count from 0")
+    unseen = sorted(set(arrays["y_test"].tolist()) - set(arrays["y_train"].tolist()))
+    if unseen:
+        raise DataError(f"y_test holds {len(unseen)} label(s) no training example has ({', '.join(map(str, unseen[:5]))}"
+                        f"{', ...' if len(unseen) > 5 else ''}); every test label must be a training class")
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:] or arrays["x_train"].dtype != arrays["x_test"].dtype:
         raise DataError(f"x_train ({arrays['x_train'].dtype} {tuple(arrays['x_train'].shape[1:])} an example) and "
                         f"x_test ({arrays['x_test'].dtype} {tuple(arrays['x_test'].shape[1:])}) differ")

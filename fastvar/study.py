@@ -4,10 +4,12 @@ runs still to train, trained M at a time as its Execution says.
     from fastvar import Execution, Study
     Study(experiment="fixed-init", runs=64).run("results/fixed-init", execution=Execution(batch_models=16))
 """
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -21,7 +23,7 @@ from .models import BUILTIN_MODELS, architecture_digest, model_name, model_spec
 from .precisions import COMPUTE_DTYPE, PRECISIONS
 from .recipes import RECIPES, Recipe
 from .sources import EPOCH_ORDERS, SOURCES, experiment_sources, kernel_mode, run_seeds
-from .store import Store, config_hash, run_key, weights_path
+from .store import Store, config_hash, db_name, run_key, weights_path
 
 # Recipe hyperparameters a study may replace, with their allowed range [low, high).
 OVERRIDABLE = {"lr": (1e-12, float("inf")), "weight_decay": (0, float("inf")), "label_smoothing": (0, 1),
@@ -218,7 +220,8 @@ class Study:
             device = execution.resolved_device()
             fixed_kernels_on_cuda = device.type == "cuda" and "kernels" not in self.varied()
             check_replicable(self.model_factory(), execution.resolved_strategy(device), data.num_classes,
-                             data.example_shape, deterministic_cuda=fixed_kernels_on_cuda)
+                             data.example_shape, deterministic_cuda=fixed_kernels_on_cuda,
+                             dropout=self.recipe_dict().get("dropout"))
 
     def unfinished(self, store, execution):
         """The runs of this process (its shard's) that `store` does not hold yet, in run order."""
@@ -235,11 +238,18 @@ class Study:
         if data.name.startswith("arrays-"):  # the user's own data: its digest is part of the config
             self.dataset = data.name
         self.check_model(data, execution)
-        store = self.open_store(out, data, execution)
+        folder, store = Path(out), None
+        made = (not folder.exists(), not (folder / db_name(execution.shard)).exists())
         try:
+            store = self.open_store(out, data, execution)
             train_runs([(self, store, i) for i in self.unfinished(store, execution)], data, execution, progress)
+        except BaseException:
+            if store is None or not store.finished_indices():  # nothing stored: leave no folder behind
+                discard(folder, execution.shard, store, *made)
+            raise
         finally:  # training is over: a second run into the folder in this process (a notebook) may start
-            store.unlock()
+            if store is not None:
+                store.unlock()
         return store
 
     def seeds(self, run_index):
@@ -257,6 +267,19 @@ class Study:
                 "dropout_seed": seeds.dropout_seed if "dropout" in present else None,
                 "epochs": recipe["epochs"], "width": self.resolved_width(), "batch_size": recipe["batch_size"],
                 "config_hash": config_hash(self.config(device)), "precision": self.resolved_precision(device)}
+
+
+def discard(folder, shard, store, made_folder, made_file):
+    """Undo what a failed start made before its first stored run, so the corrected command can use
+    `folder`: the folder if it made it, else the results file it made (and its lock and journal)."""
+    if store is not None:
+        store.close()
+    if made_folder:
+        shutil.rmtree(folder, ignore_errors=True)
+    elif made_file:
+        name = db_name(shard)
+        for leftover in (name, f"{name}.lock", f"{name}-journal"):
+            (folder / leftover).unlink(missing_ok=True)
 
 
 def train_runs(entries, data, execution, progress=None):

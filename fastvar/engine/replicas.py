@@ -57,7 +57,7 @@ class Replicas:
         self.dead_layout = FlatLayout({n: p.shape[1:] for n, p in dead_params.items()})
         self.dead, _ = flat_stack(self.dead_layout, dead_params, self.size, dtype, device)
         self.buffers = {n: b.to(device) for n, b in buffers.items()}
-        self.classifier = classifier_name(self.template)
+        self.classifier = classifier_name(self.template) if dropout else None  # where dropout acts
         # Mixed precision: the forward reads a copy of the lowered entries in the compute dtype, which
         # the optimizer rewrites after each update; their gradients arrive in that dtype
         self.compute_dtype = compute_dtype
@@ -284,10 +284,11 @@ def correct_counts(logits, y):
 RANDOM_LAYERS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout)
 
 
-def check_replicable(model, strategy, num_classes, input_shape, deterministic_cuda=False):
+def check_replicable(model, strategy, num_classes, input_shape, deterministic_cuda=False, dropout=None):
     """Find, before a study starts, what would make `model` (a user's own) fail as replicas or make a
     run depend on more than its seeds: a layer that draws its own randomness, or a dry step of two
-    replicas on two random examples that fails or, repeated, gives another loss; with
+    replicas on two random examples (with the study's `dropout`) that fails, gives other than one
+    output per class, or, repeated, gives another loss; with
     `deterministic_cuda` (a CUDA study with its kernels fixed), an op of the step or the evaluation
     that throws there under deterministic algorithms (fastvar.engine.determinism). Raises ConfigError."""
     name = model_name(model)
@@ -298,12 +299,20 @@ def check_replicable(model, strategy, num_classes, input_shape, deterministic_cu
                           f"generator), so a run would not be defined by its seeds; set p=0 there and use fastvar's "
                           f"dropout source (--dropout P)")
     try:
-        replicas = Replicas(model, [0, 1], strategy=strategy, num_classes=num_classes, input_shape=input_shape)
+        replicas = Replicas(model, [0, 1], strategy=strategy, num_classes=num_classes, input_shape=input_shape,
+                            dropout=dropout)
         x = torch.randn(2, 2, *input_shape, generator=torch.Generator().manual_seed(0))
         y = torch.zeros(2, 2, dtype=torch.int64)
+        masks = torch.ones(2, 2, replicas.template.get_submodule(replicas.classifier).in_features) if dropout else None
         with ThrowingOps() as throwing:
-            first, second = (replicas.train_step_grads(x, y)[0] for _ in range(2))
-            replicas.logits(x[0])
+            logits = replicas.logits(x[0])
+            if logits.dim() != 3 or logits.shape[-1] != num_classes:
+                outputs = logits.shape[-1] if logits.dim() == 3 else tuple(logits.shape[2:])
+                raise ConfigError(f"{name} gives {outputs} outputs an example for {num_classes} classes; its last "
+                                  f"layer needs one output per class")
+            first, second = (replicas.train_step_grads(x, y, masks)[0] for _ in range(2))
+    except ConfigError:
+        raise
     except Exception as e:  # whatever the model raised: one line naming it, before any run starts
         raise ConfigError(f"{name} cannot be trained as replicas ({strategy} strategy): {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}") from None

@@ -21,14 +21,14 @@ from .analysis.report import (analyze, compare_folders, comparison_lines, json_l
                               sweep_summary, tables, write_report)
 from .data import DATASETS, default_data_dir, load_arrays, load_dataset  # noqa: E402
 from .engine.replicas import CONVS  # noqa: E402
-from .errors import FastvarError, writing  # noqa: E402
+from .errors import ConfigError, FastvarError, StoreError, writing  # noqa: E402
 from .execution import Execution  # noqa: E402
 from .models import MODELS  # noqa: E402
 from .precisions import PRECISIONS  # noqa: E402
 from .recipes import RECIPES  # noqa: E402
 from .sources import EPOCH_ORDERS, EXPERIMENTS, SOURCES  # noqa: E402
 from .store import Store, merge  # noqa: E402
-from .study import Study  # noqa: E402
+from .study import OVERRIDABLE, Study  # noqa: E402
 from .sweep import SETTINGS, Sweep, parse_setting  # noqa: E402
 
 COMMANDS = ("train", "sweep", "plot", "analyze", "compare", "merge", "export", "download")
@@ -119,12 +119,14 @@ def add_study_arguments(parser):
     parser.add_argument("--recipe", default="seed", choices=RECIPES)
     parser.add_argument("--batch-models", type=int, default=16, help="replicas trained in one batched step")
     parser.add_argument("--epochs", type=int, help="default: the recipe's")
+    for name, kind in (("lr", float), ("batch-size", int), ("weight-decay", float), ("label-smoothing", float)):
+        parser.add_argument(f"--{name}", type=kind, help="default: the recipe's")
     parser.add_argument("--model", metavar="NAME", help=f"default: the recipe's; one of {', '.join(MODELS)}, or an "
                                                          "import path package.module:factory (a callable that "
                                                          "returns an nn.Module)")
     parser.add_argument("--width", type=int, help="channels of the first stage (default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="base seed every run's seeds derive from")
-    parser.add_argument("--dataset", default="cifar10", choices=DATASETS, help="cifar10, or mnist (padded to 32x32)")
+    parser.add_argument("--dataset", choices=DATASETS, help="cifar10 (the default), or mnist (padded to 32x32)")
     parser.add_argument("--train-subset", type=int, help="a fixed class-balanced subset of N training images")
     parser.add_argument("--test-subset", type=int, help="a fixed class-balanced subset of N test images")
     parser.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS),
@@ -165,12 +167,25 @@ def study_arguments(args):
     """Study keyword arguments from the parsed flags of add_study_arguments."""
     if args.model and ":" in args.model and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # an import path names the user's module, as `python -m` would find it
+    if args.data is not None:  # the user's arrays as they are: these flags choose among the built-in datasets
+        ignored = [f"--{name.replace('_', '-')}" for name in ("dataset", "data_dir", "train_subset", "test_subset")
+                   if getattr(args, name) is not None]
+        if ignored:
+            raise ConfigError(f"--data brings its own arrays; {', '.join(ignored)} choose from the built-in datasets "
+                              f"and would be ignored: give one or the other")
     experiment = args.experiment or ("grid" if args.grid else None if args.vary else "all-random")
     return dict(experiment=experiment, recipe=args.recipe, epochs=args.epochs, model=args.model, width=args.width,
                 seed=args.seed, train_subset=args.train_subset, test_subset=args.test_subset,
                 precision=args.precision, epoch_order=args.epoch_order, grid=args.grid, save_weights=args.save_weights,
                 eval_every_epoch=args.eval_every_epoch, snapshots=args.snapshots, vary=args.vary,
-                fixed_seed=args.fixed_seed, onset_epoch=args.onset_epoch, dropout=args.dropout, dataset=args.dataset)
+                fixed_seed=args.fixed_seed, onset_epoch=args.onset_epoch, dropout=args.dropout,
+                dataset=args.dataset or "cifar10", overrides=recipe_overrides(args))
+
+
+def recipe_overrides(args):
+    """The recipe's hyperparameters the flags replace (--lr, --batch-size, ...), or None."""
+    given = {name: getattr(args, name) for name in OVERRIDABLE if getattr(args, name, None) is not None}
+    return given or None
 
 
 def execution_of(args):
@@ -281,8 +296,10 @@ def plan_line(study, execution, total, todo, out, images):
     threads = f" with {torch.get_num_threads()} threads" if device.type == "cpu" else ""  # set by Study.run
     width = f" at width {study.resolved_width()}" if study.resolved_width() is not None else ""
     epochs = study.recipe_dict()["epochs"]
+    changed = ", ".join(f"{name.replace('_', ' ')} {value:g}" for name, value in (study.overrides or {}).items())
+    recipe = f"the {study.recipe_name()} recipe" + (f" with {changed}" if changed else "")
     return (f"fastvar: training {todo} of {total} runs of {study.experiment} into {out} "
-            f"({total - todo} there already): the {study.recipe_name()} recipe, {study.recipe_dict()['model']}{width}, "
+            f"({total - todo} there already): {recipe}, {study.recipe_dict()['model']}{width}, "
             f"{epochs} epoch{'s' * (epochs != 1)} of {images:,} examples, on {device}{threads}, "
             f"{execution.resolved_strategy(device)} strategy, M = {execution.batch_models}, "
             f"{study.resolved_precision(device)}")
@@ -337,6 +354,9 @@ def plot(args):
 
 
 def analyze_command(args):
+    path = args.report or args.folders[0] / "report.md"
+    if not args.json:
+        check_writable(path, "give --report PATH in a writable place, or --json")
     analyses = analyze(*args.folders, data_dir=args.data_dir, cka=args.cka)
     if args.json:  # a machine's reading: it prints, and writes nothing
         print("\n".join(json_line(a) for a in analyses))
@@ -344,11 +364,17 @@ def analyze_command(args):
     print(notes(analyses))
     for title, table in tables(analyses):
         print(f"\n{title}\n\n{table}")
-    path = args.report or args.folders[0] / "report.md"
     with writing(path, "give --report PATH in a writable place, or --json"):
         write_report(analyses, path, args.command_line)
     print(f"report: {path}", file=sys.stderr)
     return 0
+
+
+def check_writable(path, remedy):
+    """Before any work: `path` can be written (its folder exists and takes a file; it is left as it was)."""
+    path = Path(path)
+    if path.is_dir() or not os.access(path if path.exists() else path.parent, os.W_OK) or not path.parent.is_dir():
+        raise StoreError(f"cannot write {path}: {'a folder is there' if path.is_dir() else 'not writable'}; {remedy}")
 
 
 def compare_command(args):

@@ -153,13 +153,16 @@ def read_arrays(root):
 
 def read_npz(path, remedy):
     """The four arrays of an npz; `remedy` says how to get a good file where this one is corrupt."""
+    needed = ("x_train", "y_train", "x_test", "y_test")
     try:
         with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    except KeyError as e:
-        raise DataError(f"malformed {path}: no array {e.args[0]} (it needs x_train, y_train, x_test, y_test)") from None
+            missing = [k for k in needed if k not in f.files]
+            if not missing:
+                return {k: f[k] for k in needed}
+            found = ", ".join(f.files) or "no arrays"
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # numpy's reasons name its internals
         raise DataError(f"corrupt {path}: not a readable npz of numeric arrays; {remedy}") from None
+    raise DataError(f"malformed {path}: no {', '.join(missing)} (it holds {found}; it needs {', '.join(needed)})")
 
 
 def read_archive(path):

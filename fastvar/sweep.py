@@ -49,6 +49,9 @@ class Sweep:
         unknown = set(self.settings) - set(SETTINGS)
         if unknown or not self.settings:
             raise ConfigError(f"a sweep sets some of {', '.join(SETTINGS)}, not {', '.join(sorted(unknown)) or 'nothing'}")
+        shared = set(self.study.get("overrides") or {}) & set(self.settings)
+        if shared:
+            raise ConfigError(f"{', '.join(sorted(shared))} is both set for every point and swept; give it once")
         if self.runs_per_point < 2:
             raise ConfigError(f"--runs-per-point must be at least 2 to measure a spread, not {self.runs_per_point}")
         self.studies = [(point, self.point_study(point)) for point in self.points()]  # checks every point
@@ -58,7 +61,7 @@ class Sweep:
 
     def point_study(self, point):
         own = {k: v for k, v in point.items() if k in STUDY_FIELDS}
-        overrides = {k: v for k, v in point.items() if k not in STUDY_FIELDS}
+        overrides = {**(self.study.get("overrides") or {}), **{k: v for k, v in point.items() if k not in STUDY_FIELDS}}
         return Study(**{**self.study, **own, "runs": self.runs_per_point, "overrides": overrides or None})
 
     def definition(self):

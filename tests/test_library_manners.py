@@ -53,3 +53,33 @@ def test_a_closed_pipe_ends_quietly(synthetic_dir, tmp_path):
     reader.stdout.close()  # the reader leaves before the first line (torch is still loading): every print fails
     err = reader.stderr.read().decode()
     assert reader.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_the_recipes_numbers_on_the_command_line(synthetic_dir, tmp_path, capsys):
+    from fastvar.store import Store
+    out = tmp_path / "lr"
+    flags = [*TINY, "--lr", "0.002", "--batch-size", "32", "--weight-decay", "0.01", "--label-smoothing", "0.1",
+             "--data-dir", str(synthetic_dir), "--out", str(out)]
+    assert cli.main(flags) == 0
+    start = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("fastvar: training"))
+    assert "the seed recipe with lr 0.002, weight decay 0.01, label smoothing 0.1, batch size 32," in start
+    row = Store(out).runs()[0]
+    assert (row["lr"], row["batch_size"], row["weight_decay"], row["label_smoothing"]) == (0.002, 32, 0.01, 0.1)
+    assert cli.main([*TINY, "--data-dir", str(synthetic_dir), "--out", str(out)]) == 2  # another config
+    assert "another config" in capsys.readouterr().err
+
+
+def test_flags_the_data_would_ignore_are_refused(synthetic_dir, tmp_path, capsys):
+    for flag in (["--dataset", "mnist"], ["--train-subset", "10"], ["--data-dir", str(synthetic_dir)]):
+        code = cli.main([*TINY, *flag, "--data", str(synthetic_dir / "cifar10.npz"), "--out", str(tmp_path / "x")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and flag[0] in err[0] and "--data" in err[0], err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_malformed_npz_names_the_arrays_it_holds(tmp_path, capsys):
+    import numpy as np
+    np.savez(tmp_path / "mine.npz", images=np.zeros((2, 4), np.float32), labels=np.zeros(2, np.int64))
+    assert cli.main([*TINY, "--data", str(tmp_path / "mine.npz"), "--out", str(tmp_path / "x")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "no x_train, y_train, x_test, y_test (it holds images, labels;" in err[0], err

@@ -40,7 +40,7 @@ STEPS_PER_RUN = 3910  # the seed recipe: 10 epochs of 391 batches of 128
 FULL = {"width": 64, "batch": 128, "step_ms": (16, 64, 128), "m": 64, "copy_mib": 1024, "matmul": 8192,
         "repeats": 10, "eval_images": 10_000, "study_images": 25_600, "study_runs": 16}
 DRY = {"width": 4, "batch": 2, "step_ms": (2,), "m": 2, "copy_mib": 4, "matmul": 128, "repeats": 2,
-       "eval_images": 8, "study_images": 8, "study_runs": 2}
+       "eval_images": 8, "study_images": 16, "study_runs": 2}
 SHARES = {"device": 0.01, "roofline": 0.03, "update": 0.04, "step": 0.35, "conv": 0.12, "graphs": 0.12,
           "augment_eval": 0.04, "deterministic": 0.06, "study": 0.2, "recommend": 0.03}  # of --minutes
 

@@ -373,7 +373,9 @@ def analyze_command(args):
 def check_writable(path, remedy):
     """Before any work: `path` can be written (its folder exists and takes a file; it is left as it was)."""
     path = Path(path)
-    if path.is_dir() or not os.access(path if path.exists() else path.parent, os.W_OK) or not path.parent.is_dir():
+    if not path.parent.is_dir():  # no folder there: the analysis names what is missing first
+        return
+    if path.is_dir() or not os.access(path if path.exists() else path.parent, os.W_OK):
         raise StoreError(f"cannot write {path}: {'a folder is there' if path.is_dir() else 'not writable'}; {remedy}")
 
 

@@ -83,3 +83,18 @@ def test_a_malformed_npz_names_the_arrays_it_holds(tmp_path, capsys):
     assert cli.main([*TINY, "--data", str(tmp_path / "mine.npz"), "--out", str(tmp_path / "x")]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(err) == 1 and "no x_train, y_train, x_test, y_test (it holds images, labels;" in err[0], err
+
+
+def test_the_report_opens_with_what_was_trained(synthetic_dir, tmp_path):
+    out = tmp_path / "r"
+    assert cli.main(["--runs", "2", "--width", "2", "--epochs", "1", "--experiment", "fixed-init", "--lr", "0.002",
+                     "--train-subset", "100", "--data-dir", str(synthetic_dir), "--out", str(out)]) == 0
+    assert cli.main(["analyze", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert report.splitlines()[4] == "## What was trained"  # after the title and the command
+    header, _, row = report.split("## What was trained\n\n")[1].splitlines()[:3]
+    assert header.startswith("| folder | experiment | recipe | model | data | epochs | runs |")
+    for expected in (str(out), "fixed-init (varies kernels, order)", "seed: adam lr 0.002; batch 128",
+                     "resnet18 width 2", "cifar10: 100 training, 100 test, 10 classes", "| 1 | 2 | float32 |",
+                     "cpu, loop"):
+        assert expected in row, (expected, row)

@@ -13,6 +13,7 @@ from ..augment import normalized
 from ..data import balanced_subset, load_dataset
 from ..errors import AnalysisError, StoreError
 from ..precisions import PRECISIONS
+from ..sources import experiment_sources
 from ..store import Store, flatten, folder_name, holds_runs, shard_stores, sweep_points, weights_path
 from . import cka as cka_module
 from .metrics import snapshot_ensembles, summarize
@@ -300,12 +301,38 @@ def differing_setting(analyses):
     return (key, values) if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) else None
 
 
+def what_was_trained(analyses):
+    """One row per folder: the experiment and what it varies, the recipe and its numbers, the model,
+    the data, epochs, runs, and how they were trained."""
+    rows = []
+    for a in analyses:
+        c, h = a.config, a.config["hyperparameters"]
+        optimizer = h["optimizer"]
+        numbers = [f"{optimizer['name']} lr {optimizer['lr']:g}", f"batch {h['batch_size']}"]
+        numbers += [f"{name.replace('_', ' ')} {value:g}" for name, value in
+                    (("weight_decay", optimizer.get("weight_decay", 0)), ("label_smoothing", h.get("label_smoothing", 0)),
+                     ("dropout", h.get("dropout") or 0)) if value]
+        numbers += [f"{h['schedule']['name']} schedule"] + [f"augment {', '.join(h['augment'])}"] * bool(h["augment"])
+        absent = {s for s, has in (("aug", h["augment"]), ("dropout", h.get("dropout"))) if not has}  # the recipe lacks
+        varied = ", ".join(sorted(experiment_sources(c["experiment"]) - absent)) or "nothing"
+        width = f" width {c['width']}" if c.get("width") else ""
+        train = "all" if not c.get("train_subset") else f"{c['train_subset']:,}"
+        classes = len(set(np.asarray(a.labels).tolist()))
+        data = f"{c.get('dataset', 'cifar10')}: {train} training, {a.rows[0]['n_test']:,} test, {classes} classes"
+        how = sorted({f"{r['device']}, {r['strategy']}" for r in a.rows})
+        rows.append([str(a.folder), f"{c['experiment']} (varies {varied})", f"{c['recipe']}: {'; '.join(numbers)}",
+                     f"{h['model']}{width}", data, str(h["epochs"]), str(len(a.rows) + a.metrics["diverged"]),
+                     c["precision"], " / ".join(how)])
+    return markdown_table(["folder", "experiment", "recipe", "model", "data", "epochs", "runs", "precision",
+                           "trained on"], rows)
+
+
 def write_report(analyses, path, command):
     path = Path(path)
     plot_dir = path.parent / f"{path.stem}_plots"
     paths = save_figures(analysis_figures(analyses, differing_setting(analyses)), plot_dir)
     parts = [f"# fastvar report\n\n`{command}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.\n",
-             notes(analyses) + "\n"]
+             f"## What was trained\n\n{what_was_trained(analyses)}\n", notes(analyses) + "\n"]
     parts += [f"## {title}\n\n{table}\n" for title, table in tables(analyses)]
     parts += ["## Plots\n"] + [f"![{name}]({p.relative_to(path.parent).as_posix()})\n" for name, p in paths.items()]
     path.write_text("\n".join(parts))

@@ -42,12 +42,13 @@ def test_the_cpu_sized_study_then_analyze_and_compare_run_as_written(real_data_d
     for command in (small, small.replace("fixed-init", "all-random")):  # "the same for all-random"
         result = run(command, tmp_path, real_data_dir)
         assert result.returncode == 0, result.stderr
-        assert result.stdout.strip().splitlines()[-1].startswith("8 runs in results/")
+        assert result.stdout.strip().splitlines()[-1].startswith("8 runs in results/") and "-cpu" in result.stdout
     for command in COMMANDS:
         if command in (MAIN, small):
             continue
         result = run(command, tmp_path, real_data_dir)
         assert result.returncode == 0, (command, result.stderr)
-    assert "B - A:" in run("python run.py compare results/all-random results/fixed-init", tmp_path,
+    assert "B - A:" in run("python run.py compare results/all-random-cpu results/fixed-init-cpu", tmp_path,
                            real_data_dir).stdout
-    assert (tmp_path / "results" / "fixed-init" / "report.md").is_file()
+    assert (tmp_path / "results" / "fixed-init-cpu" / "report.md").is_file()
+    assert not (tmp_path / "results" / "fixed-init").exists()  # the main command's folder is left to it

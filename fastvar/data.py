@@ -95,8 +95,9 @@ def check_user_arrays(arrays):
             raise DataError(f"y_{split} has a negative label ({int(y.min())}); labels count from 0")
     unseen = sorted(set(arrays["y_test"].tolist()) - set(arrays["y_train"].tolist()))
     if unseen:
-        raise DataError(f"y_test holds {len(unseen)} label(s) no training example has ({', '.join(map(str, unseen[:5]))}"
-                        f"{', ...' if len(unseen) > 5 else ''}); every test label must be a training class")
+        shown = ", ".join(map(str, unseen[:5])) + (", ..." if len(unseen) > 5 else "")
+        raise DataError(f"y_test holds {len(unseen)} label(s) no training example has ({shown}); every test label "
+                        f"must be a training class")
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:] or arrays["x_train"].dtype != arrays["x_test"].dtype:
         raise DataError(f"x_train ({arrays['x_train'].dtype} {tuple(arrays['x_train'].shape[1:])} an example) and "
                         f"x_test ({arrays['x_test'].dtype} {tuple(arrays['x_test'].shape[1:])}) differ")

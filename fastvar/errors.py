@@ -23,6 +23,13 @@ class AnalysisError(FastvarError):
     """Folders that cannot give the asked-for analysis."""
 
 
+def first_line(error):
+    """An exception as one line: its type and the first line of its message (for what a user's code
+    or a library raised, passed on inside fastvar's own one-line messages)."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else 'no message'}"
+
+
 @contextmanager
 def writing(path, remedy="choose another place"):
     """Writes to `path` whose failure (read-only file system, a file where a folder should be, a full

@@ -17,9 +17,9 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import needs_triton, random_dataset
-from fastvar.engine.graphs import first_cause, first_line
+from fastvar.engine.graphs import first_cause
 from fastvar.engine.train import train_replicas
-from fastvar.errors import ConfigError
+from fastvar.errors import ConfigError, first_line
 from fastvar.execution import Execution
 from fastvar.recipes import RECIPES
 from fastvar.sources import run_seeds

@@ -14,6 +14,8 @@ import sys
 
 import torch
 
+from ..errors import first_line
+
 WARMUP = 3
 
 
@@ -66,7 +68,3 @@ def first_cause(error):
         error = error.__cause__ or error.__context__
     return error
 
-
-def first_line(error):
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else 'no message'}"

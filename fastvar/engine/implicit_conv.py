@@ -3,9 +3,9 @@ from the input as the product needs it and never written to memory, forward and 
 
 Layout (channels-last, replicas outermost): input [M, B, H, W, C], weight [M, k, k, C, Cout] (the
 GEMM convolutions' tap layout, fastvar.engine.vmap_layers.GemmConv2d, so a view of the flat buffer),
-output [M, B, Ho, Wo, Cout]. One program per output tile and replica (the tiles on the grid's first axis, the only one
-that holds more than 65,535 programs); each output element is one
-program's sum in a fixed order, so results are deterministic (no atomics), and float32 products
+output [M, B, Ho, Wo, Cout]. One program per output tile and replica (the tiles on the grid's first
+axis, the only one that holds more than 65,535 programs); each output element is one program's sum
+in a fixed order, so results are deterministic (no atomics), and float32 products
 are IEEE's, not TF32's (bfloat16 inputs accumulate in float32):
 - forward:      (B·Ho·Wo × k²·C) gathered from the input, times (k²·C × Cout) read from the weight;
 - input grad:   (B·H·W × k²·Cout) gathered from the output gradient (where (i + p - ki) / s is an
@@ -26,6 +26,8 @@ def block_k(t):
     """The reduction tile: half for 4- and 8-byte elements, whose IEEE products hold their operands in
     registers (with 32, float32 spilled on sm_80)."""
     return BLOCK_K if t.element_size() == 2 else BLOCK_K // 2
+
+
 # Triton compiles a variant per integer argument equal to 1 or divisible by 16. Only the channel
 # counts and the channel stride (contiguous, vector loads) are worth one; the rest would multiply the
 # variants a study compiles (each layer's sizes) for no gain a test here could show.

@@ -111,9 +111,9 @@ def sgd(update, segments, constants, low):
 
 def launch(kernel, param, grad, low, *tensors, scalars, **constexprs):
     """One program per block of BLOCK entries and replica (the blocks on the grid's first axis, which
-    holds up to 2**31 - 1 programs: the second holds 65,535, a stack of 67 M entries). `tensors`: state runs shaped like `param`,
-    then per-replica coefficient vectors (float64, rounded once to float32 here); `low`, where the run
-    lies in the lowered entries, gets the updated weights in its dtype."""
+    holds up to 2**31 - 1 programs: the second holds 65,535, a stack of 67 M entries). `tensors`: state
+    runs shaped like `param`, then per-replica coefficient vectors (float64, rounded once to float32
+    here); `low`, where the run lies in the lowered entries, gets the updated weights in its dtype."""
     m, n = param.shape
     if param.dtype != torch.float32 or param.stride(1) != 1 or grad.stride(1) != 1:
         raise ValueError("the Triton update takes float32 runs of a flat buffer, rows dense")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..models import BUILTIN_MODELS, build_model, classifier_name, model_name
 from .determinism import ThrowingOps, describe
 from .flat import FlatLayout
@@ -306,16 +306,13 @@ def check_replicable(model, strategy, num_classes, input_shape, deterministic_cu
         masks = torch.ones(2, 2, replicas.template.get_submodule(replicas.classifier).in_features) if dropout else None
         with ThrowingOps() as throwing:
             logits = replicas.logits(x[0])
-            if logits.dim() != 3 or logits.shape[-1] != num_classes:
-                outputs = logits.shape[-1] if logits.dim() == 3 else tuple(logits.shape[2:])
-                raise ConfigError(f"{name} gives {outputs} outputs an example for {num_classes} classes; its last "
-                                  f"layer needs one output per class")
             first, second = (replicas.train_step_grads(x, y, masks)[0] for _ in range(2))
-    except ConfigError:
-        raise
     except Exception as e:  # whatever the model raised: one line naming it, before any run starts
-        raise ConfigError(f"{name} cannot be trained as replicas ({strategy} strategy): {type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}") from None
+        raise ConfigError(f"{name} cannot be trained as replicas ({strategy} strategy): {first_line(e)}") from None
+    if logits.dim() != 3 or logits.shape[-1] != num_classes:
+        outputs = logits.shape[-1] if logits.dim() == 3 else tuple(logits.shape[2:])
+        raise ConfigError(f"{name} gives {outputs} outputs an example for {num_classes} classes; its last layer "
+                          f"needs one output per class")
     if deterministic_cuda and throwing.found:
         raise ConfigError(f"{name} runs {describe(throwing.found)}, which throws on CUDA under deterministic "
                           f"algorithms, as a study with fixed kernels sets them; vary the kernels (--vary kernels, "

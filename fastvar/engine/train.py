@@ -80,7 +80,8 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
                         compute_dtype=compute_dtype, compile=compile, conv=conv, num_classes=data.num_classes,
                         input_shape=data.example_shape)
     test_scores, snapshots, latest = [], [], {}  # evaluation draws no randomness: it changes no result
-    augment_backend = "triton" if resolved_cuda_path(cuda_path, data.x_train.device) else "auto"
+    cuda_path = resolved_cuda_path(cuda_path, data.x_train.device)
+    augment_backend = "triton" if cuda_path else "auto"
     snapshot_at = snapshot_epochs(recipe)
 
     def on_epoch(epoch):

@@ -236,7 +236,7 @@ def main(argv=None, prog="fastvar"):
                 "compare": compare_command, "merge": merge_command, "export": export_command,
                 "download": download_command}[args.command](args)
     except FastvarError as e:
-        print(f"fastvar: error: {e}", file=sys.stderr)
+        print(f"fastvar: error: {e.on_command_line()}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `fastvar analyze A B | head -1`: the reader left; end quietly
         devnull = os.open(os.devnull, os.O_WRONLY)

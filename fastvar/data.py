@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import DataError, Param
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -131,7 +131,8 @@ def load_arrays(path):
     """A user's data from an npz holding x_train, y_train, x_test, y_test (Dataset.from_arrays)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"no file {path}; --data takes an npz with x_train, y_train, x_test, y_test")
+        raise DataError(f"no file {path}; {{}} takes an npz with x_train, y_train, x_test, y_test",
+                        Param("path", flag="--data"))
     return Dataset.from_arrays(**read_npz(path, "write it again with numpy.savez"))
 
 
@@ -148,8 +149,9 @@ def read_arrays(root):
     if (root / ARCHIVE).is_file():
         return read_archive(root / ARCHIVE)
     raise DataError(
-        f"no CIFAR-10 in {root} (looked for {NPZ}, {FOLDER}/, {ARCHIVE}); run without --no-download to "
-        f"fetch it, or point --data-dir / $FASTVAR_DATA at a folder holding one of them")
+        f"no CIFAR-10 in {root} (looked for {NPZ}, {FOLDER}/, {ARCHIVE}); let fastvar fetch it ({{}}), or "
+        f"point {{}} / $FASTVAR_DATA at a folder holding one of them",
+        Param("download", True, flag="drop --no-download"), Param("data_dir"))
 
 
 def read_npz(path, remedy):
@@ -235,7 +237,8 @@ def balanced_subset(x, y, size, split):
     for c, k in enumerate(per_class):
         where = np.flatnonzero(y == c)
         if len(where) < k:
-            raise DataError(f"--{split}-subset {size} needs {k} examples of class {c}; the {split} set has {len(where)}")
+            raise DataError(f"{{}} needs {k} examples of class {c}; the {split} set has {len(where)}",
+                            Param(f"{split}_subset", size))
         picked.append(where[:k])
     keep = np.sort(np.concatenate(picked))
     return x[keep], y[keep]
@@ -288,7 +291,7 @@ def download_cifar10(root):
     except OSError as e:
         partial.unlink(missing_ok=True)
         raise DataError(f"could not download {CIFAR10_URL} ({getattr(e, 'reason', None) or e}); put {ARCHIVE} "
-                        f"from there, or a {NPZ}, into {root}, or point --data-dir at a folder that holds one") from None
+                        f"from there, or a {NPZ}, into {root}, or point {{}} at a folder that holds one", Param("data_dir")) from None
     if md5.hexdigest() != CIFAR10_MD5:
         partial.unlink()
         raise DataError(f"downloaded archive has MD5 {md5.hexdigest()}, expected {CIFAR10_MD5}; nothing kept")

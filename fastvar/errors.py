@@ -4,7 +4,39 @@ from contextlib import contextmanager
 
 
 class FastvarError(Exception):
-    """Bad input or an unusable place; the message is one line a user can act on."""
+    """Bad input or an unusable place; the message is one line a user can act on. A message that names
+    parameters is a template with a `{}` for each Param: str() names them as the API spells them, and
+    `on_command_line()` as the command line's flags do."""
+
+    def __init__(self, message, *params):
+        self.template, self.params = message, params
+        super().__init__(self._naming(Param.in_api))
+
+    def on_command_line(self):
+        return self._naming(Param.as_flag)
+
+    def _naming(self, spelling):
+        """The template with its params spelt as `spelling` says (split, not str.format, so that braces
+        in a value the message quotes stay as they are)."""
+        if not self.params:
+            return self.template
+        pieces = self.template.split("{}", len(self.params))
+        return "".join(piece + (spelling(p) if i < len(self.params) else "")
+                       for i, (piece, p) in enumerate(zip(pieces, (*self.params, None))))
+
+
+class Param:
+    """A parameter an error names, with the value it was given where that helps: `runs` or
+    `device='cuda'` in the API, `--runs` or `--device cuda` on the command line."""
+
+    def __init__(self, name, *value, flag=None):
+        self.name, self.value, self.flag = name, value, flag  # flag, when given, is the whole command-line text
+
+    def in_api(self):
+        return self.name + "".join(f"={v!r}" for v in self.value)
+
+    def as_flag(self):
+        return self.flag or "--" + self.name.replace("_", "-") + "".join(f" {v}" for v in self.value)
 
 
 class ConfigError(FastvarError, ValueError):
@@ -31,10 +63,10 @@ def first_line(error):
 
 
 @contextmanager
-def writing(path, remedy="choose another place"):
+def writing(path, remedy="choose another place", *params):
     """Writes to `path` whose failure (read-only file system, a file where a folder should be, a full
-    disk) is a StoreError naming the place, not a traceback."""
+    disk) is a StoreError naming the place, not a traceback; `remedy` may name `params` as a message does."""
     try:
         yield
     except OSError as e:
-        raise StoreError(f"cannot write {path}: {e.strerror or e}; {remedy}") from None
+        raise StoreError(f"cannot write {path}: {e.strerror or e}; {remedy}", *params) from None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from . import native
-from .errors import ConfigError
+from .errors import ConfigError, Param
 from .engine.replicas import CONVS, STRATEGIES
 
 
@@ -33,23 +33,23 @@ class Execution:
                    "compile": ("auto", "on", "off"), "conv": CONVS, "cuda_graphs": ("auto", "on", "off")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
+                raise ConfigError(f"unknown {{}} {getattr(self, name)!r}; choose from {', '.join(allowed)}", Param(name))
         for name in ("batch_models", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+                raise ConfigError(f"{{}} must be at least 1, not {value}", Param(name))
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device cuda, but this machine has no CUDA device")
+            raise ConfigError("{}, but this machine has no CUDA device", Param("device", "cuda"))
         on_cuda = self.device != "cpu" and torch.cuda.is_available()
         if self.cuda_graphs == "on" and self.strategy == "loop":
-            raise ConfigError("--cuda-graphs on needs the vmap strategy: a loop step reads each replica's "
-                              "coefficients on the host, which a graph would replay as captured")
+            raise ConfigError("{} needs the vmap strategy: a loop step reads each replica's coefficients on "
+                              "the host, which a graph would replay as captured", Param("cuda_graphs", "on"))
         if self.cuda_graphs == "on" and not on_cuda:
-            raise ConfigError("--cuda-graphs on needs a CUDA device")
+            raise ConfigError("{} needs a CUDA device", Param("cuda_graphs", "on"))
         if self.conv == "implicit" and not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ConfigError("--conv implicit runs Triton kernels: it needs a CUDA device")
+            raise ConfigError("{} runs Triton kernels: it needs a CUDA device", Param("conv", "implicit"))
         if self.shard is not None and not (len(self.shard) == 2 and 0 <= self.shard[0] < self.shard[1]):
-            raise ConfigError(f"--shard I/N needs 0 <= I < N, not {self.shard}")
+            raise ConfigError(f"{{}} needs 0 <= I < N, not {self.shard}", Param("shard", flag="--shard I/N"))
 
     def start(self):
         """The process-wide settings, before any work: threads (on a CPU their count changes float32

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, Param
 
 RESNET18_LAYERS = {"stem": "maxpool", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4"}
 
@@ -282,8 +282,8 @@ def model_spec(model):
         return MODELS[model]
     module, sep, attribute = str(model).partition(":")
     if not sep:
-        raise ConfigError(f"unknown --model {model!r}; choose from {', '.join(MODELS)}, or give an import path "
-                          f"such as my_package.nets:make_net")
+        raise ConfigError(f"unknown {{}} {model!r}; choose from {', '.join(MODELS)}, or give an import path "
+                          f"such as my_package.nets:make_net", Param("model"))
     try:
         factory = functools.reduce(getattr, attribute.split("."), importlib.import_module(module))
     except (ImportError, AttributeError) as e:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import ConfigError, Param
+
 SOURCES = ("init", "order", "aug", "dropout", "perturb", "kernels")
 EVERYDAY = {"init", "order", "aug", "dropout", "kernels"}  # what an ordinary training run varies
 
@@ -37,8 +39,8 @@ def experiment_sources(name):
         return EXPERIMENTS[name]
     named = set(name.removeprefix("vary-").split("+")) if name.startswith("vary-") else {None}
     if not named <= set(SOURCES):
-        raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}, "
-                         f"or --vary a subset of {', '.join(SOURCES)}")
+        raise ConfigError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}, "
+                          f"or {{}} a subset of {', '.join(SOURCES)}", Param("vary"))
     return named
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import StoreError
+from .errors import Param, StoreError
 
 DB_NAME = "runs.sqlite"
 # The layout of a folder's tables, in `meta` as 'schema'. 1: before it was recorded (fastvar 0.1);
@@ -107,7 +107,7 @@ class Store:
             changed = ", ".join(f"{k} {old.get(k)} -> {new.get(k)}"
                                 for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
             raise StoreError(f"{self.folder} holds a study with another config ({changed}); "
-                             f"choose another --out or repeat the stored settings")
+                             f"choose another {{}} or repeat the stored settings", Param("out"))
 
     def schema(self):
         """The folder's schema version: 1 for a folder made before it was recorded, None for a new file."""

@@ -17,7 +17,7 @@ import torch
 from .data import DATASETS, load_dataset
 from .engine.replicas import check_replicable
 from .engine.train import replica_hyperparameters, train_replicas
-from .errors import ConfigError
+from .errors import ConfigError, Param
 from .execution import Execution
 from .models import BUILTIN_MODELS, architecture_digest, model_name, model_spec
 from .precisions import COMPUTE_DTYPE, PRECISIONS
@@ -57,33 +57,31 @@ class Study:
     def __post_init__(self):
         if self.vary is not None:
             self._name_custom_experiment()
-        try:
-            experiment_sources(self.experiment)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        experiment_sources(self.experiment)  # an unknown name: ConfigError
         choices = {"recipe": (*RECIPES, *[self.recipe] * isinstance(self.recipe, Recipe)),
                    "precision": ("auto", *PRECISIONS),
                    "dataset": (*DATASETS, *[self.dataset] * self.dataset.startswith("arrays-")),
                    "epoch_order": EPOCH_ORDERS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
+                raise ConfigError(f"unknown {{}} {getattr(self, name)!r}; choose from {', '.join(allowed)}", Param(name))
         spec = model_spec(self.model_factory())  # an unknown name or a bad import path: one line, now
         if self.width is not None and spec.width is None:
-            raise ConfigError("--width sets the width of fastvar's own models; this model takes none")
+            raise ConfigError("{} sets the width of fastvar's own models; this model takes none", Param("width"))
         self._check_grid()
         for name in ("runs", "epochs", "width", "train_subset", "test_subset"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+                raise ConfigError(f"{{}} must be at least 1, not {value}", Param(name))
         epochs = self.recipe_dict()["epochs"]
         if self.snapshots is not None and (self.snapshots < 1 or epochs % self.snapshots):
-            raise ConfigError(f"--snapshots {self.snapshots} must divide the {epochs} epochs into whole cycles")
+            raise ConfigError(f"{{}} must divide the {epochs} epochs into whole cycles",
+                              Param("snapshots", self.snapshots))
         self._check_overrides()
         if self.dropout is not None and not 0 < self.dropout < 1:
-            raise ConfigError(f"--dropout must be a probability between 0 and 1, not {self.dropout}")
+            raise ConfigError(f"{{}} must be a probability between 0 and 1, not {self.dropout}", Param("dropout"))
         if self.save_weights < 0:
-            raise ConfigError(f"--save-weights must be at least 0, not {self.save_weights}")
+            raise ConfigError(f"{{}} must be at least 0, not {self.save_weights}", Param("save_weights"))
         self._check_sources(epochs)
 
     def _check_overrides(self):
@@ -96,10 +94,11 @@ class Study:
 
     def _name_custom_experiment(self):
         if self.experiment is not None:
-            raise ConfigError("--experiment and --vary both name what varies; give one of them")
+            raise ConfigError("{} and {} both name what varies; give one of them", Param("experiment"), Param("vary"))
         unknown = sorted(set(self.vary) - set(SOURCES))
         if unknown:
-            raise ConfigError(f"--vary: unknown source {', '.join(map(repr, unknown))}; choose from {', '.join(SOURCES)}")
+            raise ConfigError(f"{{}}: unknown source {', '.join(map(repr, unknown))}; choose from {', '.join(SOURCES)}",
+                              Param("vary"))
         self.vary = tuple(sorted(set(self.vary)))
         self.experiment = f"vary-{'+'.join(self.vary)}"  # the name its run keys carry; checked as any other
 
@@ -123,19 +122,19 @@ class Study:
                 raise ConfigError("init has no onset: a model is initialised once, before epoch 0; "
                                   "use an experiment that fixes init (fixed-init, vary-order, one-ulp, ...)")
             if not 1 <= self.onset_epoch < epochs:
-                raise ConfigError(f"--onset-epoch must be between 1 and {epochs - 1}, not {self.onset_epoch}")
+                raise ConfigError(f"{{}} must be between 1 and {epochs - 1}, not {self.onset_epoch}", Param("onset_epoch"))
 
     def _check_grid(self):
         if (self.experiment == "grid") != (self.grid is not None):
-            raise ConfigError("the grid experiment takes its shape from --grid IxJ, and only it does")
+            raise ConfigError("the grid experiment takes its shape from {}, and only it does", Param("grid"))
         if self.grid is None:
             self.runs = 1000 if self.runs is None else self.runs
             return
         if len(self.grid) != 2 or min(self.grid) < 2:
-            raise ConfigError(f"--grid needs at least 2 init seeds and 2 order seeds, not {self.grid}")
+            raise ConfigError(f"{{}} needs at least 2 init seeds and 2 order seeds, not {self.grid}", Param("grid"))
         cells = self.grid[0] * self.grid[1]
         if self.runs not in (None, cells):
-            raise ConfigError(f"a {self.grid[0]}x{self.grid[1]} grid has {cells} runs, not --runs {self.runs}")
+            raise ConfigError(f"a {self.grid[0]}x{self.grid[1]} grid has {cells} runs, not {{}}", Param("runs", self.runs))
         self.runs = cells
 
     def recipe_dict(self):

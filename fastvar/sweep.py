@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .errors import ConfigError, StoreError
+from .errors import ConfigError, Param, StoreError
 from .store import DEFINITION, folder_name, grid_points
 from .execution import Execution
 from .study import Study, train_runs
@@ -53,7 +53,8 @@ class Sweep:
         if shared:
             raise ConfigError(f"{', '.join(sorted(shared))} is both set for every point and swept; give it once")
         if self.runs_per_point < 2:
-            raise ConfigError(f"--runs-per-point must be at least 2 to measure a spread, not {self.runs_per_point}")
+            raise ConfigError(f"{{}} must be at least 2 to measure a spread, not {self.runs_per_point}",
+                              Param("runs_per_point"))
         self.studies = [(point, self.point_study(point)) for point in self.points()]  # checks every point
 
     def points(self):
@@ -75,7 +76,7 @@ class Sweep:
         if path.is_file():
             stored = json.loads(path.read_text())
             if definition(stored["settings"], stored["study"]) != json.loads(json.dumps(self.definition())):
-                raise StoreError(f"{out} holds another sweep ({path}); choose another --out")
+                raise StoreError(f"{out} holds another sweep ({path}); choose another {{}}", Param("out"))
         else:
             path.write_text(json.dumps(self.definition(), indent=1, sort_keys=True))
 

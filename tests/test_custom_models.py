@@ -174,7 +174,7 @@ def test_register_model_makes_a_factory_a_name(tmp_path, monkeypatch):
     study = fastvar.Study(model="gn-resnet-test", runs=1, epochs=1, overrides={"batch_size": 32})
     rows = study.run(tmp_path / "s", data=image_data((32, 32, 3), 10)).runs()
     assert rows[0]["test_logits"].shape == (20, 10)
-    with pytest.raises(fastvar.ConfigError, match="--width"):
+    with pytest.raises(fastvar.ConfigError, match="^width sets"):
         fastvar.Study(model="gn-resnet-test", width=8)
 
 

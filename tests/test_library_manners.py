@@ -4,8 +4,11 @@ never abbreviated, and a closed pipe ends quietly."""
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
-from fastvar import Study, cli
+from fastvar import Execution, FastvarError, Study, Sweep, cli
+from fastvar.data import load_arrays
 
 TINY = ["--runs", "1", "--width", "2", "--epochs", "1"]
 
@@ -98,3 +101,24 @@ def test_the_report_opens_with_what_was_trained(synthetic_dir, tmp_path):
                      "resnet18 width 2", "cifar10: 100 training, 100 test, 10 classes", "| 1 | 2 | float32 |",
                      "cpu, loop"):
         assert expected in row, (expected, row)
+
+
+@pytest.mark.parametrize("make, api, flag", [
+    (lambda: Study(runs=0), "runs must be at least 1", "--runs must be at least 1"),
+    (lambda: Study(snapshots=3, epochs=4), "snapshots=3 must divide", "--snapshots 3 must divide"),
+    (lambda: Study(experiment="fixed-init", vary=("init",)), "experiment and vary both", "--experiment and --vary both"),
+    (lambda: Execution(cuda_graphs="on", strategy="loop"), "cuda_graphs='on' needs", "--cuda-graphs on needs"),
+    (lambda: Execution(batch_models=0), "batch_models must be", "--batch-models must be"),
+    (lambda: Sweep({"lr": [1e-3]}, runs_per_point=1), "runs_per_point must be", "--runs-per-point must be"),
+    (lambda: load_arrays("no-such.npz"), "; path takes an npz", "; --data takes an npz"),
+])
+def test_errors_name_the_apis_parameters_and_the_command_lines_flags(make, api, flag):
+    with pytest.raises(FastvarError) as raised:
+        make()
+    assert api in str(raised.value) and "--" not in str(raised.value)
+    assert flag in raised.value.on_command_line()
+
+
+def test_the_command_line_names_its_flags(capsys):
+    assert cli.main(["train", "--runs", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "fastvar: error: --runs must be at least 1, not 0"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import writing
+from ..errors import Param, writing
 from .report import read_runs, test_labels
 
 FORMATS = ("npz", "seed-npy")
@@ -27,7 +27,7 @@ def export(folder, fmt, out=None, data_dir=None):
     (store, *_), rows = read_runs(folder)
     if fmt == "npz":
         out = Path(out or Path(folder) / "logits.npz")
-        with writing(out, "give --out PATH in a writable place"):
+        with writing(out, "give {} in a writable place", Param("out", flag="--out PATH")):
             out.parent.mkdir(parents=True, exist_ok=True)
             np.savez(out, logits=np.stack([r["test_logits"] for r in rows]).astype(np.float16),
                      labels=test_labels(store, rows, data_dir),
@@ -38,7 +38,7 @@ def export(folder, fmt, out=None, data_dir=None):
         return [out], None
     out = Path(out or Path(folder) / "seed-npy")
     arrays, note = seed_arrays(rows)
-    with writing(out, "give --out PATH in a writable place"):
+    with writing(out, "give {} in a writable place", Param("out", flag="--out PATH")):
         out.mkdir(parents=True, exist_ok=True)
         for name, values in arrays.items():
             np.save(out / f"{name}.npy", np.array(values, dtype=np.float64))

@@ -11,7 +11,7 @@ import torch
 
 from ..augment import normalized
 from ..data import balanced_subset, load_dataset
-from ..errors import AnalysisError, StoreError
+from ..errors import AnalysisError, Param, StoreError
 from ..precisions import PRECISIONS
 from ..sources import experiment_sources
 from ..store import Store, flatten, folder_name, holds_runs, shard_stores, sweep_points, weights_path
@@ -115,7 +115,7 @@ def folder_cka(folder, config, rows, data_dir):
     paths = [p for p in paths if p.is_file()]
     if len(paths) < 2:
         raise AnalysisError(f"{folder} keeps the weights of {len(paths)} runs; CKA needs 2 "
-                         f"(train with --save-weights K)")
+                            f"(train with {{}})", Param("save_weights", flag="--save-weights K"))
     data = load_dataset(config.get("dataset", "cifar10"), data_dir)
     x, _ = balanced_subset(data.x_test.numpy(), data.y_test.numpy(), cka_module.PROBE_SIZE, "test")
     hyp = config["hyperparameters"]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from ..errors import ConfigError, first_line
+from ..errors import ConfigError, Param, first_line
 from ..models import BUILTIN_MODELS, build_model, classifier_name, model_name
 from .determinism import ThrowingOps, describe
 from .flat import FlatLayout
@@ -297,7 +297,7 @@ def check_replicable(model, strategy, num_classes, input_shape, deterministic_cu
     if drawing:
         raise ConfigError(f"{name} draws its own randomness in {', '.join(drawing)} (dropout from the global "
                           f"generator), so a run would not be defined by its seeds; set p=0 there and use fastvar's "
-                          f"dropout source (--dropout P)")
+                          f"dropout source ({{}})", Param("dropout", flag="--dropout P"))
     try:
         replicas = Replicas(model, [0, 1], strategy=strategy, num_classes=num_classes, input_shape=input_shape,
                             dropout=dropout)
@@ -315,8 +315,9 @@ def check_replicable(model, strategy, num_classes, input_shape, deterministic_cu
                           f"needs one output per class")
     if deterministic_cuda and throwing.found:
         raise ConfigError(f"{name} runs {describe(throwing.found)}, which throws on CUDA under deterministic "
-                          f"algorithms, as a study with fixed kernels sets them; vary the kernels (--vary kernels, "
-                          f"or an experiment that varies them, such as all-random) or use another op")
+                          f"algorithms, as a study with fixed kernels sets them; vary the kernels (an experiment "
+                          f"that varies them, such as all-random, or {{}}) or use another op",
+                          Param("vary", ("kernels",), flag="--vary kernels"))
     if not torch.equal(first, second):
         raise ConfigError(f"{name} gives another loss for the same weights and batch: its forward draws "
                           f"randomness of its own, so a run would not be defined by its seeds")

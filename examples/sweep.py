@@ -14,6 +14,7 @@ from fastvar.analysis.report import sweep_summary
 out = sys.argv[1] if len(sys.argv) > 1 else "results/examples/lr-sweep"
 sweep = fastvar.Sweep({"lr": [5e-4, 1e-3, 2e-3]}, runs_per_point=8,
                       study={"width": 8, "epochs": 5, "train_subset": 5000})
+print(f"{len(sweep.studies)} learning rates x {sweep.runs_per_point} seeds into {out} (a bar shows progress)")
 sweep.run(out, execution=fastvar.Execution(batch_models=12))
 
 table, verdict = sweep_summary(out)

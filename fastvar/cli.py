@@ -8,12 +8,10 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 import shlex  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from .analysis.export import FORMATS, export  # noqa: E402
 from .analysis.plots import plot_study  # noqa: E402
@@ -25,6 +23,7 @@ from .errors import ConfigError, FastvarError, StoreError, writing  # noqa: E402
 from .execution import Execution  # noqa: E402
 from .models import MODELS  # noqa: E402
 from .precisions import PRECISIONS  # noqa: E402
+from .progress import ProgressBar, duration, per_hour  # noqa: E402
 from .recipes import RECIPES  # noqa: E402
 from .sources import EPOCH_ORDERS, EXPERIMENTS, SOURCES  # noqa: E402
 from .store import Store, merge  # noqa: E402
@@ -35,7 +34,6 @@ COMMANDS = ("train", "sweep", "plot", "analyze", "compare", "merge", "export", "
 MAIN_COMMAND = "--experiment fixed-init --batch-models 16"
 # A study that finishes in minutes on a CPU: 8 runs at width 8 on 5,000 images for 5 epochs.
 CPU_SIZED = "--runs 8 --batch-models 1 --width 8 --train-subset 5000 --epochs 5"
-PROJECT_AFTER_S = 15  # seconds of steps measured before the projected total time is printed
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -269,9 +267,8 @@ def train(args):
 
 def run_with_progress(target, lead, execution, total, out, args, small=None):
     """Train a Study or a Sweep (`target`, whose first study is `lead`) into `out` as `execution` says,
-    with a progress bar
-    of `total` runs; return what its run returns, or None after Ctrl-C (its finished runs are kept).
-    Says what it loads, then what it trains, then (after PROJECT_AFTER_S of steps) the projected time,
+    with a progress bar of `total` runs; return what its run returns, or None after Ctrl-C (its finished runs are kept).
+    Says what it loads, then what it trains, then (after a few seconds of steps) the projected time,
     with `small`, a command sized for a CPU, where that projects beyond a day there."""
     where, name = (args.data, "data") if args.data else (args.data_dir or default_data_dir(), DATASETS[lead.dataset])
     print(f"fastvar: loading {name} from {where} ...", file=sys.stderr, flush=True)
@@ -314,16 +311,6 @@ def projection_lines(todo, runs_per_hour, device_type, small=None):
                      + (f"a study sized for it finishes in minutes: {small}" if small else
                         "fewer runs, a smaller --width or a --train-subset finish in minutes"))
     return lines
-
-
-def per_hour(rate):
-    return f"{rate:,.0f} runs/h" if rate >= 100 else f"{rate:.3g} runs/h"
-
-
-def duration(hours):
-    if hours < 1 / 60:
-        return f"{hours * 3600:.0f} s"
-    return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h" if hours < 10 else f"{hours:.0f} h"
 
 
 def small_command(prog, study):
@@ -437,38 +424,3 @@ def summary_line(rows, out):
     if len(acc) == 1:
         return f"1 run in {out}: test accuracy {acc[0]:.2f} % (one run: no spread yet)"
     return f"{len(rows)} runs in {out}: test accuracy {acc.mean():.2f} % ± {acc.std(ddof=1):.2f} % (mean ± SD)"
-
-
-class ProgressBar:
-    """Runs in the folder of the study's total, runs per hour and the ETA, both from one estimate: the
-    runs done since the first step over the time since it (setup and the first step, where compiles
-    happen, left out). `describe(todo)` gives the line printed before training, `project(todo, rate)`
-    the lines printed once PROJECT_AFTER_S seconds of steps are measured."""
-
-    def __init__(self, total, describe, project):
-        self.total, self.describe, self.project = total, describe, project
-        self.bar = self.first = None
-        self.projected = False
-
-    def update(self, done, todo):
-        now = time.perf_counter()
-        if self.bar is None:  # the first call: training is about to start
-            tqdm.write(self.describe(todo), file=sys.stderr)
-            self.bar = tqdm(total=self.total, initial=self.total - todo, unit="run", dynamic_ncols=True,
-                            bar_format="{l_bar}{bar}| {n:.1f}/{total} runs [{elapsed}{postfix}]")
-        self.bar.update(self.total - todo + done - self.bar.n)
-        if done and self.first is None:
-            self.first = now, done
-            return
-        if self.first is None or now == self.first[0] or done == self.first[1]:
-            return
-        rate = (done - self.first[1]) / (now - self.first[0]) * 3600
-        self.bar.set_postfix_str(f"{per_hour(rate)}, ETA {duration((todo - done) / rate)}", refresh=False)
-        if not self.projected and now - self.first[0] >= PROJECT_AFTER_S:
-            self.projected = True
-            for line in self.project(todo, rate):
-                tqdm.write(line, file=sys.stderr)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()

@@ -19,6 +19,7 @@ from .engine.replicas import check_replicable
 from .engine.train import replica_hyperparameters, train_replicas
 from .errors import ConfigError, Param
 from .execution import Execution
+from .progress import progress_of
 from .models import BUILTIN_MODELS, architecture_digest, model_name, model_spec
 from .precisions import COMPUTE_DTYPE, PRECISIONS
 from .recipes import RECIPES, Recipe
@@ -227,10 +228,11 @@ class Study:
         finished = store.finished_indices()
         return [i for i in range(self.runs) if i not in finished and execution.trains(i)]
 
-    def run(self, out, *, execution=None, data_dir=None, download=False, data=None, progress=None):
+    def run(self, out, *, execution=None, data_dir=None, download=False, data=None, progress=True):
         """Train the runs `out` does not hold yet as `execution` says (default: Execution()); return the
-        store. `progress(done, todo)` is called as training starts (done 0) and advances: runs done so
-        far in this call (fractions included) of the `todo` it had left."""
+        store. `progress`: a tqdm bar on stderr (True), none (False), or your own `progress(done, todo)`,
+        called as training starts (done 0) and advances: runs done so far in this call (fractions
+        included) of the `todo` it had left."""
         execution = execution or Execution()
         execution.start()
         data = self.load_data(data_dir, download) if data is None else data
@@ -239,14 +241,16 @@ class Study:
         self.check_model(data, execution)
         folder, store = Path(out), None
         made = (not folder.exists(), not (folder / db_name(execution.shard)).exists())
+        report, end_report = progress_of(progress, self.runs, f"{self.experiment} in {out}")
         try:
             store = self.open_store(out, data, execution)
-            train_runs([(self, store, i) for i in self.unfinished(store, execution)], data, execution, progress)
+            train_runs([(self, store, i) for i in self.unfinished(store, execution)], data, execution, report)
         except BaseException:
             if store is None or not store.finished_indices():  # nothing stored: leave no folder behind
                 discard(folder, execution.shard, store, *made)
             raise
         finally:  # training is over: a second run into the folder in this process (a notebook) may start
+            end_report()
             if store is not None:
                 store.unlock()
         return store

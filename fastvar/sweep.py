@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import ConfigError, Param, StoreError
+from .progress import progress_of
 from .store import DEFINITION, folder_name, grid_points
 from .execution import Execution
 from .study import Study, train_runs
@@ -80,9 +81,9 @@ class Sweep:
         else:
             path.write_text(json.dumps(self.definition(), indent=1, sort_keys=True))
 
-    def run(self, out, *, execution=None, data_dir=None, download=False, data=None, progress=None):
+    def run(self, out, *, execution=None, data_dir=None, download=False, data=None, progress=True):
         """Train every point's unfinished runs as `execution` says (default: Execution()); return
-        [(point, store)]."""
+        [(point, store)]. `progress` as Study.run takes it, over the runs of every point."""
         out, execution = Path(out), execution or Execution()
         execution.start()
         data = self.studies[0][1].load_data(data_dir, download) if data is None else data
@@ -101,12 +102,14 @@ class Sweep:
                      for (study, store), left in zip(members, todo) if i in left]
             entries.append(group)
         total = sum(len(g) for g in entries)
+        report, end_report = progress_of(progress, len(self.studies) * self.runs_per_point, f"sweep in {out}")
         done = 0
         try:
             for group in entries:
-                train_runs(group, data, execution, progress and (lambda d, t, base=done: progress(base + d, total)))
+                train_runs(group, data, execution, report and (lambda d, t, base=done: report(base + d, total)))
                 done += len(group)
         finally:  # as Study.run: the folders are free again once it returns
+            end_report()
             for _, _, store in stores:
                 store.unlock()
         return [(point, store) for point, _, store in stores]

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastvar import Study, cli, launch, study as study_module
+from fastvar import Study, cli, launch, progress, study as study_module
 from fastvar.analysis.export import export
 from fastvar.engine.replicas import Replicas
 from fastvar.analysis.report import analyze_folder
@@ -92,9 +92,9 @@ def test_a_projection_beyond_a_day_on_a_cpu_shows_a_study_sized_for_it():
 
 def test_runs_per_hour_and_the_eta_come_from_one_estimate(monkeypatch):
     clock = iter([0.0, 10.0, 3610.0, 3620.0])
-    monkeypatch.setattr(cli.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
     projected = []
-    bar = cli.ProgressBar(10, lambda todo: "start", lambda todo, rate: projected.append((todo, rate)) or [])
+    bar = progress.ProgressBar(10, lambda todo: "start", lambda todo, rate: projected.append((todo, rate)) or [])
     bar.update(0, 10)  # training starts
     bar.update(1, 10)  # the first step ends: the estimate starts here
     bar.update(3, 10)  # two runs an hour later

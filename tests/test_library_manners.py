@@ -122,3 +122,14 @@ def test_errors_name_the_apis_parameters_and_the_command_lines_flags(make, api, 
 def test_the_command_line_names_its_flags(capsys):
     assert cli.main(["train", "--runs", "0"]) == 2
     assert capsys.readouterr().err.strip() == "fastvar: error: --runs must be at least 1, not 0"
+
+
+def test_a_study_shows_a_bar_unless_told_not_to(synthetic_dir, tmp_path, capsys):
+    Study(runs=2, width=2, epochs=1).run(tmp_path / "bar", data_dir=synthetic_dir, execution=Execution(batch_models=1))
+    err = capsys.readouterr().err
+    assert f"all-random in {tmp_path / 'bar'}" in err and "2.0/2 runs" in err, err
+    Study(runs=3, width=2, epochs=1).run(tmp_path / "bar", data_dir=synthetic_dir, progress=False)
+    assert capsys.readouterr().err == ""
+    calls = []
+    Study(runs=4, width=2, epochs=1).run(tmp_path / "bar", data_dir=synthetic_dir, progress=lambda d, t: calls.append((d, t)))
+    assert calls[0] == (0, 1) and calls[-1] == (1, 1) and capsys.readouterr().err == ""

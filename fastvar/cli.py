@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from .analysis.export import FORMATS, export  # noqa: E402
 from .analysis.plots import plot_study  # noqa: E402
 from .analysis.report import (analyze, compare_folders, comparison_lines, json_line, notes,  # noqa: E402
-                              sweep_summary, tables, write_report)
+                              sweep_sections, sweep_summary, tables, write_report)
 from .data import DATASETS, default_data_dir, load_arrays, load_dataset  # noqa: E402
 from .engine.replicas import CONVS  # noqa: E402
 from .errors import ConfigError, FastvarError, StoreError, writing  # noqa: E402
@@ -274,7 +274,8 @@ def run_with_progress(target, lead, execution, total, out, args, small=None):
     print(f"fastvar: loading {name} from {where} ...", file=sys.stderr, flush=True)
     data = load_arrays(args.data) if args.data else lead.load_data(args.data_dir, args.download)
     device = execution.resolved_device()
-    bar = ProgressBar(total, lambda todo: plan_line(lead, execution, total, todo, out, len(data.y_train)),
+    swept = getattr(target, "settings", {})
+    bar = ProgressBar(total, lambda todo: plan_line(lead, execution, total, todo, out, len(data.y_train), swept),
                       lambda todo, rate: projection_lines(todo, rate, device.type, small))
     try:
         result = target.run(out, execution=execution, data=data, progress=bar.update)
@@ -287,17 +288,22 @@ def run_with_progress(target, lead, execution, total, out, args, small=None):
     return result
 
 
-def plan_line(study, execution, total, todo, out, images):
-    """One line naming what will run, and how."""
+def plan_line(study, execution, total, todo, out, images, swept=None):
+    """One line naming what will run, and how; with `swept`, a sweep's settings, the values it sweeps."""
     device = execution.resolved_device()
     threads = f" with {torch.get_num_threads()} threads" if device.type == "cpu" else ""  # set by Study.run
-    width = f" at width {study.resolved_width()}" if study.resolved_width() is not None else ""
+    swept = swept or {}
+    width = f" at width {study.resolved_width()}" if study.resolved_width() is not None and "width" not in swept else ""
     epochs = study.recipe_dict()["epochs"]
-    changed = ", ".join(f"{name.replace('_', ' ')} {value:g}" for name, value in (study.overrides or {}).items())
-    recipe = f"the {study.recipe_name()} recipe" + (f" with {changed}" if changed else "")
+    length = "epochs" if "epochs" in swept else f"{epochs} epoch{'s' * (epochs != 1)}"
+    changed = [f"{name.replace('_', ' ')} {value:g}" for name, value in (study.overrides or {}).items()
+               if name not in swept]
+    changed += [f"{name.replace('_', ' ')} swept over {', '.join(f'{v:g}' for v in values)}"
+                for name, values in swept.items()]
+    recipe = f"the {study.recipe_name()} recipe" + (f" with {', '.join(changed)}" if changed else "")
     return (f"fastvar: training {todo} of {total} runs of {study.experiment} into {out} "
             f"({total - todo} there already): {recipe}, {study.recipe_dict()['model']}{width}, "
-            f"{epochs} epoch{'s' * (epochs != 1)} of {images:,} examples, on {device}{threads}, "
+            f"{length} of {images:,} examples, on {device}{threads}, "
             f"{execution.resolved_strategy(device)} strategy, M = {execution.batch_models}, "
             f"{study.resolved_precision(device)}")
 
@@ -344,15 +350,16 @@ def analyze_command(args):
     path = args.report or args.folders[0] / "report.md"
     if not args.json:
         check_writable(path, "give --report PATH in a writable place, or --json")
-    analyses = analyze(*args.folders, data_dir=args.data_dir, cka=args.cka)
+    analyses = analyze(*args.folders, data_dir=args.data_dir, cka=args.cka)  # a sweep's: its points
     if args.json:  # a machine's reading: it prints, and writes nothing
         print("\n".join(json_line(a) for a in analyses))
         return 0
+    sections = sweep_sections(args.folders)
     print(notes(analyses))
-    for title, table in tables(analyses):
+    for title, table in [*sections, *tables(analyses)]:
         print(f"\n{title}\n\n{table}")
     with writing(path, "give --report PATH in a writable place, or --json"):
-        write_report(analyses, path, args.command_line)
+        write_report(analyses, path, args.command_line, sections)
     print(f"report: {path}", file=sys.stderr)
     return 0
 

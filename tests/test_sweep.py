@@ -56,7 +56,8 @@ SWEEP = ["sweep", "--set", "lr=1e-3,2e-3", "--set", "wd=0,1e-4", "--runs-per-poi
 def test_sweep_folder_summary_and_results(synthetic_dir, tmp_path, capsys):
     out = tmp_path / "sweep"
     assert cli.main([*SWEEP, "--data-dir", str(synthetic_dir), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    printed, err = capsys.readouterr()
+    assert "lr swept over 0.001, 0.002, weight decay swept over 0, 0.0001" in err  # the start line
     assert printed.count("| lr=") == 4 and "| best |" in printed and "not distinguishable from the best" in printed
     frame = fastvar.results(out)
     rows = frame.to_dict("records") if hasattr(frame, "to_dict") else frame
@@ -73,7 +74,13 @@ def test_sweep_folder_summary_and_results(synthetic_dir, tmp_path, capsys):
         tmp_path / "lone", execution=fastvar.Execution(batch_models=1, strategy="loop"), data_dir=synthetic_dir)
     for a, b in zip(Store(point).runs(), lone.runs()):
         assert (a["test_logits"] == b["test_logits"]).all()  # trained in a mixed batch of 4, or alone
+    # analyze on the sweep's folder analyses its points, under the sweep's own table, into its report
+    assert [a.folder.name for a in fastvar.analyze(out)] == sorted(p.name for p in out.iterdir() if p.is_dir())
     capsys.readouterr()
+    assert cli.main(["analyze", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index("each point against the best") < printed.index("Spread of test accuracy")
+    assert printed.count(f"| {out}/lr=") == 3 * 4 and (out / "report.md").read_text().count("| lr=") == 4
     assert cli.main([*SWEEP[:2], "lr=5e-3", *SWEEP[3:], "--data-dir", str(synthetic_dir), "--out", str(out)]) == 2
     assert "another sweep" in capsys.readouterr().err
 

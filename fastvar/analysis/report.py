@@ -14,7 +14,7 @@ from ..data import balanced_subset, load_dataset
 from ..errors import AnalysisError, Param, StoreError
 from ..precisions import PRECISIONS
 from ..sources import experiment_sources
-from ..store import Store, flatten, folder_name, holds_runs, shard_stores, sweep_points, weights_path
+from ..store import DEFINITION, Store, flatten, folder_name, holds_runs, shard_stores, sweep_points, weights_path
 from . import cka as cka_module
 from .metrics import snapshot_ensembles, summarize
 from .plots import analysis_figures, save_figures
@@ -96,8 +96,33 @@ def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
 
 
 def analyze(*folders, data_dir=None, cka=False, seed=0):
-    """The analysis of each results folder, as `python run.py analyze` computes it."""
-    return [analyze_folder(f, data_dir=data_dir, with_cka=cka, seed=seed) for f in folders]
+    """The analysis of each results folder, as `python run.py analyze` computes it; a sweep's folder
+    stands for its points that have finished runs."""
+    return [analyze_folder(f, data_dir=data_dir, with_cka=cka, seed=seed) for f in study_folders(folders)]
+
+
+def is_sweep_folder(folder):
+    return (Path(folder) / DEFINITION).is_file() and not holds_runs(folder)
+
+
+def study_folders(folders):
+    """`folders` with each sweep's folder replaced by its points' folders that hold finished runs."""
+    out = []
+    for folder in folders:
+        if not is_sweep_folder(folder):
+            out.append(folder)
+            continue
+        points = [path for _, path in sweep_points(folder) if holds_runs(path)]
+        if not points:
+            raise AnalysisError(f"{folder}: no point of this sweep has finished runs yet")
+        out += points
+    return out
+
+
+def sweep_sections(folders):
+    """For each sweep's folder among `folders`: (title, its points' table and verdict) for `analyze`."""
+    return [(f"Sweep {folder}: each point against the best", "\n\n".join(sweep_summary(folder)))
+            for folder in folders if is_sweep_folder(folder)]
 
 
 def grid_components(shape, rows, folder):
@@ -327,13 +352,15 @@ def what_was_trained(analyses):
                            "trained on"], rows)
 
 
-def write_report(analyses, path, command):
+def write_report(analyses, path, command, sections=()):
+    """report.md at `path`: what was trained, the notes, `sections` (title, markdown) and the tables,
+    and the plots beside it."""
     path = Path(path)
     plot_dir = path.parent / f"{path.stem}_plots"
     paths = save_figures(analysis_figures(analyses, differing_setting(analyses)), plot_dir)
     parts = [f"# fastvar report\n\n`{command}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.\n",
              f"## What was trained\n\n{what_was_trained(analyses)}\n", notes(analyses) + "\n"]
-    parts += [f"## {title}\n\n{table}\n" for title, table in tables(analyses)]
+    parts += [f"## {title}\n\n{table}\n" for title, table in [*sections, *tables(analyses)]]
     parts += ["## Plots\n"] + [f"![{name}]({p.relative_to(path.parent).as_posix()})\n" for name, p in paths.items()]
     path.write_text("\n".join(parts))
     return path

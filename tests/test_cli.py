@@ -32,7 +32,7 @@ def check_figures(saved, rows, folder):
         mean = next(line for line in ax.lines if line.get_gid() == "mean")
         assert np.allclose(mean.get_ydata(), np.mean([r[key] for r in rows], axis=0) * scale)
         assert all(float(t).is_integer() for t in ax.get_xticks())  # whole epochs
-        assert {"mean", "±1 SD", "one run"} <= {t.get_text() for t in ax.get_legend().get_texts()}
+        assert {"mean over runs", "±1 SD over runs", "one run"} <= {t.get_text() for t in ax.get_legend().get_texts()}
     for name, key, scale in (("test_acc", "test_acc", 100), ("test_loss", "test_loss", 1)):
         ax = saved[name].axes[0]
         assert sum(bar.get_height() for bar in ax.patches) == len(rows)  # every run in the histogram

@@ -8,6 +8,7 @@ import pytest
 from fastvar import cli
 from fastvar.analysis.report import analyze_folder, run_seeds_key
 from fastvar.analysis.plots import analysis_figures
+from fastvar.analysis.stats import variance_components
 from fastvar.store import Store
 
 TINY = ["--runs", "4", "--batch-models", "2", "--width", "8", "--epochs", "1", "--train-subset", "1000",
@@ -63,6 +64,35 @@ def test_plots_draw_what_was_measured(folders):
     assert np.allclose(sorted(points[0].get_ydata()), sorted(r["test_acc"] * 100 for r in analyses[1].rows))
     bars = [p for p in figures["binomial"].axes[0].patches if p.get_gid() == "binomial_sd"]
     assert [b.get_height() for b in bars] == pytest.approx([a.metrics["binomial_sd"] * 100 for a in analyses])
+
+
+def test_plots_draw_every_interval_and_keep_legends_off_the_data(folders):
+    analyses = [analyze_folder(folders / name) for name in ("all-random", "fixed-init")]
+    figures = analysis_figures(analyses, ("hyperparameters.optimizer.lr", [1e-4, 1e-2]))
+    binomial = figures["binomial"].axes[0]
+    tops = sorted(seg[1][1] for c in binomial.collections for seg in c.get_segments())  # error bars' upper ends
+    expected = [a.metrics[k] * 100 for a in analyses for k in ("distribution_sd_high",)]
+    expected += [(a.metrics["acc_sd"] + a.metrics["acc_sd_err"]) * 100 for a in analyses]
+    assert tops == pytest.approx(sorted(expected))
+    for name in ("binomial", "ensembles", "per_example"):  # the legend sits right of the axes
+        figure = figures[name]
+        figure.canvas.draw()
+        legend, axes = figure.axes[0].get_legend().get_window_extent(), figure.axes[0].get_window_extent()
+        assert legend.x0 >= axes.x1, name
+    ensemble_bars = [c for c in figures["ensembles"].axes[0].collections if c.get_segments()]
+    assert ensemble_bars  # ± SD over disjoint groups where there are two
+    assert figures["sd"].axes[0].get_ylim()[0] == 0 and figures["binomial"].axes[0].get_ylim()[0] == 0
+    per_example = figures["per_example"].axes[0]
+    figures["per_example"].canvas.draw()
+    labels = [t.get_text() for t in per_example.get_yticklabels() if t.get_text()]
+    assert len(labels) >= 3 and all(t.replace(",", "").isdigit() for t in labels)
+    analyses[1].components = variance_components(np.random.default_rng(0).normal(0.5, 0.01, (3, 4)))
+    bars = analysis_figures(analyses)["components"].axes[0]
+    tops = sorted(seg[1][1] for c in bars.collections for seg in c.get_segments())
+    assert tops == pytest.approx(sorted(c.high * 1e4 for c in analyses[1].components))  # pp², 95 % intervals
+    by_setting = figures["sd_by_setting"].axes[0]
+    assert by_setting.get_xscale() == "log" and by_setting.get_xlabel() == "learning rate"
+    assert [t.get_text() for t in by_setting.get_xticklabels()] == ["0.0001", "0.01"]
 
 
 def test_cka_of_runs_with_saved_weights(folders, real_data_dir, capsys):

@@ -105,3 +105,49 @@ def test_a_dataset_prints_as_one_line():
     features = Dataset.from_arrays(np.zeros((4, 5), np.float32), np.arange(4) % 2, np.zeros((2, 5), np.float32),
                                    np.arange(2))
     assert "features of 5, 2 classes" in repr(features)
+
+
+OWN = "test_own_model_checks"  # this module, as an import path the command line takes
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """A folder holding one run of a model and data of the user's own, and the npz files of the bad inputs."""
+    root = tmp_path_factory.mktemp("own")
+    good = random_arrays(16, 10)
+    np.savez(root / "good.npz", **good)
+    np.savez(root / "labels.npz", **{**good, "y_test": np.where(np.arange(10) == 3, 10, good["y_test"])})
+    np.savez(root / "malformed.npz", **{k: v for k, v in good.items() if k != "y_test"})
+    base = ["--runs", "1", "--epochs", "1", "--out", str(root / "study")]
+    assert cli.main([*base, "--model", f"{OWN}:Head", "--data", str(root / "good.npz")]) == 0
+    return root, base
+
+
+BAD = {  # the issue's bad inputs, each against the stored folder
+    "fewer outputs": ["--model", f"{OWN}:seven_outputs", "--data", "good.npz"],
+    "more outputs": ["--model", f"{OWN}:twelve_outputs", "--data", "good.npz"],
+    "a test label no training example has": ["--model", f"{OWN}:Head", "--data", "labels.npz"],
+    "dropout without nn.Linear": ["--model", f"{OWN}:ConvolutionalHead", "--data", "good.npz", "--dropout", "0.1"],
+    "--dataset beside --data": ["--model", f"{OWN}:Head", "--data", "good.npz", "--dataset", "mnist"],
+    "a malformed npz": ["--model", f"{OWN}:Head", "--data", "malformed.npz"],
+    "an abbreviated flag": ["--model", f"{OWN}:Head", "--data", "good.npz", "--batch", "8"],
+    "no runs": ["--model", f"{OWN}:Head", "--data", "good.npz", "--runs", "0"],
+    "another config": ["--model", f"{OWN}:Head", "--data", "good.npz", "--lr", "2e-3"],
+    "graphs without CUDA": ["--model", f"{OWN}:Head", "--data", "good.npz", "--cuda-graphs", "on"],
+    "analyze into a folder": ["analyze", "{study}", "--report", "{study}"],
+}
+
+
+@pytest.mark.parametrize("bad", BAD.values(), ids=BAD.keys())
+def test_each_bad_input_is_one_line_and_exit_2_and_leaves_the_folder_as_it_was(stored, bad, capsys):
+    root, base = stored
+    before = digest(root / "study")
+    args = [str(root / a) if a.endswith(".npz") else a.format(study=root / "study") for a in bad]
+    capsys.readouterr()
+    try:
+        code = cli.main(args if args[0] == "analyze" else [*base, *args])
+    except SystemExit as e:  # argparse's own refusals
+        code = e.code
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("fastvar: loading")]
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0], err
+    assert digest(root / "study") == before

@@ -7,7 +7,8 @@ runs still to train, trained M at a time as its Execution says.
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from types import MappingProxyType
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -31,7 +32,7 @@ OVERRIDABLE = {"lr": (1e-12, float("inf")), "weight_decay": (0, float("inf")), "
                "batch_size": (1, float("inf"))}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Study:
     experiment: str | None = "all-random"  # a preset; None with `vary`
     recipe: str | Recipe = "seed"  # a name of RECIPES, or a Recipe
@@ -56,8 +57,14 @@ class Study:
     epoch_order: str = "fresh"  # fresh: a new permutation each epoch; same: the first one every epoch (seed's exp2)
 
     def __post_init__(self):
+        """Check every setting and put the study in its one form (a named experiment for `vary`, the
+        run count, read-only overrides): a Study never changes after this."""
         if self.vary is not None:
             self._name_custom_experiment()
+        if self.overrides is not None:
+            self._set("overrides", MappingProxyType(dict(self.overrides)))
+        if self.grid is not None:
+            self._set("grid", tuple(self.grid))
         experiment_sources(self.experiment)  # an unknown name: ConfigError
         choices = {"recipe": (*RECIPES, *[self.recipe] * isinstance(self.recipe, Recipe)),
                    "precision": ("auto", *PRECISIONS),
@@ -67,7 +74,7 @@ class Study:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {{}} {getattr(self, name)!r}; choose from {', '.join(allowed)}", Param(name))
         spec = model_spec(self.model_factory())  # an unknown name or a bad import path: one line, now
-        if self.width is not None and spec.width is None:
+        if self.width is not None and not spec.width:  # linear's width 0: it takes none either
             raise ConfigError("{} sets the width of fastvar's own models; this model takes none", Param("width"))
         self._check_grid()
         for name in ("runs", "epochs", "width", "train_subset", "test_subset"):
@@ -93,15 +100,20 @@ class Study:
             if not (isinstance(value, (int, float)) and low <= value < high):
                 raise ConfigError(f"{name} must be a number in [{low}, {high}), not {value!r}")
 
+    def _set(self, name, value):
+        object.__setattr__(self, name, value)  # only while __post_init__ puts the study in its one form
+
     def _name_custom_experiment(self):
-        if self.experiment is not None:
+        vary = tuple(sorted(set(self.vary)))
+        named = f"vary-{'+'.join(vary)}"  # the name its run keys carry; checked as any other
+        if self.experiment not in (None, named):  # a copy (dataclasses.replace) brings its own name
             raise ConfigError("{} and {} both name what varies; give one of them", Param("experiment"), Param("vary"))
-        unknown = sorted(set(self.vary) - set(SOURCES))
+        unknown = sorted(set(vary) - set(SOURCES))
         if unknown:
             raise ConfigError(f"{{}}: unknown source {', '.join(map(repr, unknown))}; choose from {', '.join(SOURCES)}",
                               Param("vary"))
-        self.vary = tuple(sorted(set(self.vary)))
-        self.experiment = f"vary-{'+'.join(self.vary)}"  # the name its run keys carry; checked as any other
+        self._set("vary", vary)
+        self._set("experiment", named)
 
     def present_sources(self):
         """The sources this recipe has: augmentation only if it augments, dropout only with --dropout."""
@@ -129,14 +141,14 @@ class Study:
         if (self.experiment == "grid") != (self.grid is not None):
             raise ConfigError("the grid experiment takes its shape from {}, and only it does", Param("grid"))
         if self.grid is None:
-            self.runs = 1000 if self.runs is None else self.runs
+            self._set("runs", 1000 if self.runs is None else self.runs)
             return
         if len(self.grid) != 2 or min(self.grid) < 2:
             raise ConfigError(f"{{}} needs at least 2 init seeds and 2 order seeds, not {self.grid}", Param("grid"))
         cells = self.grid[0] * self.grid[1]
         if self.runs not in (None, cells):
             raise ConfigError(f"a {self.grid[0]}x{self.grid[1]} grid has {cells} runs, not {{}}", Param("runs", self.runs))
-        self.runs = cells
+        self._set("runs", cells)
 
     def recipe_dict(self):
         """The recipe with this study's overrides: every hyperparameter a run is trained with."""
@@ -184,6 +196,16 @@ class Study:
                     else architecture_digest(self.model_factory())}
         return {**config, **{k: v for k, v in optional.items() if v}}
 
+    def batch_settings(self, device):
+        """What every replica of one batch must share: the config, less the hyperparameters a batch
+        holds per replica (replica_hyperparameters), and what the step reads once per batch."""
+        config = self.config(device)
+        hyper = config["hyperparameters"]
+        per_replica = replica_hyperparameters(hyper)
+        hyper["optimizer"] = {k: v for k, v in hyper["optimizer"].items() if k not in per_replica}
+        hyper.pop("label_smoothing", None)
+        return {**config, "eval_every_epoch": self.eval_every_epoch}
+
     def notes(self, device):
         """What a user should know before the study runs on `device`: lines for the command line to print."""
         if "kernels" in experiment_sources(self.experiment) and device.type == "cpu" and self.varied() <= {"kernels"}:
@@ -197,6 +219,11 @@ class Study:
             return self.precision
         device = device or Execution().resolved_device()
         return "bf16-mixed" if device.type == "cuda" else "float32"
+
+    def for_data(self, data):
+        """This study as it trains on `data`: a user's own arrays name the dataset by their digest,
+        which is then part of the config."""
+        return replace(self, dataset=data.name) if data.name.startswith("arrays-") else self
 
     def load_data(self, data_dir=None, download=False):
         return load_dataset(self.dataset, data_dir, download=download, train_subset=self.train_subset,
@@ -236,15 +263,14 @@ class Study:
         execution = execution or Execution()
         execution.start()
         data = self.load_data(data_dir, download) if data is None else data
-        if data.name.startswith("arrays-"):  # the user's own data: its digest is part of the config
-            self.dataset = data.name
-        self.check_model(data, execution)
+        study = self.for_data(data)
+        study.check_model(data, execution)
         folder, store = Path(out), None
         made = (not folder.exists(), not (folder / db_name(execution.shard)).exists())
-        report, end_report = progress_of(progress, self.runs, f"{self.experiment} in {out}")
+        report, end_report = progress_of(progress, study.runs, f"{study.experiment} in {out}")
         try:
-            store = self.open_store(out, data, execution)
-            train_runs([(self, store, i) for i in self.unfinished(store, execution)], data, execution, report)
+            store = study.open_store(out, data, execution)
+            train_runs([(study, store, i) for i in study.unfinished(store, execution)], data, execution, report)
         except BaseException:
             if store is None or not store.finished_indices():  # nothing stored: leave no folder behind
                 discard(folder, execution.shard, store, *made)
@@ -326,6 +352,7 @@ def train_chunk(chunk, data, execution, device, on_step, size):
     # `size` replicas: static shapes, and a vmap result never depends on how full its batch was. A
     # loop run does not depend on its batch, so the loop trains exactly the runs it has.
     lead = chunk[0][0]
+    check_one_batch(chunk, device)
     strategy, compile = execution.resolved_strategy(device), execution.resolved_compile(device)
     precision = lead.resolved_precision(device)
     padded = chunk + [chunk[-1]] * (size - len(chunk)) if strategy == "vmap" else chunk
@@ -351,6 +378,18 @@ def train_chunk(chunk, data, execution, device, on_step, size):
         by_store.setdefault(store, []).append(study.row(s, result, how))
     for store, rows in by_store.items():  # one transaction per folder
         store.add_runs(rows)
+
+
+def check_one_batch(chunk, device):
+    """Every study of a batch agrees on what a batch cannot hold per replica: its lead's settings are
+    the batch's (Sweep.run groups its points so; this holds it)."""
+    lead = chunk[0][0]
+    shared = lead.batch_settings(device)
+    for study, _, _ in chunk[1:]:
+        if study is not lead and study.batch_settings(device) != shared:
+            raise ValueError(f"{study.experiment} and {lead.experiment} differ in more than the per-replica "
+                             f"hyperparameters ({', '.join(replica_hyperparameters(lead.recipe_dict()))}): "
+                             f"they cannot share a batch")
 
 
 def save_weights(state_dict, path):

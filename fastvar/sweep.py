@@ -87,10 +87,11 @@ class Sweep:
         out, execution = Path(out), execution or Execution()
         execution.start()
         data = self.studies[0][1].load_data(data_dir, download) if data is None else data
-        self.studies[0][1].check_model(data, execution)
+        studies = [(point, study.for_data(data)) for point, study in self.studies]
+        studies[0][1].check_model(data, execution)
         self.claim(out)
         stores = [(point, study, study.open_store(out / folder_name(point), data, execution))
-                  for point, study in self.studies]
+                  for point, study in studies]
         groups = {}
         for point, study, store in stores:
             key = json.dumps({k: v for k, v in point.items() if k not in BATCHABLE}, sort_keys=True)

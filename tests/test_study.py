@@ -117,3 +117,40 @@ def test_bf16_mixed_on_the_cpu_is_a_config_of_its_own(synthetic_dir, tmp_path, c
     assert cli.main(args) == 2  # auto is float32 on the CPU: another config, refused in one line
     err = error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "precision bf16-mixed -> float32" in err[0]
+
+
+def test_a_study_cannot_change_after_construction_and_a_copy_is_checked_again():
+    import dataclasses
+    import operator
+    import fastvar
+    study = fastvar.Study(experiment=None, vary=("order", "init"), overrides={"lr": 2e-3}, runs=2)
+    assert study.experiment == "vary-init+order" and study.vary == ("init", "order")
+    for change in (lambda: setattr(study, "runs", 3), lambda: operator.setitem(study.overrides, "lr", 1.0)):
+        with pytest.raises((dataclasses.FrozenInstanceError, TypeError)):
+            change()
+    copy = dataclasses.replace(study, seed=1)  # its own name for what varies passes the check again
+    assert copy.experiment == study.experiment and copy.config() != study.config()
+    with pytest.raises(fastvar.ConfigError, match="^width sets"):
+        fastvar.Study(model="linear", width=32)  # a model that takes no width: refused, not hashed
+
+
+def test_a_sweep_on_arrays_of_ones_own_names_them_in_every_points_config(tmp_path):
+    import numpy as np
+    import fastvar
+    from conftest import random_arrays
+    data = fastvar.Dataset.from_arrays(**random_arrays(16, 10))
+    sweep = fastvar.Sweep({"lr": [1e-3, 2e-3]}, runs_per_point=2, study={"width": 2, "epochs": 1})
+    stores = sweep.run(tmp_path / "sweep", data=data, progress=False)
+    assert {store.config["dataset"] for _, store in stores} == {data.name} and data.name.startswith("arrays-")
+    assert sweep.studies[0][1].dataset == "cifar10"  # the sweep's own studies are left as they were
+    assert np.isfinite([r["test_acc"] for _, s in stores for r in s.runs()]).all()
+
+
+def test_studies_that_differ_in_more_than_per_replica_hyperparameters_cannot_share_a_batch():
+    import fastvar
+    from conftest import random_arrays
+    from fastvar.study import train_runs
+    data = fastvar.Dataset.from_arrays(**random_arrays(16, 10))
+    short, long = (fastvar.Study(width=2, epochs=epochs, runs=1) for epochs in (1, 2))
+    with pytest.raises(ValueError, match="cannot share a batch"):
+        train_runs([(short, None, 0), (long, None, 1)], data, fastvar.Execution(batch_models=2))

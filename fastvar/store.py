@@ -49,6 +49,9 @@ COLUMNS = {
     # the seed repository's averages: means of per-batch mean losses (batches of 128 for the test set)
     "train_loss_batch_mean_curve": "TEXT", "test_loss_batch_mean": "REAL",
 }
+# How a run was trained, beyond its config: rows that differ here round differently (float32 CPU
+# convolutions round by thread count; vmap by its M), so a folder that mixes them mixes regimes.
+HOW_COLUMNS = ("device", "strategy", "precision", "conv", "compiled", "cuda_graph", "threads", "batch_models")
 JSON_COLUMNS = ("train_loss_curve", "train_acc_curve", "test_acc_curve", "test_loss_curve",
                 "train_loss_batch_mean_curve")
 

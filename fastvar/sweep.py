@@ -24,8 +24,8 @@ BATCHABLE = ("lr", "weight_decay", "label_smoothing")
 STUDY_FIELDS = ("epochs", "width")  # set on the Study itself; the rest replace recipe values
 SETTINGS = BATCHABLE + ("batch_size",) + STUDY_FIELDS
 ALIASES = {"wd": "weight_decay", "ls": "label_smoothing"}
-# What older sweep folders recorded of how they ran (Execution's now): never part of a definition
-HOW = ("batch_models", "strategy", "device", "compile", "conv", "threads", "shard")
+# How a sweep runs, which older sweep folders recorded beside what it measures: never part of a definition
+HOW = tuple(f.name for f in fields(Execution))
 
 
 def parse_setting(text):

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from fastvar import cli
-from fastvar.store import Store
+from fastvar.store import HOW_COLUMNS, Store
 from conftest import ROOT
 from test_failures import error_lines
 
@@ -101,6 +101,7 @@ def test_study_api_trains_the_last_loop_batch_unpadded_and_stores_the_seeds(synt
         assert (r["init_seed"], r["order_seed"]) == (seeds.init_seed, seeds.order_seed)
         assert r["aug_seed"] is None  # the seed recipe does not augment: no augmentation seed
         assert r["strategy"] == "loop" and r["precision"] == "float32"
+        assert None not in [r[name] for name in HOW_COLUMNS]  # every how-column is recorded
         assert r["test_logits"].shape == (r["n_test"], 10) and 0 <= r["test_acc"] <= 1
         assert len(r["train_loss_curve"]) == len(r["train_acc_curve"]) == 1
 

@@ -14,7 +14,8 @@ from ..data import balanced_subset, load_dataset
 from ..errors import AnalysisError, Param, StoreError
 from ..precisions import PRECISIONS
 from ..sources import experiment_sources
-from ..store import DEFINITION, Store, flatten, folder_name, holds_runs, shard_stores, sweep_points, weights_path
+from ..store import (DEFINITION, HOW_COLUMNS, Store, flatten, folder_name, holds_runs, shard_stores, sweep_points,
+                     weights_path)
 from . import cka as cka_module
 from .metrics import snapshot_ensembles, summarize
 from .plots import analysis_figures, save_figures
@@ -247,14 +248,11 @@ def tables(analyses):
     return out
 
 
-# How a run was trained, beyond its config: rows that differ here round differently (float32 CPU
-# convolutions round by thread count; vmap by its M), so a folder that mixes them mixes regimes.
-TRAINED_WITH = ("device", "strategy", "precision", "conv", "compiled", "cuda_graph", "threads", "batch_models")
 
 
 def trained_with(row):
     """The row's training regime: threads count on the CPU only, graphs on CUDA only, M under vmap only."""
-    regime = {k: row.get(k) for k in TRAINED_WITH}
+    regime = {k: row.get(k) for k in HOW_COLUMNS}
     if not str(regime["device"]).startswith("cpu"):
         regime["threads"] = None
     if not str(regime["device"]).startswith("cuda"):
@@ -265,10 +263,10 @@ def trained_with(row):
 
 
 def mixed_settings(rows):
-    """{setting: {value: run indices}} for each TRAINED_WITH setting whose value differs between rows
+    """{setting: {value: run indices}} for each HOW_COLUMNS setting whose value differs between rows
     (an older folder's unrecorded value is None); empty when every run was trained alike."""
     mixed = {}
-    for name in TRAINED_WITH:
+    for name in HOW_COLUMNS:
         by_value = {}
         for row in rows:
             by_value.setdefault(trained_with(row)[name], []).append(row["run_index"])

@@ -4,17 +4,31 @@ Names load on first use, so that the command line can set process-wide settings 
 runtime reads when torch loads (fastvar.launch) before anything imports torch.
 """
 import importlib
+from typing import TYPE_CHECKING
 
 _EXPORTS = {
-    "Study": "study", "Sweep": "sweep", "analyze": "analysis.report", "results": "analysis.report",
-    "load_cifar10": "data", "load_dataset": "data",
+    "Study": "study", "Sweep": "sweep", "Execution": "execution",
+    "analyze": "analysis.report", "results": "analysis.report", "compare": "analysis.report",
+    "sweep_summary": "analysis.report", "Analysis": "analysis.report", "Store": "store",
+    "load_dataset": "data",
     "FastvarError": "errors", "ConfigError": "errors", "DataError": "errors", "StoreError": "errors",
     "AnalysisError": "errors",
     "Recipe": "recipes", "Adam": "recipes", "SGD": "recipes", "Constant": "recipes", "Linear": "recipes",
     "Cosine": "recipes", "Augment": "recipes", "RECIPES": "recipes",
-    "Dataset": "data", "register_model": "models", "Execution": "execution",
+    "Dataset": "data", "register_model": "models",
 }
 __all__ = list(_EXPORTS)
+
+if TYPE_CHECKING:  # what editors and type checkers see of the names loaded on first use
+    from .analysis.report import Analysis, analyze, compare, results, sweep_summary
+    from .data import Dataset, load_dataset
+    from .errors import AnalysisError, ConfigError, DataError, FastvarError, StoreError
+    from .execution import Execution
+    from .models import register_model
+    from .recipes import RECIPES, SGD, Adam, Augment, Constant, Cosine, Linear, Recipe
+    from .store import Store
+    from .study import Study
+    from .sweep import Sweep
 
 
 def __getattr__(name):

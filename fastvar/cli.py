@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 from .analysis.export import FORMATS, export  # noqa: E402
 from .analysis.plots import plot_study  # noqa: E402
-from .analysis.report import (analyze, compare_folders, comparison_lines, json_line, notes,  # noqa: E402
+from .analysis.report import (analyze, compare, comparison_lines, json_line, notes,  # noqa: E402
                               sweep_sections, sweep_summary, tables, write_report)
 from .data import DATASETS, default_data_dir, load_arrays, load_dataset  # noqa: E402
 from .engine.replicas import CONVS  # noqa: E402
@@ -374,7 +374,7 @@ def check_writable(path, remedy):
 
 
 def compare_command(args):
-    acc_a, acc_b, results = compare_folders(args.folder_a, args.folder_b)
+    acc_a, acc_b, results = compare(args.folder_a, args.folder_b)
     print("\n".join(comparison_lines(args.folder_a, args.folder_b, acc_a, acc_b, results)))
     return 0
 

@@ -136,10 +136,6 @@ def load_arrays(path):
     return Dataset.from_arrays(**read_npz(path, "write it again with numpy.savez"))
 
 
-def load_cifar10(data_dir=None, **kwargs):
-    return load_dataset("cifar10", data_dir, **kwargs)
-
-
 def read_arrays(root):
     if (root / NPZ).is_file():
         return read_npz(root / NPZ, "delete it and run again with downloading on (fastvar then fetches the "

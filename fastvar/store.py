@@ -39,7 +39,7 @@ COLUMNS = {
     "test_acc_curve": "TEXT", "test_loss_curve": "TEXT",  # per epoch, with --eval-every-epoch
     "dropout_seed": "INTEGER", "perturb_seed": "INTEGER", "kernels_nondeterministic": "INTEGER",
     "diverged": "INTEGER",  # 1: the loss or the logits stopped being finite; its run finished anyway
-    # the hyperparameters a sweep varies, as trained (for a sweep's DataFrame)
+    # the hyperparameters a sweep varies, as trained (for a sweep's results)
     "lr": "REAL", "weight_decay": "REAL", "label_smoothing": "REAL", "epochs": "INTEGER", "width": "INTEGER",
     "batch_size": "INTEGER",
     "compiled": "INTEGER",  # 1: trained through torch.compile

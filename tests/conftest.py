@@ -11,7 +11,7 @@ sys.path.insert(0, str(ROOT))
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # Triton kernels run on the CPU, through numpy; read at import
 
-from fastvar.data import Dataset, default_data_dir, load_cifar10  # noqa: E402
+from fastvar.data import Dataset, default_data_dir, load_dataset  # noqa: E402
 from fastvar.engine.replicas import whole_weight  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def real_data_dir():
 
 @pytest.fixture(scope="session")
 def real_subset(real_data_dir):
-    return load_cifar10(real_data_dir, train_subset=200, test_subset=100)
+    return load_dataset("cifar10", real_data_dir, train_subset=200, test_subset=100)
 
 
 def named_gradients(replicas, grads):

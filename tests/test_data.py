@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fastvar import cli
-from fastvar.data import DataError, load_cifar10
+from fastvar.data import DataError, load_dataset
 from test_failures import error_lines
 from conftest import random_arrays
 
@@ -45,12 +45,12 @@ def assert_same(data, arrays):
 def test_official_archive_and_folder(tmp_path):
     arrays = random_arrays(50, 20, seed=1)
     write_archive(tmp_path / "cifar-10-python.tar.gz", official_files(arrays))
-    assert_same(load_cifar10(tmp_path), arrays)
+    assert_same(load_dataset("cifar10", tmp_path), arrays)
     folder = tmp_path / "extracted"
     (folder / "cifar-10-batches-py").mkdir(parents=True)
     for name, raw in official_files(arrays).items():
         (folder / "cifar-10-batches-py" / name).write_bytes(raw)
-    assert_same(load_cifar10(folder), arrays)
+    assert_same(load_dataset("cifar10", folder), arrays)
 
 
 def test_pixel_layout_is_red_plane_first(tmp_path):
@@ -59,19 +59,19 @@ def test_pixel_layout_is_red_plane_first(tmp_path):
     arrays["x_train"][0, 1, 2] = (10, 20, 30)  # row 1, column 2: R, G, B
     write_archive(tmp_path / "cifar-10-python.tar.gz", official_files(arrays))
     row = official_files(arrays)["data_batch_1"]
-    data = load_cifar10(tmp_path)
+    data = load_dataset("cifar10", tmp_path)
     assert tuple(data.x_train[0, 1, 2].tolist()) == (10, 20, 30)
     assert len(row) > 3072
 
 
 def test_balanced_subset(synthetic_dir):
-    data = load_cifar10(synthetic_dir, train_subset=45, test_subset=20)
+    data = load_dataset("cifar10", synthetic_dir, train_subset=45, test_subset=20)
     assert data.y_train.bincount().tolist() == [5] * 5 + [4] * 5
     assert data.y_test.bincount().tolist() == [2] * 10
-    again = load_cifar10(synthetic_dir, train_subset=45)
+    again = load_dataset("cifar10", synthetic_dir, train_subset=45)
     assert np.array_equal(again.x_train.numpy(), data.x_train.numpy())  # fixed, not random
     with pytest.raises(DataError, match="needs"):
-        load_cifar10(synthetic_dir, train_subset=10_000)
+        load_dataset("cifar10", synthetic_dir, train_subset=10_000)
 
 
 def test_a_pickle_that_would_run_code_is_refused(tmp_path):
@@ -82,7 +82,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     files["test_batch"] = pickle.dumps({b"data": Evil(), b"labels": []})
     write_archive(tmp_path / "cifar-10-python.tar.gz", files)
     with pytest.raises(DataError, match="unexpected object"):
-        load_cifar10(tmp_path)
+        load_dataset("cifar10", tmp_path)
 
 
 def run_cli(capsys, *args):

@@ -133,3 +133,14 @@ def test_a_study_shows_a_bar_unless_told_not_to(synthetic_dir, tmp_path, capsys)
     calls = []
     Study(runs=4, width=2, epochs=1).run(tmp_path / "bar", data_dir=synthetic_dir, progress=lambda d, t: calls.append((d, t)))
     assert calls[0] == (0, 1) and calls[-1] == (1, 1) and capsys.readouterr().err == ""
+
+
+def test_every_public_name_loads_and_editors_see_each_one():
+    import ast
+    import fastvar
+    tree = ast.parse((ROOT / "fastvar" / "__init__.py").read_text())
+    guarded = next(node for node in tree.body if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test))
+    seen = {alias.asname or alias.name for node in guarded.body for alias in node.names}
+    assert seen == set(fastvar.__all__)
+    assert all(getattr(fastvar, name) is not None for name in fastvar.__all__)
+    assert not hasattr(fastvar, "load_cifar10")  # one loader: load_dataset

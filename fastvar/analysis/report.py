@@ -372,7 +372,7 @@ def run_seeds_key(row):
     return (row["run_index"], *(row[c] for c in SEED_COLUMNS))
 
 
-def compare_folders(folder_a, folder_b):
+def compare(folder_a, folder_b):
     """B minus A in test accuracy: Welch's test, and the paired test over runs with the same seeds."""
     (_, rows_a), (_, rows_b) = read_runs(folder_a), read_runs(folder_b)
     acc_a, acc_b = [r["test_acc"] for r in rows_a], [r["test_acc"] for r in rows_b]
@@ -426,7 +426,7 @@ def sweep_summary(folder):
         if path == best_path:
             rows.append(cells + ["best", "–"])
             continue
-        test = compare_folders(best_path, path)[2][-1] if len(acc) > 1 else None
+        test = compare(best_path, path)[2][-1] if len(acc) > 1 else None
         if test is None:
             rows.append(cells + ["–", "–"])
             continue
@@ -442,15 +442,11 @@ def sweep_summary(folder):
 
 def results(folder):
     """Every run of a study folder, or of every point of a sweep folder (with the point's values as
-    columns), as a pandas DataFrame if pandas is installed, else as a list of dicts."""
+    columns), as a list of dicts whatever is installed (`pandas.DataFrame(results(folder))` makes a frame)."""
     folder = Path(folder)
     if holds_runs(folder):
         rows = read_runs(folder)[1]
     else:
         rows = [{**row, **point, "point": folder_name(point)} for point, path in sweep_points(folder)
                 if holds_runs(path) for row in read_runs(path)[1]]
-    try:
-        import pandas
-    except ImportError:
-        return rows
-    return pandas.DataFrame(rows)
+    return rows

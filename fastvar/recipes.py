@@ -12,6 +12,7 @@ folders keep their hashes. Learning rates are peaks; the schedule shapes them ov
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Callable, Mapping
 
+from .canonical import declared_defaults, without_defaults
 from .errors import ConfigError
 from .models import model_name
 
@@ -66,7 +67,7 @@ class Cosine:
     warmup_fraction: float = 0.0
 
     def to_dict(self):
-        return {"name": "cosine", **{k: v for k, v in asdict(self).items() if v}}
+        return {"name": "cosine", **without_defaults(asdict(self), declared_defaults(Cosine))}
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class Augment:
     pad_mode: str = "zeros"
 
     def to_dict(self):
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+        return without_defaults(asdict(self), declared_defaults(Augment))
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class Recipe(Mapping):
              "optimizer": self.optimizer.to_dict(), "schedule": self.schedule.to_dict(),
              "augment": self.augment.to_dict(), "mean": list(self.mean), "std": list(self.std)}
         optional = {"lr_scale_1d": self.lr_scale_1d, "dropout": self.dropout, "label_smoothing": self.label_smoothing}
-        return {**d, **{k: v for k, v in optional.items() if v}}
+        return {**d, **without_defaults(optional, declared_defaults(Recipe))}
 
     def __getitem__(self, key):
         return self.to_dict()[key]

@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from .canonical import declared_defaults, without_defaults
 from .data import DATASETS, load_dataset
 from .engine.replicas import check_replicable
 from .engine.train import replica_hyperparameters, train_replicas
@@ -160,9 +161,9 @@ class Study:
                 recipe["optimizer"] = {**recipe["optimizer"], name: value}
             else:
                 recipe[name] = value
-        if self.dropout:
+        if self.dropout is not None:
             recipe["dropout"] = self.dropout
-        if self.snapshots:  # the recipe's cosine (warm-up included) or a plain one, in cycles
+        if self.snapshots is not None:  # the recipe's cosine (warm-up included) or a plain one, in cycles
             cosine = recipe["schedule"] if recipe["schedule"]["name"] == "cosine" else {"name": "cosine"}
             recipe["schedule"] = {**cosine, "cycles": self.snapshots}
         return recipe
@@ -186,15 +187,14 @@ class Study:
         config = {"recipe": self.recipe_name(), "hyperparameters": self.recipe_dict(), "width": self.resolved_width(),
                   "train_subset": self.train_subset, "test_subset": self.test_subset, "seed": self.seed,
                   "experiment": self.experiment, "precision": self.resolved_precision(device)}
-        # Newer settings only where set, so that older folders keep their config hash.
+        # Newer settings only where not at their defaults, so that older folders keep their config hash.
         optional = {"grid": self.grid and list(self.grid), "vary": self.vary and list(self.vary),
-                    "fixed_seed": self.fixed_seed, "onset_epoch": self.onset_epoch,
-                    "dataset": self.dataset if self.dataset != "cifar10" else None,
-                    "epoch_order": self.epoch_order if self.epoch_order != "fresh" else None,
+                    "fixed_seed": self.fixed_seed, "onset_epoch": self.onset_epoch, "dataset": self.dataset,
+                    "epoch_order": self.epoch_order,
                     # a model of the user's own: its parameters' names and shapes, beside its name
                     "architecture": None if self.recipe_dict()["model"] in BUILTIN_MODELS
                     else architecture_digest(self.model_factory())}
-        return {**config, **{k: v for k, v in optional.items() if v}}
+        return {**config, **without_defaults(optional, {**declared_defaults(Study), "architecture": None})}
 
     def batch_settings(self, device):
         """What every replica of one batch must share: the config, less the hyperparameters a batch

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .canonical import declared_defaults, without_defaults
 from .errors import ConfigError, Param, StoreError
 from .progress import progress_of
 from .store import DEFINITION, folder_name, grid_points
@@ -120,6 +121,5 @@ def definition(settings, study):
     """A sweep's settings and the Study arguments its points share that change results: not how they
     run (HOW, such as the shard), and not those left at Study's defaults, so that a setting added to
     Study later leaves every earlier sweep folder this sweep's."""
-    defaults = {f.name: f.default for f in fields(Study)}
-    return {"settings": settings, "study": {k: v for k, v in study.items()
-                                            if k not in HOW and not (k in defaults and v == defaults[k])}}
+    kept = without_defaults(study, declared_defaults(Study))
+    return {"settings": settings, "study": {k: v for k, v in kept.items() if k not in HOW}}

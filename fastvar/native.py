@@ -60,7 +60,7 @@ def pointer(tensor):
 def retain_freed_memory():
     """Have glibc's malloc keep freed memory for reuse instead of returning it to the system. By
     default a freed block of more than 128 kB goes back to the system, and the next step's identical
-    temporaries fault in fresh zeroed pages: about 7 % of the seed model's CPU training step. A
+    temporaries fault in fresh zeroed pages (its cost: docs/performance.md). A
     process-wide setting, so the command line and the benchmark make it, not the library; a no-op
     where the C library is not glibc."""
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)

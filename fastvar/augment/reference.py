@@ -160,7 +160,7 @@ def normalize_rows(x, mean, std, dtype, cpu_chunk=64):
     normalize_table, elementwise, so each pixel equals its table entry.
 
     In place, on a CPU `cpu_chunk` images at a time: the float32 intermediates stay in cache (passes
-    over the whole batch were memory-bound there, 2.6× slower); on a GPU in one chunk. Mean and std
+    over the whole batch are memory-bound there; docs/performance.md); on a GPU in one chunk. Mean and std
     as whole rows: a broadcast over an inner dimension of C is slow. A row of 255s too:
     CUDA divides by a scalar as a multiplication by its reciprocal, which rounds differently."""
     chunk = cpu_chunk if x.device.type == "cpu" else max(len(x), 1)

@@ -8,12 +8,9 @@ tiny outputs, faster than oneDNN's on a CPU, in either strategy).
   from the tensor cores' rate (and whose compiled backward trips a stride check). As an explicit
   im2col and one matrix product, vmap makes it one batched matrix product over replicas, with
   large matrices: (B·Ho·Wo × k²·C) by (k²·C × Cout). On a CPU it also beats oneDNN's convolution
-  where outputs are tiny, and loses elsewhere. Measured for the seed model's training step: GEMM for
-  outputs of at most 2×2 pixels makes the step 2.0× faster than oneDNN throughout; up to 4×4, 1.9×;
-  up to 8×8, 1.6×. ResNet-14 (16 channels at 32×32, 64 at 8×8) with GEMM up to 8×8: 0.8×, and 6×
-  slower with every conv GEMM. Hence `small_convs` at 4 pixels. On images of fewer than k² pixels
-  the unrolled form (the whole linear map, no products with the padding) took the seed model's step
-  from 250 to 200 ms more.
+  where outputs are tiny, and loses elsewhere: hence `small_convs`, at the output size where the
+  measurements in docs/performance.md ("Convolutions on tiny images") turn. On images of fewer than
+  k² pixels the unrolled form (the whole linear map) leaves out every product with the padding.
 
 - GroupedConv2d, ImplicitConv2d: under vmap, all replicas' convolutions at once with no columns in
   memory, through a custom op with its own vmap rule (fastvar.engine.replica_conv): one grouped

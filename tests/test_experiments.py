@@ -115,6 +115,7 @@ def test_vary_kernels_on_the_cpu_says_so_and_gives_identical_runs(synthetic_dir,
     assert [r["kernels_nondeterministic"] for r in rows] == [1, 1]
 
 
+@pytest.mark.slow
 def test_one_ulp_leaves_a_linear_model_stable_and_not_one_with_a_hidden_layer(real_data_dir, tmp_path):
     """Summers & Dinneen's depth finding on real CIFAR-10: 632 Adam steps (10,000 images, 8 epochs)."""
     sd = {}

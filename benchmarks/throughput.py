@@ -33,7 +33,7 @@ import torch.utils.flop_counter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastvar import native  # noqa: E402
-from fastvar.data import DataError, Dataset, load_cifar10  # noqa: E402
+from fastvar.data import DataError, Dataset, load_dataset  # noqa: E402
 from fastvar.models import MODELS, build_model  # noqa: E402
 from fastvar.engine.replicas import CONVS, Replicas  # noqa: E402
 from fastvar.sources import run_seeds  # noqa: E402
@@ -206,7 +206,7 @@ def theoretical_cpu_peak():
 
 def benchmark_data(data_dir, device):
     try:
-        data, source = load_cifar10(data_dir, train_subset=10_000, test_subset=100), "CIFAR-10"
+        data, source = load_dataset("cifar10", data_dir, train_subset=10_000, test_subset=100), "CIFAR-10"
     except DataError:
         g = torch.Generator().manual_seed(0)
         x = torch.randint(0, 256, (10_000, 32, 32, 3), dtype=torch.uint8, generator=g)

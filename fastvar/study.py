@@ -5,12 +5,9 @@ runs still to train, trained M at a time as its Execution says.
     Study(experiment="fixed-init", runs=64).run("results/fixed-init", execution=Execution(batch_models=16))
 """
 import shutil
-import sys
-import time
-from types import MappingProxyType
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
+from types import MappingProxyType
 from typing import Callable
 
 import torch
@@ -18,15 +15,16 @@ import torch
 from .canonical import declared_defaults, without_defaults
 from .data import DATASETS, load_dataset
 from .engine.replicas import check_replicable
-from .engine.train import replica_hyperparameters, train_replicas
+from .engine.train import replica_hyperparameters
 from .errors import ConfigError, Param
 from .execution import Execution
-from .progress import progress_of
 from .models import BUILTIN_MODELS, architecture_digest, model_name, model_spec
-from .precisions import COMPUTE_DTYPE, PRECISIONS
+from .precisions import PRECISIONS
+from .progress import progress_of
 from .recipes import RECIPES, Recipe
-from .sources import EPOCH_ORDERS, SOURCES, experiment_sources, kernel_mode, run_seeds
-from .store import Store, config_hash, db_name, run_key, weights_path
+from .runner import train_runs
+from .sources import EPOCH_ORDERS, SOURCES, experiment_sources, run_seeds
+from .store import Store, config_hash, db_name, run_key
 
 # Recipe hyperparameters a study may replace, with their allowed range [low, high).
 OVERRIDABLE = {"lr": (1e-12, float("inf")), "weight_decay": (0, float("inf")), "label_smoothing": (0, 1),
@@ -309,91 +307,3 @@ def discard(folder, shard, store, made_folder, made_file):
         name = db_name(shard)
         for leftover in (name, f"{name}.lock", f"{name}-journal"):
             (folder / leftover).unlink(missing_ok=True)
-
-
-def train_runs(entries, data, execution, progress=None):
-    """Train (study, store, run index) entries as `execution` says, its `batch_models` per batched step.
-    The studies of one call may differ only in the hyperparameters a batch can hold per replica (a
-    sweep's points)."""
-    if not entries:
-        return
-    if progress:
-        progress(0, len(entries))  # training starts
-    lead, device, size = entries[0][0], execution.resolved_device(), execution.batch_models
-    data = data.to(device)
-    with kernel_mode("kernels" in lead.varied(), device):
-        for start in range(0, len(entries), size):
-            chunk = entries[start:start + size]
-            on_step = progress and (lambda fraction, start=start, n=len(chunk):
-                                    progress(start + fraction * n, len(entries)))
-            train_or_split(chunk, data, execution, device, on_step, size)
-
-
-def train_or_split(chunk, data, execution, device, on_step, size):
-    """Train `chunk` as one batch of `size` replicas; out of memory, as two halves, down to one replica."""
-    try:
-        train_chunk(chunk, data, execution, device, on_step, size)
-    except torch.OutOfMemoryError:
-        if size == 1:
-            raise
-        half = (size + 1) // 2
-        print(f"fastvar: out of memory with {size} replicas in a batch; retrying in batches of {half}",
-              file=sys.stderr)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        for start in range(0, len(chunk), half):
-            part = chunk[start:start + half]
-            part_step = on_step and (lambda f, start=start, n=len(part): on_step((start + f * n) / len(chunk)))
-            train_or_split(part, data, execution, device, part_step, half)
-
-
-def train_chunk(chunk, data, execution, device, on_step, size):
-    # Under vmap, pad with copies of the chunk's last run, trained and thrown away, so every batch has
-    # `size` replicas: static shapes, and a vmap result never depends on how full its batch was. A
-    # loop run does not depend on its batch, so the loop trains exactly the runs it has.
-    lead = chunk[0][0]
-    check_one_batch(chunk, device)
-    strategy, compile = execution.resolved_strategy(device), execution.resolved_compile(device)
-    precision = lead.resolved_precision(device)
-    padded = chunk + [chunk[-1]] * (size - len(chunk)) if strategy == "vmap" else chunk
-    seeds = [study.seeds(i) for study, _, i in padded]
-    keep = [r for r, (study, _, i) in enumerate(chunk) if i < study.save_weights]
-    started = time.perf_counter()
-    results = train_replicas(data, lead.recipe_dict(), seeds, model=lead.model_factory(), width=lead.resolved_width(),
-                             strategy=strategy, dtype=PRECISIONS[precision], compute_dtype=COMPUTE_DTYPE.get(precision),
-                             compile=compile, conv=execution.conv, cuda_graphs=execution.resolved_cuda_graphs(device),
-                             on_step=on_step, keep_weights=keep,
-                             eval_every_epoch=lead.eval_every_epoch, onset_epoch=lead.onset_epoch or 0,
-                             fixed=run_seeds(set(), 0, lead.seed, lead.fixed_seed), epoch_order=lead.epoch_order,
-                             hyper=[replica_hyperparameters(study.recipe_dict()) for study, _, _ in padded])
-    wall_s = (time.perf_counter() - started) / len(padded)
-    for r in keep:  # before the rows: a stored run with saved weights always has its file
-        study, store, i = chunk[r]
-        save_weights(results[r].pop("weights"), weights_path(store.folder, study.experiment, i))
-    how = {"strategy": strategy, "compiled": int(compile is not None), "conv": execution.conv, "wall_s": wall_s,
-           "device": str(device), "n_test": len(data.y_test), "batch_models": len(padded),
-           "threads": torch.get_num_threads(), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    by_store = {}
-    for (study, store, _), s, result in zip(chunk, seeds, results):
-        by_store.setdefault(store, []).append(study.row(s, result, how))
-    for store, rows in by_store.items():  # one transaction per folder
-        store.add_runs(rows)
-
-
-def check_one_batch(chunk, device):
-    """Every study of a batch agrees on what a batch cannot hold per replica: its lead's settings are
-    the batch's (Sweep.run groups its points so; this holds it)."""
-    lead = chunk[0][0]
-    shared = lead.batch_settings(device)
-    for study, _, _ in chunk[1:]:
-        if study is not lead and study.batch_settings(device) != shared:
-            raise ValueError(f"{study.experiment} and {lead.experiment} differ in more than the per-replica "
-                             f"hyperparameters ({', '.join(replica_hyperparameters(lead.recipe_dict()))}): "
-                             f"they cannot share a batch")
-
-
-def save_weights(state_dict, path):
-    path.parent.mkdir(exist_ok=True)
-    partial = path.with_suffix(".part")
-    torch.save(state_dict, partial)
-    partial.replace(path)  # atomic: a kill never leaves a half-written file under the final name

@@ -19,7 +19,8 @@ from .errors import ConfigError, Param, StoreError
 from .progress import progress_of
 from .store import DEFINITION, folder_name, grid_points
 from .execution import Execution
-from .study import Study, train_runs
+from .runner import train_runs
+from .study import Study
 
 BATCHABLE = ("lr", "weight_decay", "label_smoothing")
 STUDY_FIELDS = ("epochs", "width")  # set on the Study itself; the rest replace recipe values

@@ -197,7 +197,7 @@ def test_the_analysis_package_imports_without_the_training_engine():
     loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                             cwd=ROOT).stdout
     assert "'fastvar.analysis.report'" in loaded
-    for engine in ("fastvar.engine", "fastvar.study", "fastvar.sweep", "fastvar.execution"):
+    for engine in ("fastvar.engine", "fastvar.study", "fastvar.sweep", "fastvar.execution", "fastvar.runner"):
         assert f"'{engine}" not in loaded, loaded
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastvar import Execution, Study, cli, study as study_module
+from fastvar import Execution, Study, cli, runner as study_module
 from fastvar.sources import run_seeds
 from fastvar.store import Store
 from fastvar.recipes import RECIPES

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastvar import Study, cli, launch, progress, study as study_module
+from fastvar import Study, cli, launch, progress, runner as study_module
 from fastvar.analysis.export import export
 from fastvar.engine.replicas import Replicas
 from fastvar.analysis.report import analyze_folder

@@ -150,7 +150,7 @@ def test_a_sweep_on_arrays_of_ones_own_names_them_in_every_points_config(tmp_pat
 def test_studies_that_differ_in_more_than_per_replica_hyperparameters_cannot_share_a_batch():
     import fastvar
     from conftest import random_arrays
-    from fastvar.study import train_runs
+    from fastvar.runner import train_runs
     data = fastvar.Dataset.from_arrays(**random_arrays(16, 10))
     short, long = (fastvar.Study(width=2, epochs=epochs, runs=1) for epochs in (1, 2))
     with pytest.raises(ValueError, match="cannot share a batch"):

@@ -9,7 +9,7 @@ they share their seeds, so the summary's differences are paired.
 import sys
 
 import fastvar
-from fastvar.analysis.report import sweep_summary
+from fastvar.analysis.compare import sweep_summary
 
 out = sys.argv[1] if len(sys.argv) > 1 else "results/examples/lr-sweep"
 sweep = fastvar.Sweep({"lr": [5e-4, 1e-3, 2e-3]}, runs_per_point=8,

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "Study": "study", "Sweep": "sweep", "Execution": "execution",
-    "analyze": "analysis.report", "results": "analysis.report", "compare": "analysis.report",
-    "sweep_summary": "analysis.report", "Analysis": "analysis.report", "Store": "store",
+    "analyze": "analysis.compute", "results": "analysis.load", "compare": "analysis.compare",
+    "sweep_summary": "analysis.compare", "Analysis": "analysis.compute", "Store": "store",
     "load_dataset": "data",
     "FastvarError": "errors", "ConfigError": "errors", "DataError": "errors", "StoreError": "errors",
     "AnalysisError": "errors",
@@ -20,7 +20,9 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # what editors and type checkers see of the names loaded on first use
-    from .analysis.report import Analysis, analyze, compare, results, sweep_summary
+    from .analysis.compare import compare, sweep_summary
+    from .analysis.compute import Analysis, analyze
+    from .analysis.load import results
     from .data import Dataset, load_dataset
     from .errors import AnalysisError, ConfigError, DataError, FastvarError, StoreError
     from .execution import Execution

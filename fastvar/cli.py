@@ -1,5 +1,5 @@
 """The command line: `train` (the default subcommand), `sweep`, `plot`, `analyze`, `compare`, `merge`,
-`export`, `download`. A thin layer over fastvar.Study and fastvar.analysis.report."""
+`export`, `download`. A thin layer over fastvar.Study, fastvar.Sweep and fastvar.analysis."""
 from .launch import set_openmp_wait
 
 set_openmp_wait()  # before torch loads (the imports below): the runtime reads it once
@@ -15,8 +15,9 @@ import torch  # noqa: E402
 
 from .analysis.export import FORMATS, export  # noqa: E402
 from .analysis.plots import plot_study  # noqa: E402
-from .analysis.report import (analyze, compare, comparison_lines, json_line, notes,  # noqa: E402
-                              sweep_sections, sweep_summary, tables, write_report)
+from .analysis.compare import compare, comparison_lines, sweep_sections, sweep_summary  # noqa: E402
+from .analysis.compute import analyze  # noqa: E402
+from .analysis.report import json_line, notes, tables, write_report  # noqa: E402
 from .data import DATASETS, default_data_dir, load_arrays, load_dataset  # noqa: E402
 from .engine.replicas import CONVS  # noqa: E402
 from .errors import ConfigError, FastvarError, StoreError, writing  # noqa: E402

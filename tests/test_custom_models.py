@@ -192,7 +192,8 @@ def test_bad_arrays_give_one_line(arrays, message):
 
 
 def test_the_analysis_package_imports_without_the_training_engine():
-    script = ("import sys, fastvar.analysis.report, fastvar.analysis.export, fastvar.analysis.plots; "
+    script = ("import sys, fastvar.analysis.report, fastvar.analysis.compare, fastvar.analysis.export, "
+              "fastvar.analysis.plots; "
               "print(sorted(m for m in sys.modules if m.startswith('fastvar')))")
     loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                             cwd=ROOT).stdout

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fastvar import Study, cli, launch, progress, runner as study_module
 from fastvar.analysis.export import export
 from fastvar.engine.replicas import Replicas
-from fastvar.analysis.report import analyze_folder
+from fastvar.analysis.compute import analyze_folder
 from fastvar.sources import DataOrder, run_seeds
 from fastvar.store import Store
 from fastvar.augment import normalized

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fastvar import cli
-from fastvar.analysis.report import analyze_folder, run_seeds_key
+from fastvar.analysis.compare import run_seeds_key
+from fastvar.analysis.compute import analyze_folder
 from fastvar.analysis.plots import analysis_figures
 from fastvar.analysis.stats import variance_components
 from fastvar.store import Store

@@ -8,7 +8,7 @@ import torch
 
 from fastvar import cli
 from fastvar.cli import shard_from_environment
-from fastvar.analysis.report import read_runs
+from fastvar.analysis.load import read_runs
 from fastvar.store import Store
 from conftest import ROOT
 

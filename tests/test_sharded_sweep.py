@@ -1,7 +1,7 @@
 """A sweep trained in shards (torchrun, SLURM or --shard): every shard trains its runs into one sweep
 folder, the summary and fastvar.results read the unmerged shard files, and merge combines them."""
 from fastvar import cli, results
-from fastvar.analysis.report import sweep_summary
+from fastvar.analysis.compare import sweep_summary
 from fastvar.store import Store
 
 

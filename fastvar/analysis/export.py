@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import Param, writing
-from .report import read_runs, test_labels
+from .load import read_runs, test_labels
 
 FORMATS = ("npz", "seed-npy")
 SEED_AVERAGING = ("losses are means of per-batch mean losses, the last partial batch weighted like a full one "

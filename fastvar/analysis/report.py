@@ -1,155 +1,16 @@
-"""Reading studies back: each results folder's metrics, the tables `analyze` prints, `compare`, and
-report.md with its plots."""
+"""Rendering analyses: the tables `analyze` prints, the notes above them, what was trained, the JSON
+line, and report.md with its plots."""
 import json
 import math
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..augment import normalized
-from ..data import balanced_subset, load_dataset
-from ..errors import AnalysisError, Param, StoreError
-from ..precisions import PRECISIONS
 from ..sources import experiment_sources
-from ..store import (DEFINITION, HOW_COLUMNS, Store, flatten, folder_name, holds_runs, shard_stores, sweep_points,
-                     weights_path)
-from . import cka as cka_module
-from .metrics import snapshot_ensembles, summarize
+from ..store import flatten
+from .compute import DIFFERENCES_PP, mixed_settings
 from .plots import analysis_figures, save_figures
-from .stats import paired, runs_per_arm, variance_components, welch
-
-DIFFERENCES_PP = (0.05, 0.1, 0.2, 0.5)  # accuracy differences the power table plans for
-
-
-@dataclass
-class Analysis:
-    folder: Path
-    config: dict
-    rows: list
-    labels: np.ndarray
-    metrics: dict
-    components: list = field(default_factory=list)  # variance components, for a grid
-    cka: dict = field(default_factory=dict)  # layer -> {"mean", "sd", "pairs"}, with --cka
-
-    @property
-    def name(self):
-        return str(self.folder)
-
-    def correct(self):
-        """R×n: which test examples each run gets right."""
-        return np.stack([r["test_logits"].argmax(-1) for r in self.rows]) == self.labels
-
-    def to_json(self):
-        return {"folder": self.name, **self.metrics,
-                "components": [{"name": c.name, "variance": c.variance, "low": c.low, "high": c.high}
-                               for c in self.components], "cka": self.cka}
-
-
-def read_runs(folder):
-    """A folder's stores (its runs.sqlite, or its shard files if not merged yet: one study either way)
-    and its runs; the first store holds the config and labels."""
-    stores = [] if (Path(folder) / "runs.sqlite").is_file() else shard_stores(folder)
-    stores = stores or [Store(folder)]
-    rows = {r["run_key"]: r for s in stores for r in s.runs()}
-    if not rows:
-        raise StoreError(f"{folder} holds no finished runs yet")
-    return stores, sorted(rows.values(), key=lambda r: r["run_index"])
-
-
-def test_labels(store, rows, data_dir=None):
-    labels = store.labels()
-    if labels is None:  # a folder from before the labels were stored: read them from the data
-        labels = load_dataset(store.config.get("dataset", "cifar10"), data_dir,
-                              test_subset=store.config["test_subset"]).y_test.numpy()
-    if len(labels) != rows[0]["n_test"]:
-        raise StoreError(f"{store.folder}: {len(labels)} test labels for logits of {rows[0]['n_test']} examples")
-    return labels
-
-
-def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
-    stores, rows = read_runs(folder)
-    store = stores[0]
-    diverged = sum(bool(r["diverged"]) for r in rows)
-    rows = [r for r in rows if not r["diverged"]]  # their spread is not the spread of training
-    if not rows:
-        raise AnalysisError(f"{folder}: every run diverged")
-    labels = test_labels(store, rows, data_dir)
-    metrics = summarize([r["test_acc"] for r in rows], [r["test_loss"] for r in rows],
-                        np.stack([r["test_logits"] for r in rows]), labels, seed=seed)
-    snapshots = {k: v for s in stores for k, v in s.snapshots().items()}
-    if snapshots:
-        metrics["snapshots"] = snapshot_ensembles(
-            np.stack([snapshots[r["run_key"]] for r in rows if r["run_key"] in snapshots]), labels, seed)
-    metrics["diverged"] = diverged
-    metrics["mixed"] = {name: {str(value): runs for value, runs in by_value.items()}
-                        for name, by_value in mixed_settings(rows).items()}
-    metrics["runs_per_arm"] = {f"{d:g}": runs_per_arm(metrics["acc_sd"], d / 100) if metrics["n"] > 1 else None
-                               for d in DIFFERENCES_PP}
-    analysis = Analysis(Path(folder), store.config, rows, labels, metrics)
-    if store.config["experiment"] == "grid":
-        analysis.components = grid_components(store.config["grid"], rows, folder)
-    if with_cka:
-        analysis.cka = folder_cka(folder, store.config, rows, data_dir)
-    return analysis
-
-
-def analyze(*folders, data_dir=None, cka=False, seed=0):
-    """The analysis of each results folder, as `python run.py analyze` computes it; a sweep's folder
-    stands for its points that have finished runs."""
-    return [analyze_folder(f, data_dir=data_dir, with_cka=cka, seed=seed) for f in study_folders(folders)]
-
-
-def is_sweep_folder(folder):
-    return (Path(folder) / DEFINITION).is_file() and not holds_runs(folder)
-
-
-def study_folders(folders):
-    """`folders` with each sweep's folder replaced by its points' folders that hold finished runs."""
-    out = []
-    for folder in folders:
-        if not is_sweep_folder(folder):
-            out.append(folder)
-            continue
-        points = [path for _, path in sweep_points(folder) if holds_runs(path)]
-        if not points:
-            raise AnalysisError(f"{folder}: no point of this sweep has finished runs yet")
-        out += points
-    return out
-
-
-def sweep_sections(folders):
-    """For each sweep's folder among `folders`: (title, its points' table and verdict) for `analyze`."""
-    return [(f"Sweep {folder}: each point against the best", "\n\n".join(sweep_summary(folder)))
-            for folder in folders if is_sweep_folder(folder)]
-
-
-def grid_components(shape, rows, folder):
-    """Variance components of test accuracy over an init × order grid, in accuracy² (fraction)."""
-    rows_n, columns = shape
-    if len(rows) != rows_n * columns:
-        raise AnalysisError(f"{folder}: the {rows_n}x{columns} grid is not finished ({len(rows)} runs); "
-                         f"run its training command again to complete it")
-    table = np.array([r["test_acc"] for r in sorted(rows, key=lambda r: r["run_index"])])
-    return variance_components(table.reshape(rows_n, columns))
-
-
-def folder_cka(folder, config, rows, data_dir):
-    paths = [weights_path(folder, config["experiment"], r["run_index"]) for r in rows]
-    paths = [p for p in paths if p.is_file()]
-    if len(paths) < 2:
-        raise AnalysisError(f"{folder} keeps the weights of {len(paths)} runs; CKA needs 2 "
-                            f"(train with {{}})", Param("save_weights", flag="--save-weights K"))
-    data = load_dataset(config.get("dataset", "cifar10"), data_dir)
-    x, _ = balanced_subset(data.x_test.numpy(), data.y_test.numpy(), cka_module.PROBE_SIZE, "test")
-    hyp = config["hyperparameters"]
-    dtype = PRECISIONS[config["precision"]]
-    images = normalized(torch.from_numpy(x), torch.arange(len(x)), hyp, dtype).contiguous()
-    grams = [cka_module.layer_grams(hyp["model"], config["width"], torch.load(p, weights_only=True), images,
-                                    hyp.get("dropout")) for p in paths]
-    return cka_module.cka_by_layer(grams)
 
 
 def fmt(value, scale=1.0, digits=2, style="f"):
@@ -248,33 +109,6 @@ def tables(analyses):
     return out
 
 
-
-
-def trained_with(row):
-    """The row's training regime: threads count on the CPU only, graphs on CUDA only, M under vmap only."""
-    regime = {k: row.get(k) for k in HOW_COLUMNS}
-    if not str(regime["device"]).startswith("cpu"):
-        regime["threads"] = None
-    if not str(regime["device"]).startswith("cuda"):
-        regime["cuda_graph"] = None
-    if regime["strategy"] != "vmap":
-        regime["batch_models"] = None
-    return regime
-
-
-def mixed_settings(rows):
-    """{setting: {value: run indices}} for each HOW_COLUMNS setting whose value differs between rows
-    (an older folder's unrecorded value is None); empty when every run was trained alike."""
-    mixed = {}
-    for name in HOW_COLUMNS:
-        by_value = {}
-        for row in rows:
-            by_value.setdefault(trained_with(row)[name], []).append(row["run_index"])
-        if len(by_value) > 1:
-            mixed[name] = by_value
-    return mixed
-
-
 def index_ranges(indices):
     """[0, 1, 2, 5] -> "0–2, 5"."""
     spans, start = [], None
@@ -364,42 +198,6 @@ def write_report(analyses, path, command, sections=()):
     return path
 
 
-SEED_COLUMNS = ("init_seed", "order_seed", "aug_seed", "dropout_seed", "perturb_seed")
-
-
-def run_seeds_key(row):
-    """Run k of one folder pairs with run k of another when every seed of theirs is the same."""
-    return (row["run_index"], *(row[c] for c in SEED_COLUMNS))
-
-
-def compare(folder_a, folder_b):
-    """B minus A in test accuracy: Welch's test, and the paired test over runs with the same seeds."""
-    (_, rows_a), (_, rows_b) = read_runs(folder_a), read_runs(folder_b)
-    acc_a, acc_b = [r["test_acc"] for r in rows_a], [r["test_acc"] for r in rows_b]
-    if min(len(acc_a), len(acc_b)) < 2:
-        raise AnalysisError(f"compare needs at least 2 runs in each folder ({len(acc_a)} and {len(acc_b)})")
-    results = [welch(acc_a, acc_b)]
-    by_seeds = {run_seeds_key(r): r["test_acc"] for r in rows_a}
-    pairs = [(by_seeds[run_seeds_key(r)], r["test_acc"]) for r in rows_b if run_seeds_key(r) in by_seeds]
-    if len(pairs) >= 2:
-        results.append(paired(*zip(*pairs)))
-    return acc_a, acc_b, results
-
-
-def comparison_lines(folder_a, folder_b, acc_a, acc_b, results):
-    def describe(folder, acc):
-        acc = np.asarray(acc) * 100
-        return f"{folder}: {len(acc)} runs, {acc.mean():.2f} % ± {acc.std(ddof=1):.2f}"
-    lines = [f"A  {describe(folder_a, acc_a)}", f"B  {describe(folder_b, acc_b)}"]
-    for c in results:
-        what = "Welch's t-test" if c.test == "welch" else f"paired t-test over {c.n} runs with the same seeds"
-        lines.append(f"B - A: {c.difference * 100:+.3f} pp, 95 % interval [{c.low * 100:+.3f}, {c.high * 100:+.3f}], "
-                     f"{what}: p = {c.p_value:.3g} (df {c.df:.1f})")
-    if len(results) == 1:
-        lines.append("no runs with the same seeds in both folders: no paired test")
-    return lines
-
-
 def json_line(analysis):
     """One folder's metrics as one line of strict JSON (NaN, where a metric needs 2 runs, is null)."""
     def clean(value):
@@ -409,44 +207,3 @@ def json_line(analysis):
             return [clean(v) for v in value]
         return None if isinstance(value, float) and math.isnan(value) else value
     return json.dumps(clean(analysis.to_json()))
-
-
-def sweep_summary(folder):
-    """Each point's mean ± SD of test accuracy, and its difference to the best point (paired over runs
-    with the same seeds) with a 95 % interval; and the points not distinguishable from the best."""
-    points = [(point, path, [r["test_acc"] for r in read_runs(path)[1]])
-              for point, path in sweep_points(folder) if holds_runs(path)]
-    if not points:
-        raise AnalysisError(f"{folder}: no point has finished runs yet")
-    best_point, best_path, _ = max(points, key=lambda p: np.mean(p[2]))
-    rows, tied = [], []
-    for point, path, acc in points:
-        acc = np.asarray(acc) * 100
-        cells = [folder_name(point), len(acc), f"{acc.mean():.2f} ± {fmt(acc.std(ddof=1) if len(acc) > 1 else None)}"]
-        if path == best_path:
-            rows.append(cells + ["best", "–"])
-            continue
-        test = compare(best_path, path)[2][-1] if len(acc) > 1 else None
-        if test is None:
-            rows.append(cells + ["–", "–"])
-            continue
-        if test.low <= 0 <= test.high:
-            tied.append(folder_name(point))
-        rows.append(cells + [f"{test.difference * 100:+.2f} [{test.low * 100:+.2f}, {test.high * 100:+.2f}]",
-                             f"{test.test}, p = {test.p_value:.3g}"])
-    table = markdown_table(["point", "runs", "test acc. (%), mean ± SD", "minus best (pp) [95 %]", "test"], rows)
-    verdict = (f"not distinguishable from the best ({folder_name(best_point)}) at 95 %: "
-               + (", ".join(tied) if tied else "none"))
-    return table, verdict
-
-
-def results(folder):
-    """Every run of a study folder, or of every point of a sweep folder (with the point's values as
-    columns), as a list of dicts whatever is installed (`pandas.DataFrame(results(folder))` makes a frame)."""
-    folder = Path(folder)
-    if holds_runs(folder):
-        rows = read_runs(folder)[1]
-    else:
-        rows = [{**row, **point, "point": folder_name(point)} for point, path in sweep_points(folder)
-                if holds_runs(path) for row in read_runs(path)[1]]
-    return rows

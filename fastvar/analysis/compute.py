@@ -1,0 +1,128 @@
+"""Computing a folder's analysis: its metrics, how its runs were trained, a grid's variance components
+and CKA between runs; `analyze` over folders."""
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..augment import normalized
+from ..data import balanced_subset, load_dataset
+from ..errors import AnalysisError, Param
+from ..precisions import PRECISIONS
+from ..store import HOW_COLUMNS, weights_path
+from . import cka as cka_module
+from .load import read_runs, study_folders, test_labels
+from .metrics import snapshot_ensembles, summarize
+from .stats import runs_per_arm, variance_components
+
+
+DIFFERENCES_PP = (0.05, 0.1, 0.2, 0.5)  # accuracy differences the power table plans for
+
+
+@dataclass
+class Analysis:
+    folder: Path
+    config: dict
+    rows: list
+    labels: np.ndarray
+    metrics: dict
+    components: list = field(default_factory=list)  # variance components, for a grid
+    cka: dict = field(default_factory=dict)  # layer -> {"mean", "sd", "pairs"}, with --cka
+
+    @property
+    def name(self):
+        return str(self.folder)
+
+    def correct(self):
+        """R×n: which test examples each run gets right."""
+        return np.stack([r["test_logits"].argmax(-1) for r in self.rows]) == self.labels
+
+    def to_json(self):
+        return {"folder": self.name, **self.metrics,
+                "components": [{"name": c.name, "variance": c.variance, "low": c.low, "high": c.high}
+                               for c in self.components], "cka": self.cka}
+
+
+def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
+    stores, rows = read_runs(folder)
+    store = stores[0]
+    diverged = sum(bool(r["diverged"]) for r in rows)
+    rows = [r for r in rows if not r["diverged"]]  # their spread is not the spread of training
+    if not rows:
+        raise AnalysisError(f"{folder}: every run diverged")
+    labels = test_labels(store, rows, data_dir)
+    metrics = summarize([r["test_acc"] for r in rows], [r["test_loss"] for r in rows],
+                        np.stack([r["test_logits"] for r in rows]), labels, seed=seed)
+    snapshots = {k: v for s in stores for k, v in s.snapshots().items()}
+    if snapshots:
+        metrics["snapshots"] = snapshot_ensembles(
+            np.stack([snapshots[r["run_key"]] for r in rows if r["run_key"] in snapshots]), labels, seed)
+    metrics["diverged"] = diverged
+    metrics["mixed"] = {name: {str(value): runs for value, runs in by_value.items()}
+                        for name, by_value in mixed_settings(rows).items()}
+    metrics["runs_per_arm"] = {f"{d:g}": runs_per_arm(metrics["acc_sd"], d / 100) if metrics["n"] > 1 else None
+                               for d in DIFFERENCES_PP}
+    analysis = Analysis(Path(folder), store.config, rows, labels, metrics)
+    if store.config["experiment"] == "grid":
+        analysis.components = grid_components(store.config["grid"], rows, folder)
+    if with_cka:
+        analysis.cka = folder_cka(folder, store.config, rows, data_dir)
+    return analysis
+
+
+def analyze(*folders, data_dir=None, cka=False, seed=0):
+    """The analysis of each results folder, as `python run.py analyze` computes it; a sweep's folder
+    stands for its points that have finished runs."""
+    return [analyze_folder(f, data_dir=data_dir, with_cka=cka, seed=seed) for f in study_folders(folders)]
+
+
+def grid_components(shape, rows, folder):
+    """Variance components of test accuracy over an init × order grid, in accuracy² (fraction)."""
+    rows_n, columns = shape
+    if len(rows) != rows_n * columns:
+        raise AnalysisError(f"{folder}: the {rows_n}x{columns} grid is not finished ({len(rows)} runs); "
+                         f"run its training command again to complete it")
+    table = np.array([r["test_acc"] for r in sorted(rows, key=lambda r: r["run_index"])])
+    return variance_components(table.reshape(rows_n, columns))
+
+
+def folder_cka(folder, config, rows, data_dir):
+    paths = [weights_path(folder, config["experiment"], r["run_index"]) for r in rows]
+    paths = [p for p in paths if p.is_file()]
+    if len(paths) < 2:
+        raise AnalysisError(f"{folder} keeps the weights of {len(paths)} runs; CKA needs 2 "
+                            f"(train with {{}})", Param("save_weights", flag="--save-weights K"))
+    data = load_dataset(config.get("dataset", "cifar10"), data_dir)
+    x, _ = balanced_subset(data.x_test.numpy(), data.y_test.numpy(), cka_module.PROBE_SIZE, "test")
+    hyp = config["hyperparameters"]
+    dtype = PRECISIONS[config["precision"]]
+    images = normalized(torch.from_numpy(x), torch.arange(len(x)), hyp, dtype).contiguous()
+    grams = [cka_module.layer_grams(hyp["model"], config["width"], torch.load(p, weights_only=True), images,
+                                    hyp.get("dropout")) for p in paths]
+    return cka_module.cka_by_layer(grams)
+
+
+def trained_with(row):
+    """The row's training regime: threads count on the CPU only, graphs on CUDA only, M under vmap only."""
+    regime = {k: row.get(k) for k in HOW_COLUMNS}
+    if not str(regime["device"]).startswith("cpu"):
+        regime["threads"] = None
+    if not str(regime["device"]).startswith("cuda"):
+        regime["cuda_graph"] = None
+    if regime["strategy"] != "vmap":
+        regime["batch_models"] = None
+    return regime
+
+
+def mixed_settings(rows):
+    """{setting: {value: run indices}} for each HOW_COLUMNS setting whose value differs between rows
+    (an older folder's unrecorded value is None); empty when every run was trained alike."""
+    mixed = {}
+    for name in HOW_COLUMNS:
+        by_value = {}
+        for row in rows:
+            by_value.setdefault(trained_with(row)[name], []).append(row["run_index"])
+        if len(by_value) > 1:
+            mixed[name] = by_value
+    return mixed

@@ -1,0 +1,58 @@
+"""Reading results folders back: a study's stores and runs, its test labels, a sweep's folder as its
+points' folders, and every run of a folder as plain rows."""
+from pathlib import Path
+
+from ..data import load_dataset
+from ..errors import AnalysisError, StoreError
+from ..store import DEFINITION, Store, folder_name, holds_runs, shard_stores, sweep_points
+
+
+def read_runs(folder):
+    """A folder's stores (its runs.sqlite, or its shard files if not merged yet: one study either way)
+    and its runs; the first store holds the config and labels."""
+    stores = [] if (Path(folder) / "runs.sqlite").is_file() else shard_stores(folder)
+    stores = stores or [Store(folder)]
+    rows = {r["run_key"]: r for s in stores for r in s.runs()}
+    if not rows:
+        raise StoreError(f"{folder} holds no finished runs yet")
+    return stores, sorted(rows.values(), key=lambda r: r["run_index"])
+
+
+def test_labels(store, rows, data_dir=None):
+    labels = store.labels()
+    if labels is None:  # a folder from before the labels were stored: read them from the data
+        labels = load_dataset(store.config.get("dataset", "cifar10"), data_dir,
+                              test_subset=store.config["test_subset"]).y_test.numpy()
+    if len(labels) != rows[0]["n_test"]:
+        raise StoreError(f"{store.folder}: {len(labels)} test labels for logits of {rows[0]['n_test']} examples")
+    return labels
+
+
+def is_sweep_folder(folder):
+    return (Path(folder) / DEFINITION).is_file() and not holds_runs(folder)
+
+
+def study_folders(folders):
+    """`folders` with each sweep's folder replaced by its points' folders that hold finished runs."""
+    out = []
+    for folder in folders:
+        if not is_sweep_folder(folder):
+            out.append(folder)
+            continue
+        points = [path for _, path in sweep_points(folder) if holds_runs(path)]
+        if not points:
+            raise AnalysisError(f"{folder}: no point of this sweep has finished runs yet")
+        out += points
+    return out
+
+
+def results(folder):
+    """Every run of a study folder, or of every point of a sweep folder (with the point's values as
+    columns), as a list of dicts whatever is installed (`pandas.DataFrame(results(folder))` makes a frame)."""
+    folder = Path(folder)
+    if holds_runs(folder):
+        rows = read_runs(folder)[1]
+    else:
+        rows = [{**row, **point, "point": folder_name(point)} for point, path in sweep_points(folder)
+                if holds_runs(path) for row in read_runs(path)[1]]
+    return rows

@@ -145,7 +145,7 @@ def update_section():
     for form, update in (("triton", optim_triton.UPDATES["BatchedAdam"]), ("reference", update_stacked)):
         params = start.clone()
         low = params[:, :lowered].bfloat16()
-        optimizer = BatchedAdam(params, 1e-3, lr_factors=[1.0] * 1000, runs=layout.runs(lambda n: 1.0), low=low)
+        optimizer = BatchedAdam(params, 1e-3, lr_factors=[1.0] * 1000, spans=layout.spans(lambda n: 1.0), low=low)
         optimizer.stacked_update = update
         seconds = timed(lambda: optimizer.step(grads))
         # per entry: fp32 param, m, v read and written, the gradient read (bf16 or fp32), the bf16 copy written

@@ -13,7 +13,7 @@ _EXPORTS = {
     "load_dataset": "data",
     "FastvarError": "errors", "ConfigError": "errors", "DataError": "errors", "StoreError": "errors",
     "AnalysisError": "errors",
-    "Recipe": "recipes", "Adam": "recipes", "SGD": "recipes", "Constant": "recipes", "Linear": "recipes",
+    "Recipe": "recipes", "Adam": "recipes", "SGD": "recipes", "Constant": "recipes", "LinearDecay": "recipes",
     "Cosine": "recipes", "Augment": "recipes", "RECIPES": "recipes",
     "Dataset": "data", "register_model": "models",
 }
@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # what editors and type checkers see of the names loaded on f
     from .errors import AnalysisError, ConfigError, DataError, FastvarError, StoreError
     from .execution import Execution
     from .models import register_model
-    from .recipes import RECIPES, SGD, Adam, Augment, Constant, Cosine, Linear, Recipe
+    from .recipes import RECIPES, SGD, Adam, Augment, Constant, Cosine, LinearDecay, Recipe
     from .store import Store
     from .study import Study
     from .sweep import Sweep

@@ -54,7 +54,7 @@ class Constant:
 
 
 @dataclass(frozen=True)
-class Linear:
+class LinearDecay:
     """Decayed linearly to zero over the run."""
     def to_dict(self):
         return {"name": "linear"}
@@ -93,7 +93,7 @@ class Recipe(Mapping):
     epochs: int = 10
     batch_size: int = 128
     optimizer: Adam | SGD = field(default_factory=Adam)
-    schedule: Constant | Linear | Cosine = field(default_factory=Constant)
+    schedule: Constant | LinearDecay | Cosine = field(default_factory=Constant)
     augment: Augment = field(default_factory=Augment)
     mean: tuple = (0.5,)
     std: tuple = (0.5,)
@@ -139,7 +139,7 @@ RECIPES = {
                       augment=Augment(flip=True, pad=4), mean=CIFAR_MEAN, std=CIFAR_STD),
     # Jordan's 60k-run study: ResNet-9, SGD, learning rate decayed linearly to zero.
     "jordan": Recipe(model="resnet9", epochs=64, batch_size=500, optimizer=SGD(lr=0.5, momentum=0.9, weight_decay=5e-4),
-                     schedule=Linear(), augment=Augment(flip=True, translate=2, cutout=12), mean=CIFAR_MEAN,
+                     schedule=LinearDecay(), augment=Augment(flip=True, translate=2, cutout=12), mean=CIFAR_MEAN,
                      std=CIFAR_STD),
     # The usual CIFAR ResNet-18 (3x3 stem), SGD with a cosine schedule.
     "resnet18-cifar": Recipe(model="resnet18-cifar", epochs=30, batch_size=128,

@@ -120,7 +120,7 @@ def test_the_flat_buffer_holds_every_layer_tensor_as_a_view_and_its_gradient_sid
     assert [e.name for e in layout.entries.values()] == ["conv.weight", "fc.weight", "conv.bias", "bn.weight"]
     assert [e.start for e in layout.entries.values()] == [0, 112, 128, 144]  # each 64-byte aligned
     assert layout.size == 160 and layout.lowered == 144
-    assert layout.runs(lambda n: 0.1 if n.endswith("bias") or n.startswith("bn") else 1.0) == [
+    assert layout.spans(lambda n: 0.1 if n.endswith("bias") or n.startswith("bn") else 1.0) == [
         (0, 128, 1.0), (128, 144, 0.1), (144, 160, 0.1)]  # never across the end of the lowered entries
     flat = torch.randn(2, layout.size, requires_grad=True)
     views = layout.views(flat)
@@ -202,7 +202,7 @@ def test_the_triton_update_equals_the_torch_reference_bit_for_bit(case, decay):
         params = start.clone()
         low = params[:, :lowered].bfloat16()
         optimizer = cls(params, [1e-3, 3e-3, 5e-4], [0.0, decay, decay / 2], lr_factors=[1.0, 0.9, 0.8, 0.7],
-                        runs=[(0, 1000, 1.0), (1000, lowered, 0.5), (lowered, p, 0.5)], low=low, **kwargs)
+                        spans=[(0, 1000, 1.0), (1000, lowered, 0.5), (lowered, p, 0.5)], low=low, **kwargs)
         optimizer.stacked_update = optim_triton.UPDATES[cls.__name__] if update == "triton" else update_stacked
         for grad in grads:
             optimizer.step(grad)

@@ -49,9 +49,9 @@ def test_each_replica_steps_as_torch_optim_with_its_own_lr_and_decay(case, by_re
         assert not torch.allclose(stacked[r], flat(start)[r])
 
 
-def schedule_and_runs(width):
-    """A schedule over 5 steps, and the buffer cut into runs with their own lr factors."""
-    return dict(lr_factors=[1 - step / 10 for step in range(5)], runs=[(0, 100, 1.0), (100, width, 0.1)])
+def schedule_and_spans(width):
+    """A schedule over 5 steps, and the buffer cut into spans with their own lr factors."""
+    return dict(lr_factors=[1 - step / 10 for step in range(5)], spans=[(0, 100, 1.0), (100, width, 0.1)])
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -63,7 +63,7 @@ def test_by_replica_and_stacked_updates_are_bit_identical_in_float32(case):
     finals = []
     for by_replica in (False, True):
         params = start.clone()
-        optimizer = batched_cls(params, LRS, DECAYS, by_replica=by_replica, **schedule_and_runs(192), **kwargs)
+        optimizer = batched_cls(params, LRS, DECAYS, by_replica=by_replica, **schedule_and_spans(192), **kwargs)
         for step_grads in grads:
             optimizer.step((step_grads,))
         finals.append(params)
@@ -87,7 +87,7 @@ def test_the_c_update_equals_the_torch_reference_bit_for_bit(case, dtype, decays
     for fused in (False, True):
         monkeypatch.setattr(optim_cpu, "applies", lambda tensors, dtypes: fused)
         params = start.clone()
-        optimizer = batched_cls(params, LRS, decays, by_replica=True, **schedule_and_runs(197), **kwargs)
+        optimizer = batched_cls(params, LRS, decays, by_replica=True, **schedule_and_spans(197), **kwargs)
         for step_grads in grads:
             optimizer.step(step_grads)
         finals.append((params, optimizer.state))

@@ -6,7 +6,7 @@ writes their gradients side by side into one [M, P] gradient.
 
 The entries the mixed-precision casts lower (convolutions' and linear layers') come first, so the
 low-precision copy of the weights is one slice, [..., :lowered]. Among each, one-dimensional tensors
-come last, so that a per-shape learning-rate factor covers a few runs of the buffer.
+come last, so that a per-shape learning-rate factor covers a few spans of the buffer.
 """
 import math
 from dataclasses import dataclass
@@ -74,16 +74,16 @@ class FlatLayout:
             by_name.update({e.name: e.view(c) for e, c in zip(inside, chunks[1::2])})
         return {n: by_name[n] for n in self.names}
 
-    def runs(self, key):
-        """[(start, stop, value)]: the buffer cut into maximal runs of entries with equal key(name)
+    def spans(self, key):
+        """[(start, stop, value)]: the buffer cut into maximal spans of entries with equal key(name)
         (the alignment gaps with the entry before them), never across the end of the lowered entries."""
         ordered = list(self.entries.values())
         ends = [e.start for e in ordered[1:]] + [self.size]
-        runs = []
+        spans = []
         for e, end in zip(ordered, ends):
             value = key(e.name)
-            if runs and runs[-1][2] == value and e.start != self.lowered:
-                runs[-1] = (runs[-1][0], end, value)
+            if spans and spans[-1][2] == value and e.start != self.lowered:
+                spans[-1] = (spans[-1][0], end, value)
             else:
-                runs.append((e.start, end, value))
-        return runs
+                spans.append((e.start, end, value))
+        return spans

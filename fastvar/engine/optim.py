@@ -1,9 +1,9 @@
 """fastvar's batched optimizers: one update over a flat [M, P] buffer of M replicas' parameters
 (fastvar.engine.flat), elementwise, so replica r moves exactly as a lone model would. Learning rate
-and weight decay are per-replica vectors; a learning-rate factor may differ between runs of the buffer.
+and weight decay are per-replica vectors; a learning-rate factor may differ between spans of the buffer.
 
 `update` is written once, for tensors shaped alike and hyperparameters that broadcast against them,
-and applied either to whole stacks (GPUs: `fastvar.engine.optim_triton` runs it as one kernel a run of
+and applied either to whole stacks (GPUs: `fastvar.engine.optim_triton` runs it as one kernel a span of
 the buffer) or to one replica's slice at a time (`by_replica=True`: its operations are exactly those
 of a lone run: CPUs, where `fused_update`, fastvar.engine.optim_cpu, runs the same arithmetic as one C
 loop).
@@ -17,10 +17,22 @@ fused multiply-add in its vector path and not in its scalar tail, which would ma
 depend on where its slice falls in memory, i.e. on the batch it trained in.
 """
 import math
+from typing import NamedTuple
 
 import torch
 
 from . import optim_cpu
+
+
+class Segment(NamedTuple):
+    """One span of the buffer as an update takes it: the parameters, their gradient and optimizer state
+    ([M, span] each), the per-replica coefficients by name, and the span of the low-precision copy
+    (or None where the span lies beyond the lowered entries)."""
+    param: torch.Tensor
+    grad: torch.Tensor
+    state: dict
+    coefficients: dict
+    low: torch.Tensor | None
 
 
 def per_replica(values, like):
@@ -39,16 +51,16 @@ def sqrt_rounded_once(x):
 class BatchedOptimizer:
     STATE = ()
 
-    def __init__(self, params, lr, weight_decay, *, lr_factors, runs=None, by_replica=False, low=None, triton=None):
+    def __init__(self, params, lr, weight_decay, *, lr_factors, spans=None, by_replica=False, low=None, triton=None):
         """params: an [M, P] buffer, updated in place. lr, weight_decay: a float or one value per
         replica. lr_factors: the schedule's multiplier of lr at each step, in order (its length: the
-        steps). runs: [(start, stop, factor)] covering the buffer, a further factor of lr on each, cut
-        where the gradient's parts meet (default: 1 on all, one run). low: the copy of params[:, :L]
+        steps). spans: [(start, stop, factor)] covering the buffer, a further factor of lr on each, cut
+        where the gradient's parts meet (default: 1 on all, one span). low: the copy of params[:, :L]
         in the compute dtype that the forward reads, rewritten after each update. triton: whole stacks
         through the Triton kernels (default: on CUDA; on a CPU they need TRITON_INTERPRET=1)."""
         self.params, self.low = params, low
         self.size, width = params.shape
-        self.runs = runs or [(0, width, 1.0)]
+        self.spans = spans or [(0, width, 1.0)]
         # On the parameters' device, so that a step's coefficients are computed there without a sync.
         vector = {"dtype": torch.float64, "device": "cpu" if by_replica else params.device}
         self.lr = torch.as_tensor(lr, dtype=torch.float64).expand(self.size).clone().to(**vector)
@@ -72,35 +84,35 @@ class BatchedOptimizer:
     @torch.no_grad()
     def step(self, grads):
         """One update with the gradient `grads`: one [M, P] tensor or parts side by side ([M, L] in the
-        compute dtype, then [M, P - L]); lr × this step's lr factor × each run's factor."""
+        compute dtype, then [M, P - L]); lr × this step's lr factor × each span's factor."""
         self.steps += 1
         constants = self.constants()
         now = {k: t.index_select(0, self.step_index) for k, t in self.tables.items()}  # [1] each
         self.step_index.add_(1)
         # Per-replica coefficients in float64, rounded once to the parameters' dtype either way.
-        by_factor = {f: self.coefficients(self.lr * (now["lr_factor"] * f), now) for f in {r[2] for r in self.runs}}
+        by_factor = {f: self.coefficients(self.lr * (now["lr_factor"] * f), now) for f in {s[2] for s in self.spans}}
         lowered = 0 if self.low is None else self.low.shape[1]
-        segments = [(self.params[:, a:b], grad, {s: t[:, a:b] for s, t in self.state.items()}, by_factor[f],
-                     self.low[:, a:b] if b <= lowered else None)
-                    for (a, b, f), grad in zip(self.runs, self.grad_runs(grads))]
+        segments = [Segment(self.params[:, a:b], grad, {s: t[:, a:b] for s, t in self.state.items()}, by_factor[f],
+                            self.low[:, a:b] if b <= lowered else None)
+                    for (a, b, f), grad in zip(self.spans, self.grad_spans(grads))]
         if self.by_replica:
-            for param, grad, state, c, _ in segments:
+            for seg in segments:
                 for r in range(self.size):
-                    self.replica_update(param[r], grad[r], {s: t[r] for s, t in state.items()},
-                                        {k: v[r].item() for k, v in c.items()}, constants)
+                    self.replica_update(seg.param[r], seg.grad[r], {s: t[r] for s, t in seg.state.items()},
+                                        {name: v[r].item() for name, v in seg.coefficients.items()}, constants)
         else:
             self.stacked_update(self.update, segments, constants, self.low)
         if self.low is not None and (self.by_replica or self.stacked_update is update_stacked):  # else the kernel did
             self.low.copy_(self.params[:, :self.low.shape[1]])
 
-    def grad_runs(self, grads):
-        """The gradient's slice for each run (runs never cross from one part to the next)."""
+    def grad_spans(self, grads):
+        """The gradient's slice for each span (spans never cross from one part to the next)."""
         offsets, start = [], 0
         for part in grads:
             offsets.append(start)
             start += part.shape[1]
         found = []
-        for a, b, _ in self.runs:
+        for a, b, _ in self.spans:
             i = max(j for j, o in enumerate(offsets) if o <= a)
             found.append(grads[i][:, a - offsets[i]:b - offsets[i]])
         return found
@@ -113,10 +125,11 @@ def triton_update(name):
 
 
 def update_stacked(update, segments, constants, low):
-    """Every run's update over whole stacks (the reference of fastvar.engine.optim_triton's kernels;
+    """Every span's update over whole stacks (the reference of fastvar.engine.optim_triton's kernels;
     `low` is rewritten by the caller)."""
-    for param, grad, state, c, _ in segments:
-        update(param, grad, state, {k: per_replica(v, param) for k, v in c.items()}, constants)
+    for seg in segments:
+        update(seg.param, seg.grad, seg.state,
+               {name: per_replica(v, seg.param) for name, v in seg.coefficients.items()}, constants)
 
 
 class BatchedAdam(BatchedOptimizer):
@@ -144,17 +157,17 @@ class BatchedAdam(BatchedOptimizer):
                 "decay": 1 - lr * self.weight_decay if self.decoupled else self.weight_decay}
 
     @staticmethod
-    def update(param, grad, state, c, k):
+    def update(param, grad, state, coefficients, constants):
         grad = grad.to(param.dtype)  # a low-precision gradient, upcast (exactly)
-        if k["decay"] and k["decoupled"]:
-            param.mul_(c["decay"])
-        elif k["decay"]:
-            grad = grad + param * c["decay"]
+        if constants["decay"] and constants["decoupled"]:
+            param.mul_(coefficients["decay"])
+        elif constants["decay"]:
+            grad = grad + param * coefficients["decay"]
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.mul_(k["beta1"]).add_(grad * (1 - k["beta1"]))
-        exp_avg_sq.mul_(k["beta2"]).add_(grad * grad * (1 - k["beta2"]))
-        denom = (sqrt_rounded_once(exp_avg_sq) / c["bias2_sqrt"]).add_(k["eps"])
-        param.sub_(exp_avg / denom * c["step_size"])
+        exp_avg.mul_(constants["beta1"]).add_(grad * (1 - constants["beta1"]))
+        exp_avg_sq.mul_(constants["beta2"]).add_(grad * grad * (1 - constants["beta2"]))
+        denom = (sqrt_rounded_once(exp_avg_sq) / coefficients["bias2_sqrt"]).add_(constants["eps"])
+        param.sub_(exp_avg / denom * coefficients["step_size"])
 
 
 class BatchedSGD(BatchedOptimizer):
@@ -173,18 +186,18 @@ class BatchedSGD(BatchedOptimizer):
         return {"lr": lr, "weight_decay": self.weight_decay}
 
     @staticmethod
-    def update(param, grad, state, c, k):
+    def update(param, grad, state, coefficients, constants):
         grad = grad.to(param.dtype)  # a low-precision gradient, upcast (exactly)
-        if k["decay"]:
-            grad = grad + param * c["weight_decay"]
-        if k["momentum"]:
+        if constants["decay"]:
+            grad = grad + param * coefficients["weight_decay"]
+        if constants["momentum"]:
             buf = state["momentum_buffer"]
-            if k["first"]:
+            if constants["first"]:
                 buf.copy_(grad)  # torch.optim starts the buffer at the first gradient
             else:
-                buf.mul_(k["momentum"]).add_(grad)
-            grad = grad + buf * k["momentum"] if k["nesterov"] else buf
-        param.sub_(grad * c["lr"])
+                buf.mul_(constants["momentum"]).add_(grad)
+            grad = grad + buf * constants["momentum"] if constants["nesterov"] else buf
+        param.sub_(grad * coefficients["lr"])
 
 
 OPTIMIZERS = {"adam": BatchedAdam, "sgd": BatchedSGD}

@@ -46,9 +46,10 @@ def kernel(name, dtype):
     return getattr(load(), f"{name}_{str(dtype).removeprefix('torch.')}")
 
 
-def adam(param, grad, state, c, k):
-    """As BatchedAdam.update, for one replica's float32 CPU tensors of one layout; c and k hold
-    Python numbers."""
+def adam(param, grad, state, coefficients, constants):
+    """As BatchedAdam.update, for one replica's float32 CPU tensors of one layout; `coefficients` and
+    `constants` hold Python numbers."""
+    c, k = coefficients, constants  # short names in the kernel's long argument list
     real, exp_avg, exp_avg_sq = ctypes.c_float, state["exp_avg"], state["exp_avg_sq"]
     grad = like(grad, param)  # held here: a temporary would be freed before the kernel reads it
     decay_mode = 0 if not k["decay"] else 2 if k["decoupled"] else 1
@@ -59,8 +60,10 @@ def adam(param, grad, state, c, k):
         ctypes.c_int32(torch.get_num_threads()))
 
 
-def sgd(param, grad, state, c, k):
-    """As BatchedSGD.update, for one replica's CPU tensors of one layout; c and k hold Python numbers."""
+def sgd(param, grad, state, coefficients, constants):
+    """As BatchedSGD.update, for one replica's CPU tensors of one layout; `coefficients` and
+    `constants` hold Python numbers."""
+    c, k = coefficients, constants  # short names in the kernel's long argument list
     real = C_TYPES[param.dtype]
     buffer = state.get("momentum_buffer", param)  # not touched without momentum
     grad = like(grad, param)  # held here: a temporary would be freed before the kernel reads it

@@ -1,4 +1,4 @@
-"""fastvar.engine.optim's updates as Triton kernels, for whole stacks on CUDA: one pass over a run of
+"""fastvar.engine.optim's updates as Triton kernels, for whole stacks on CUDA: one pass over a span of
 the flat [M, P] buffer (parameters, gradient, state), and, in mixed precision, the low-precision copy
 of the weights (bfloat16) written by the same pass, the low-precision gradient read as it is.
 
@@ -26,7 +26,7 @@ def _bfloat16_bits(x):
 
 
 @triton.jit
-def _load_run(param, grad, n, param_row, grad_row, BLOCK: tl.constexpr):
+def _load_span(param, grad, n, param_row, grad_row, BLOCK: tl.constexpr):
     """This program's replica r and block of entries: where they are, and the parameters and the
     gradient (upcast) there."""
     r = tl.program_id(1).to(tl.int64)
@@ -42,7 +42,7 @@ def _load_run(param, grad, n, param_row, grad_row, BLOCK: tl.constexpr):
 def _adam_kernel(param, grad, exp_avg, exp_avg_sq, low, step_size, bias2_sqrt, decay, n,
                  param_row, grad_row, low_row, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
                  DECAY_MODE: tl.constexpr, WRITE_LOW: tl.constexpr, BLOCK: tl.constexpr):
-    r, cols, inside, at, p, g = _load_run(param, grad, n, param_row, grad_row, BLOCK)
+    r, cols, inside, at, p, g = _load_span(param, grad, n, param_row, grad_row, BLOCK)
     d = tl.load(decay + r)
     if DECAY_MODE == 2:  # decoupled (AdamW): the parameter scaled first
         p = p * d
@@ -68,7 +68,7 @@ def _adam_kernel(param, grad, exp_avg, exp_avg_sq, low, step_size, bias2_sqrt, d
 def _sgd_kernel(param, grad, buffer, low, lr, weight_decay, n, param_row, grad_row, low_row, momentum,
                 DECAY: tl.constexpr, MOMENTUM_MODE: tl.constexpr, NESTEROV: tl.constexpr,
                 WRITE_LOW: tl.constexpr, BLOCK: tl.constexpr):
-    r, cols, inside, at, p, g = _load_run(param, grad, n, param_row, grad_row, BLOCK)
+    r, cols, inside, at, p, g = _load_span(param, grad, n, param_row, grad_row, BLOCK)
     if DECAY:
         l2 = p * tl.load(weight_decay + r)
         g = g + l2
@@ -91,32 +91,35 @@ def _sgd_kernel(param, grad, buffer, low, lr, weight_decay, n, param_row, grad_r
 
 
 def adam(update, segments, constants, low):
-    """As optim.update_stacked with BatchedAdam.update, for float32 runs of a flat CUDA buffer."""
-    k = constants
+    """As optim.update_stacked with BatchedAdam.update, for float32 spans of a flat CUDA buffer."""
+    k = constants  # a short name in the kernel's long argument list, as c for each segment's coefficients
     mode = 0 if not k["decay"] else 2 if k["decoupled"] else 1
-    for param, grad, state, c, low_run in segments:
-        launch(_adam_kernel, param, grad, low_run, state["exp_avg"], state["exp_avg_sq"],
+    for seg in segments:
+        c = seg.coefficients
+        launch(_adam_kernel, seg.param, seg.grad, seg.low, seg.state["exp_avg"], seg.state["exp_avg_sq"],
                c["step_size"], c["bias2_sqrt"], c["decay"], scalars=(k["beta1"], 1 - k["beta1"], k["beta2"],
                                                                     1 - k["beta2"], k["eps"]), DECAY_MODE=mode)
 
 
 def sgd(update, segments, constants, low):
-    """As optim.update_stacked with BatchedSGD.update, for float32 runs of a flat CUDA buffer."""
+    """As optim.update_stacked with BatchedSGD.update, for float32 spans of a flat CUDA buffer."""
     k = constants
     mode = 0 if not k["momentum"] else 1 if k["first"] else 2
-    for param, grad, state, c, low_run in segments:
-        launch(_sgd_kernel, param, grad, low_run, state.get("momentum_buffer", param), c["lr"], c["weight_decay"],
-               scalars=(k["momentum"],), DECAY=bool(k["decay"]), MOMENTUM_MODE=mode, NESTEROV=bool(k["nesterov"]))
+    for seg in segments:
+        c = seg.coefficients
+        launch(_sgd_kernel, seg.param, seg.grad, seg.low, seg.state.get("momentum_buffer", seg.param), c["lr"],
+               c["weight_decay"], scalars=(k["momentum"],), DECAY=bool(k["decay"]), MOMENTUM_MODE=mode,
+               NESTEROV=bool(k["nesterov"]))
 
 
 def launch(kernel, param, grad, low, *tensors, scalars, **constexprs):
     """One program per block of BLOCK entries and replica (the blocks on the grid's first axis, which
     holds up to 2**31 - 1 programs: the second holds 65,535, a stack of 67 M entries). `tensors`: state
-    runs shaped like `param`, then per-replica coefficient vectors (float64, rounded once to float32
-    here); `low`, where the run lies in the lowered entries, gets the updated weights in its dtype."""
+    spans shaped like `param`, then per-replica coefficient vectors (float64, rounded once to float32
+    here); `low`, where the span lies in the lowered entries, gets the updated weights in its dtype."""
     m, n = param.shape
     if param.dtype != torch.float32 or param.stride(1) != 1 or grad.stride(1) != 1:
-        raise ValueError("the Triton update takes float32 runs of a flat buffer, rows dense")
+        raise ValueError("the Triton update takes float32 spans of a flat buffer, rows dense")
     args = [t if t.dtype != torch.float64 else t.to(torch.float32).contiguous() for t in tensors]
     states, vectors = [t for t in args if t.dim() == 2], [t for t in args if t.dim() == 1]
     if low is not None and low.dtype != torch.bfloat16:

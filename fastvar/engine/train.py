@@ -52,7 +52,7 @@ def make_optimizer(recipe, params, layout, **kwargs):
     kwargs = {**recipe["optimizer"], **kwargs}
     name = kwargs.pop("name")
     scale_1d = recipe.get("lr_scale_1d", 1.0)  # biases and BatchNorm parameters: one dimension
-    kwargs["runs"] = layout.runs(lambda n: scale_1d if len(layout.entries[n].shape) == 1 else 1.0)
+    kwargs["spans"] = layout.spans(lambda n: scale_1d if len(layout.entries[n].shape) == 1 else 1.0)
     return OPTIMIZERS[name](params, **kwargs)
 
 

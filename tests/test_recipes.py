@@ -51,13 +51,13 @@ def test_schedules():
 
 def test_summers_trains_biases_and_batchnorm_at_a_tenth_of_the_rate():
     replicas = Replicas("resnet14", [0])
-    runs = make_optimizer(RECIPES["summers"], replicas.master, replicas.layout, lr_factors=[1.0]).runs
-    assert len(runs) <= 4 and runs[0][0] == 0 and runs[-1][1] == replicas.layout.size  # a few runs cover it
-    assert all(a[1] == b[0] for a, b in zip(runs, runs[1:]))
+    spans = make_optimizer(RECIPES["summers"], replicas.master, replicas.layout, lr_factors=[1.0]).spans
+    assert len(spans) <= 4 and spans[0][0] == 0 and spans[-1][1] == replicas.layout.size  # a few spans cover it
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
 
     def factor(name):
         start = replicas.layout.entries[name].start
-        return next(f for a, b, f in runs if a <= start < b)
+        return next(f for a, b, f in spans if a <= start < b)
     assert factor("bn1.weight") == factor("fc.bias") == factor("layer2.0.downsample.bn.bias") == 0.1
     assert factor("conv1.weight") == factor("fc.weight") == 1.0
 

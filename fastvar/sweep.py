@@ -42,7 +42,7 @@ def parse_setting(text):
         raise ConfigError(f"--set {name}: values must be numbers, not {values!r}") from None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sweep:
     settings: dict  # name -> list of values; the grid is their product
     runs_per_point: int = 32
@@ -58,7 +58,8 @@ class Sweep:
         if self.runs_per_point < 2:
             raise ConfigError(f"{{}} must be at least 2 to measure a spread, not {self.runs_per_point}",
                               Param("runs_per_point"))
-        self.studies = [(point, self.point_study(point)) for point in self.points()]  # checks every point
+        studies = [(point, self.point_study(point)) for point in self.points()]  # checks every point
+        object.__setattr__(self, "studies", studies)  # frozen: set once, here
 
     def points(self):
         return grid_points(self.settings)

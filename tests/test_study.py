@@ -144,6 +144,8 @@ def test_a_sweep_on_arrays_of_ones_own_names_them_in_every_points_config(tmp_pat
     stores = sweep.run(tmp_path / "sweep", data=data, progress=False)
     assert {store.config["dataset"] for _, store in stores} == {data.name} and data.name.startswith("arrays-")
     assert sweep.studies[0][1].dataset == "cifar10"  # the sweep's own studies are left as they were
+    with pytest.raises(AttributeError):  # a sweep, like a study, is what it was made as
+        sweep.runs_per_point = 3
     assert np.isfinite([r["test_acc"] for _, s in stores for r in s.runs()]).all()
 
 

@@ -62,9 +62,11 @@ class LinearDecay:
 
 @dataclass(frozen=True)
 class Cosine:
-    """Cosine to zero, after a linear warm-up over min(warmup_epochs, warmup_fraction of the run)."""
+    """Cosine to zero, after a linear warm-up over min(warmup_epochs, warmup_fraction of the run);
+    with `cycles`, restarted that many times, the warm-up in the first."""
     warmup_epochs: int = 0
     warmup_fraction: float = 0.0
+    cycles: int | None = None  # restarted this many times (snapshot ensembles; Study's `snapshots`)
 
     def to_dict(self):
         return {"name": "cosine", **without_defaults(asdict(self), declared_defaults(Cosine))}

@@ -18,10 +18,10 @@ from .engine.replicas import check_replicable
 from .engine.train import replica_hyperparameters
 from .errors import ConfigError, Param
 from .execution import Execution
-from .models import BUILTIN_MODELS, architecture_digest, model_name, model_spec
+from .models import BUILTIN_MODELS, architecture_digest, model_spec
 from .precisions import PRECISIONS
 from .progress import progress_of
-from .recipes import RECIPES, Recipe
+from .recipes import RECIPES, Cosine, Recipe
 from .runner import train_runs
 from .sources import EPOCH_ORDERS, SOURCES, experiment_sources, run_seeds
 from .store import Store, config_hash, db_name, run_key
@@ -72,6 +72,7 @@ class Study:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {{}} {getattr(self, name)!r}; choose from {', '.join(allowed)}", Param(name))
+        self._check_overrides()  # before the recipe is resolved with them
         spec = model_spec(self.model_factory())  # an unknown name or a bad import path: one line, now
         if self.width is not None and not spec.width:  # linear's width 0: it takes none either
             raise ConfigError("{} sets the width of fastvar's own models; this model takes none", Param("width"))
@@ -84,7 +85,6 @@ class Study:
         if self.snapshots is not None and (self.snapshots < 1 or epochs % self.snapshots):
             raise ConfigError(f"{{}} must divide the {epochs} epochs into whole cycles",
                               Param("snapshots", self.snapshots))
-        self._check_overrides()
         if self.dropout is not None and not 0 < self.dropout < 1:
             raise ConfigError(f"{{}} must be a probability between 0 and 1, not {self.dropout}", Param("dropout"))
         if self.save_weights < 0:
@@ -149,28 +149,31 @@ class Study:
             raise ConfigError(f"a {self.grid[0]}x{self.grid[1]} grid has {cells} runs, not {{}}", Param("runs", self.runs))
         self._set("runs", cells)
 
+    def resolved_recipe(self):
+        """The recipe with this study's changes, one typed Recipe: every hyperparameter a run is trained
+        with. The study's model, epochs, dropout and overrides go through Recipe.replace; snapshots
+        restart the recipe's cosine (warm-up included), or a plain one, that many times."""
+        recipe = self.recipe if isinstance(self.recipe, Recipe) else RECIPES[self.recipe]
+        changes = dict(self.overrides or {})
+        for name in ("model", "epochs", "dropout"):
+            if getattr(self, name) is not None:
+                changes[name] = getattr(self, name)
+        if self.snapshots is not None:
+            cosine = recipe.schedule if isinstance(recipe.schedule, Cosine) else Cosine()
+            changes["schedule"] = replace(cosine, cycles=self.snapshots)
+        return recipe.replace(**changes)
+
     def recipe_dict(self):
-        """The recipe with this study's overrides: every hyperparameter a run is trained with."""
-        recipe = (self.recipe if isinstance(self.recipe, Recipe) else RECIPES[self.recipe]).to_dict()
-        recipe["model"] = model_name(self.model) if self.model is not None else recipe["model"]
-        recipe["epochs"] = self.epochs or recipe["epochs"]
-        for name, value in (self.overrides or {}).items():
-            if name in ("lr", "weight_decay"):
-                recipe["optimizer"] = {**recipe["optimizer"], name: value}
-            else:
-                recipe[name] = value
-        if self.dropout is not None:
-            recipe["dropout"] = self.dropout
-        if self.snapshots is not None:  # the recipe's cosine (warm-up included) or a plain one, in cycles
-            cosine = recipe["schedule"] if recipe["schedule"]["name"] == "cosine" else {"name": "cosine"}
-            recipe["schedule"] = {**cosine, "cycles": self.snapshots}
+        """The resolved recipe as the config records it (and, for now, as the engine reads it)."""
+        recipe = self.resolved_recipe().to_dict()
+        smoothing = (self.overrides or {}).get("label_smoothing")
+        if smoothing == 0:  # an explicit 0 has always been recorded: folders made with one keep their hash
+            recipe["label_smoothing"] = smoothing
         return recipe
 
     def model_factory(self):
-        """The model as Replicas takes it: the study's own (a factory, kept as given), else the recipe's name."""
-        if self.model is not None:
-            return self.model
-        return self.recipe.model if isinstance(self.recipe, Recipe) else self.recipe_dict()["model"]
+        """The model as Replicas takes it: a name or a factory (kept as given)."""
+        return self.resolved_recipe().model
 
     def recipe_name(self):
         return "custom" if isinstance(self.recipe, Recipe) else self.recipe

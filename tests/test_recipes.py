@@ -129,5 +129,20 @@ def test_a_config_leaves_out_what_is_at_its_declared_default_and_nothing_else():
     from fastvar.canonical import declared_defaults, without_defaults
     from fastvar.recipes import Cosine
     assert without_defaults({"a": 0, "b": None, "c": False, "d": 1}, {"a": None, "b": None, "c": False}) == {"a": 0, "d": 1}
-    assert declared_defaults(Cosine) == {"warmup_epochs": 0, "warmup_fraction": 0.0}
+    assert declared_defaults(Cosine) == {"warmup_epochs": 0, "warmup_fraction": 0.0, "cycles": None}
     assert Cosine(warmup_epochs=0, warmup_fraction=0.1).to_dict() == {"name": "cosine", "warmup_fraction": 0.1}
+
+
+def test_a_study_resolves_its_changes_into_one_typed_recipe():
+    from fastvar import Study
+    from fastvar.recipes import Cosine
+    summers = Study(recipe="summers", snapshots=4, epochs=8, dropout=0.1, overrides={"lr": 0.2, "batch_size": 64})
+    recipe = summers.resolved_recipe()
+    assert recipe.schedule == Cosine(warmup_epochs=3, warmup_fraction=0.2, cycles=4)  # its warm-up kept
+    assert (recipe.optimizer.lr, recipe.optimizer.momentum, recipe.batch_size, recipe.epochs, recipe.dropout) == \
+        (0.2, 0.9, 64, 8, 0.1)
+    assert summers.recipe_dict() == recipe.to_dict()
+    assert Study(snapshots=2, epochs=4).resolved_recipe().schedule == Cosine(cycles=2)  # seed's constant: a plain cosine
+    # an explicit label smoothing of 0 stays in the config, as it always was recorded
+    assert Study(overrides={"label_smoothing": 0}).recipe_dict()["label_smoothing"] == 0
+    assert "label_smoothing" not in Study().recipe_dict()

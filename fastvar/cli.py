@@ -268,8 +268,8 @@ def train(args):
 
 def run_with_progress(target, lead, execution, total, out, args, small=None):
     """Train a Study or a Sweep (`target`, whose first study is `lead`) into `out` as `execution` says,
-    with a progress bar of `total` runs; return what its run returns, or None after Ctrl-C (its finished runs are kept).
-    Says what it loads, then what it trains, then (after a few seconds of steps) the projected time,
+    with a progress bar of `total` runs; return what its run returns, or None after Ctrl-C (its finished
+    runs are kept). Says what it loads, then what it trains, then (after a few seconds of steps) the projected time,
     with `small`, a command sized for a CPU, where that projects beyond a day there."""
     where, name = (args.data, "data") if args.data else (args.data_dir or default_data_dir(), DATASETS[lead.dataset])
     print(f"fastvar: loading {name} from {where} ...", file=sys.stderr, flush=True)
@@ -293,17 +293,17 @@ def plan_line(study, execution, total, todo, out, images, swept=None):
     """One line naming what will run, and how; with `swept`, a sweep's settings, the values it sweeps."""
     device = execution.resolved_device()
     threads = f" with {torch.get_num_threads()} threads" if device.type == "cpu" else ""  # set by Study.run
-    swept = swept or {}
-    width = f" at width {study.resolved_width()}" if study.resolved_width() is not None and "width" not in swept else ""
-    epochs = study.recipe_dict()["epochs"]
+    swept, recipe, width = swept or {}, study.recipe_dict(), study.resolved_width()
+    width = f" at width {width}" if width is not None and "width" not in swept else ""
+    epochs = recipe["epochs"]
     length = "epochs" if "epochs" in swept else f"{epochs} epoch{'s' * (epochs != 1)}"
     changed = [f"{name.replace('_', ' ')} {value:g}" for name, value in (study.overrides or {}).items()
                if name not in swept]
     changed += [f"{name.replace('_', ' ')} swept over {', '.join(f'{v:g}' for v in values)}"
                 for name, values in swept.items()]
-    recipe = f"the {study.recipe_name()} recipe" + (f" with {', '.join(changed)}" if changed else "")
+    named = f"the {study.recipe_name()} recipe" + (f" with {', '.join(changed)}" if changed else "")
     return (f"fastvar: training {todo} of {total} runs of {study.experiment} into {out} "
-            f"({total - todo} there already): {recipe}, {study.recipe_dict()['model']}{width}, "
+            f"({total - todo} there already): {named}, {recipe['model']}{width}, "
             f"{length} of {images:,} examples, on {device}{threads}, "
             f"{execution.resolved_strategy(device)} strategy, M = {execution.batch_models}, "
             f"{study.resolved_precision(device)}")
@@ -348,9 +348,9 @@ def plot(args):
 
 
 def analyze_command(args):
-    path = args.report or args.folders[0] / "report.md"
+    path, remedy = args.report or args.folders[0] / "report.md", "give --report PATH in a writable place, or --json"
     if not args.json:
-        check_writable(path, "give --report PATH in a writable place, or --json")
+        check_writable(path, remedy)
     analyses = analyze(*args.folders, data_dir=args.data_dir, cka=args.cka)  # a sweep's: its points
     if args.json:  # a machine's reading: it prints, and writes nothing
         print("\n".join(json_line(a) for a in analyses))
@@ -359,7 +359,7 @@ def analyze_command(args):
     print(notes(analyses))
     for title, table in [*sections, *tables(analyses)]:
         print(f"\n{title}\n\n{table}")
-    with writing(path, "give --report PATH in a writable place, or --json"):
+    with writing(path, remedy):
         write_report(analyses, path, args.command_line, sections)
     print(f"report: {path}", file=sys.stderr)
     return 0

@@ -287,7 +287,8 @@ def download_cifar10(root):
     except OSError as e:
         partial.unlink(missing_ok=True)
         raise DataError(f"could not download {CIFAR10_URL} ({getattr(e, 'reason', None) or e}); put {ARCHIVE} "
-                        f"from there, or a {NPZ}, into {root}, or point {{}} at a folder that holds one", Param("data_dir")) from None
+                        f"from there, or a {NPZ}, into {root}, or point {{}} at a folder that holds one",
+                        Param("data_dir")) from None
     if md5.hexdigest() != CIFAR10_MD5:
         partial.unlink()
         raise DataError(f"downloaded archive has MD5 {md5.hexdigest()}, expected {CIFAR10_MD5}; nothing kept")

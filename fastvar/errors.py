@@ -18,11 +18,8 @@ class FastvarError(Exception):
     def _naming(self, spelling):
         """The template with its params spelt as `spelling` says (split, not str.format, so that braces
         in a value the message quotes stay as they are)."""
-        if not self.params:
-            return self.template
         pieces = self.template.split("{}", len(self.params))
-        return "".join(piece + (spelling(p) if i < len(self.params) else "")
-                       for i, (piece, p) in enumerate(zip(pieces, (*self.params, None))))
+        return "".join(piece + name for piece, name in zip(pieces, [*map(spelling, self.params), ""]))
 
 
 class Param:

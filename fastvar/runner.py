@@ -113,9 +113,10 @@ def check_one_batch(chunk, device):
     """Every study of a batch agrees on what a batch cannot hold per replica: its lead's settings are
     the batch's (Sweep.run groups its points so; this holds it)."""
     lead = chunk[0][0]
-    shared = lead.batch_settings(device)
-    for study, _, _ in chunk[1:]:
-        if study is not lead and study.batch_settings(device) != shared:
+    others = {id(study): study for study, _, _ in chunk if study is not lead}.values()
+    shared = lead.batch_settings(device) if others else None  # a lone study's batch has nothing to check
+    for study in others:
+        if study.batch_settings(device) != shared:
             raise ValueError(f"{study.experiment} and {lead.experiment} differ in more than the per-replica "
                              f"hyperparameters ({', '.join(replica_hyperparameters(lead.recipe_dict()))}): "
                              f"they cannot share a batch")

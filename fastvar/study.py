@@ -134,7 +134,8 @@ class Study:
                 raise ConfigError("init has no onset: a model is initialised once, before epoch 0; "
                                   "use an experiment that fixes init (fixed-init, vary-order, one-ulp, ...)")
             if not 1 <= self.onset_epoch < epochs:
-                raise ConfigError(f"{{}} must be between 1 and {epochs - 1}, not {self.onset_epoch}", Param("onset_epoch"))
+                raise ConfigError(f"{{}} must be between 1 and {epochs - 1}, not {self.onset_epoch}",
+                                  Param("onset_epoch"))
 
     def _check_grid(self):
         if (self.experiment == "grid") != (self.grid is not None):
@@ -146,7 +147,8 @@ class Study:
             raise ConfigError(f"{{}} needs at least 2 init seeds and 2 order seeds, not {self.grid}", Param("grid"))
         cells = self.grid[0] * self.grid[1]
         if self.runs not in (None, cells):
-            raise ConfigError(f"a {self.grid[0]}x{self.grid[1]} grid has {cells} runs, not {{}}", Param("runs", self.runs))
+            raise ConfigError(f"a {self.grid[0]}x{self.grid[1]} grid has {cells} runs, not {{}}",
+                              Param("runs", self.runs))
         self._set("runs", cells)
 
     def resolved_recipe(self):

@@ -131,7 +131,8 @@ def test_a_study_shows_a_bar_unless_told_not_to(synthetic_dir, tmp_path, capsys)
     Study(runs=3, width=2, epochs=1).run(tmp_path / "bar", data_dir=synthetic_dir, progress=False)
     assert capsys.readouterr().err == ""
     calls = []
-    Study(runs=4, width=2, epochs=1).run(tmp_path / "bar", data_dir=synthetic_dir, progress=lambda d, t: calls.append((d, t)))
+    Study(runs=4, width=2, epochs=1).run(tmp_path / "bar", data_dir=synthetic_dir,
+                                         progress=lambda d, t: calls.append((d, t)))
     assert calls[0] == (0, 1) and calls[-1] == (1, 1) and capsys.readouterr().err == ""
 
 

@@ -52,6 +52,14 @@ class AnalysisError(FastvarError):
     """Folders that cannot give the asked-for analysis."""
 
 
+def check_choices(settings, choices):
+    """Each of `settings`' attributes named in `choices` ({name: allowed values}) among its allowed
+    values, else a ConfigError naming it."""
+    for name, allowed in choices.items():
+        if getattr(settings, name) not in allowed:
+            raise ConfigError(f"unknown {{}} {getattr(settings, name)!r}; choose from {', '.join(allowed)}", Param(name))
+
+
 def first_line(error):
     """An exception as one line: its type and the first line of its message (for what a user's code
     or a library raised, passed on inside fastvar's own one-line messages)."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from . import native
-from .errors import ConfigError, Param
+from .errors import ConfigError, Param, check_choices
 from .engine.replicas import CONVS, STRATEGIES
 
 
@@ -31,9 +31,7 @@ class Execution:
     def __post_init__(self):
         choices = {"strategy": ("auto", *STRATEGIES), "device": ("auto", "cpu", "cuda"),
                    "compile": ("auto", "on", "off"), "conv": CONVS, "cuda_graphs": ("auto", "on", "off")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"unknown {{}} {getattr(self, name)!r}; choose from {', '.join(allowed)}", Param(name))
+        check_choices(self, choices)
         for name in ("batch_models", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:

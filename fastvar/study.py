@@ -16,7 +16,7 @@ from .canonical import declared_defaults, without_defaults
 from .data import DATASETS, load_dataset
 from .engine.replicas import check_replicable
 from .engine.train import replica_hyperparameters
-from .errors import ConfigError, Param
+from .errors import ConfigError, Param, check_choices
 from .execution import Execution
 from .models import BUILTIN_MODELS, architecture_digest, model_spec
 from .precisions import PRECISIONS
@@ -69,9 +69,7 @@ class Study:
                    "precision": ("auto", *PRECISIONS),
                    "dataset": (*DATASETS, *[self.dataset] * self.dataset.startswith("arrays-")),
                    "epoch_order": EPOCH_ORDERS}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"unknown {{}} {getattr(self, name)!r}; choose from {', '.join(allowed)}", Param(name))
+        check_choices(self, choices)
         self._check_overrides()  # before the recipe is resolved with them
         spec = model_spec(self.model_factory())  # an unknown name or a bad import path: one line, now
         if self.width is not None and not spec.width:  # linear's width 0: it takes none either

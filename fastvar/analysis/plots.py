@@ -100,11 +100,16 @@ def errors(values, low, high):
     return np.nan_to_num(np.clip([values - low, high - values], 0, None))
 
 
+def plus_minus(spread):
+    """Error-bar lengths of ± `spread` (an SD); none where unknown."""
+    return np.nan_to_num(np.asarray(spread, dtype=float))
+
+
 def log_axis(axis):
     """A log scale of the data already drawn, ticked at 1, 2 and 5 times powers of ten (every digit
     where the data spans less than a decade and a half), written as plain numbers: matplotlib's own
     labels only the powers of ten, often two of them."""
-    axis.axes.set_yscale("log") if axis.axis_name == "y" else axis.axes.set_xscale("log")
+    (axis.axes.set_yscale if axis.axis_name == "y" else axis.axes.set_xscale)("log")
     axis.axes.autoscale_view()
     low, high = axis.get_view_interval()
     subs = (1.0, 2.0, 5.0) if low > 0 and np.log10(high / low) >= 1.5 else np.arange(1.0, 10.0)
@@ -136,7 +141,7 @@ def sd_figure(analyses, setting=None):
     x = np.asarray(setting[1], dtype=float)[order] if setting else order
     sd = np.array([analyses[i].metrics["acc_sd"] * 100 for i in order])
     err = np.array([analyses[i].metrics["acc_sd_err"] * 100 for i in order])
-    ax.errorbar(x, sd, yerr=errors(sd, sd - err, sd + err), fmt="o-" if setting else "o", capsize=4, gid="sd")
+    ax.errorbar(x, sd, yerr=plus_minus(err), fmt="o-" if setting else "o", capsize=4, gid="sd")
     if setting:
         setting_axis(ax, *setting)
     else:
@@ -154,7 +159,7 @@ def ensemble_figure(analyses):
         sizes = sorted(a.metrics["ensembles"], key=int)
         acc = np.array([a.metrics["ensembles"][s]["acc"] * 100 for s in sizes])
         sd = np.array([a.metrics["ensembles"][s]["sd"] * 100 for s in sizes], dtype=float)
-        ax.errorbar([int(s) for s in sizes], acc, yerr=errors(acc, acc - sd, acc + sd), fmt="o-", capsize=4,
+        ax.errorbar([int(s) for s in sizes], acc, yerr=plus_minus(sd), fmt="o-", capsize=4,
                     label=a.folder.name, gid=a.name)
     ax.set_xscale("log")
     sizes = sorted({int(s) for a in analyses for s in a.metrics["ensembles"]})
@@ -187,8 +192,8 @@ def binomial_figure(analyses):
     x, width = np.arange(len(analyses)), 0.27
     pp = lambda key: np.array([a.metrics[key] * 100 for a in analyses], dtype=float)  # noqa: E731
     observed, binomial, distribution = pp("acc_sd"), pp("binomial_sd"), pp("distribution_sd")
-    ax.bar(x - width, observed, width, yerr=errors(observed, observed - pp("acc_sd_err"), observed + pp("acc_sd_err")),
-           capsize=3, label="observed SD ± bootstrap SD", gid="acc_sd")
+    ax.bar(x - width, observed, width, yerr=plus_minus(pp("acc_sd_err")), capsize=3, label="observed SD ± bootstrap SD",
+           gid="acc_sd")
     ax.bar(x, binomial, width, label="binomial SD at the mean accuracy", gid="binomial_sd")
     ax.bar(x + width, distribution, width, capsize=3, gid="distribution_sd", label="distribution SD, 95 % interval",
            yerr=errors(distribution, pp("distribution_sd_low"), pp("distribution_sd_high")))

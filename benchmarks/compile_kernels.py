@@ -96,8 +96,8 @@ def studies(quick, width=None):
     edges = [("batch 1, M 1", "seed", {}, "resnet6", 1, (32, 32, 3), 1, 2, torch.bfloat16, 1),
              ("odd 17x13, partial batch, M 3", "summers", {}, "resnet6", 2, (17, 13, 3), 4, 6, torch.bfloat16, 3),
              ("28x28, float32", "jordan", {}, "resnet9", 1, (28, 28, 3), 4, 6, torch.float32, 1)]
-    recipes = [(name, name, {}, RECIPES[name]["model"], width, (32, 32, 3), RECIPES[name]["batch_size"],
-                RECIPES[name]["batch_size"] + 8, dtype, 1)
+    recipes = [(name, name, {}, RECIPES[name].model, width, (32, 32, 3), RECIPES[name].batch_size,
+                RECIPES[name].batch_size + 8, dtype, 1)
                for name in RECIPES for dtype in (torch.bfloat16, torch.float32)]
     return edges + ([r for r in recipes if r[1] == "seed"] if quick else recipes)
 
@@ -114,7 +114,7 @@ def run_study(label, recipe_name, changes, model, width, shape, batch, examples,
     y = torch.arange(examples) % 10
     data = Dataset(x, y, x[:3], y[:3])
     epochs = 1 if label == recipe_name else 2
-    recipe = {**dict(RECIPES[recipe_name]), **changes, "epochs": epochs, "batch_size": batch, "model": model}
+    recipe = RECIPES[recipe_name].replace(**changes, epochs=epochs, batch_size=batch, model=model)
     seeds = [run_seeds("all-random", i) for i in range(m)]
     compute = dtype if dtype == torch.bfloat16 else None
     train_replicas(data, recipe, seeds, width=width, strategy="vmap", dtype=torch.float32, compute_dtype=compute,

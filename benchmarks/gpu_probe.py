@@ -29,6 +29,7 @@ rewritten after each row. A row that runs out of memory says so and the next one
 Prints a table per section and ends with one JSON line (every section's results).
 """
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -343,8 +344,8 @@ def augment_eval_section():
     labels = (torch.arange(len(images)) % 10).to(DEVICE)
     indices = torch.randint(0, len(images), (m, SIZES["batch"]), generator=g).to(DEVICE)
     seeds, recipe = torch.arange(m, device=DEVICE), RECIPES["jordan"]
-    augment_s = timed(lambda: augment(images, indices, seeds, 1, **recipe["augment"], mean=recipe["mean"],
-                                      std=recipe["std"], dtype=torch.bfloat16))
+    augment_s = timed(lambda: augment(images, indices, seeds, 1, **dataclasses.asdict(recipe.augment),
+                                      mean=recipe.mean, std=recipe.std, dtype=torch.bfloat16))
     replicas = seed_replicas(m)
     data = Dataset(images[:n], labels[:n], images[:n], labels[:n])
     evaluate_s = timed(lambda: evaluate(replicas, data, RECIPES["seed"]), repeats=1)
@@ -359,7 +360,7 @@ def deterministic_section():
 
     def row(name):
         recipe = RECIPES[name]
-        replicas = Replicas(recipe["model"], list(range(SIZES["step_ms"][0])), width=SIZES["width"], strategy="vmap",
+        replicas = Replicas(recipe.model, list(range(SIZES["step_ms"][0])), width=SIZES["width"], strategy="vmap",
                             device=DEVICE, compute_dtype=torch.bfloat16)
         optimizer = make_optimizer(recipe, replicas.master, replicas.layout, lr_factors=[1.0] * 10_000,
                                    low=replicas.low)
@@ -367,7 +368,7 @@ def deterministic_section():
         with kernel_mode(False, DEVICE):
             step_s = timed(lambda: optimizer.step(replicas.train_step_grads(x, y)[2]))
             replicas.logits(x[0])
-        return {"recipe": name, "model": recipe["model"], "runs": True, "step_ms": step_s * 1e3}
+        return {"recipe": name, "model": recipe.model, "runs": True, "step_ms": step_s * 1e3}
     return run_rows(list(RECIPES), row, lambda name: {"recipe": name, "runs": False})
 
 
@@ -407,7 +408,7 @@ def loop_against_vmap():
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (24, 32, 32, 3), dtype=torch.uint8, generator=g).to(DEVICE)
     y = (torch.arange(24) % 10).to(DEVICE)
-    recipe = dict(RECIPES["seed"], epochs=1, batch_size=8)
+    recipe = RECIPES["seed"].replace(epochs=1, batch_size=8)
     seeds = [run_seeds("all-random", i) for i in range(2)]
     trained = {}
     for strategy in ("loop", "vmap"):

@@ -38,16 +38,16 @@ def worker(args):
     from fastvar.recipes import RECIPES
     from fastvar.engine.train import fit
     recipe = RECIPES["seed"]
-    batch = recipe["batch_size"]
+    batch = recipe.batch_size
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (batch * args.steps, 32, 32, 3), dtype=torch.uint8, generator=g)
     data = Dataset(x, torch.arange(len(x)) % 10, x[:10], torch.arange(10) % 10)
     seeds = [run_seeds("all-random", 0)]
-    replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], width=args.width)
+    replicas = Replicas(recipe.model, [s.init_seed for s in seeds], width=args.width)
     warm = Dataset(x[:2 * batch], data.y_train[:2 * batch], data.x_test, data.y_test)
-    fit(replicas, warm, dict(recipe, epochs=1), seeds)
+    fit(replicas, warm, recipe.replace(epochs=1), seeds)
     started = time.perf_counter()
-    fit(replicas, data, dict(recipe, epochs=1), seeds)
+    fit(replicas, data, recipe.replace(epochs=1), seeds)
     print(json.dumps({"img_s": len(x) / (time.perf_counter() - started)}))
 
 

@@ -80,10 +80,10 @@ class Timer:
 
 def baseline(data, recipe, width, device, warmup, seconds):
     """Images per second and seconds of warm-up of the original loop (batches beyond the data wrap)."""
-    model = build_model(recipe["model"], init_seed=0, width=width).to(device)
+    model = build_model(recipe.model, init_seed=0, width=width).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(PerSampleCIFAR(data.x_train.cpu(), data.y_train.cpu()),
-                                         batch_size=recipe["batch_size"], shuffle=True, drop_last=True)
+                                         batch_size=recipe.batch_size, shuffle=True, drop_last=True)
 
     def steps(n):
         done = 0
@@ -97,7 +97,7 @@ def baseline(data, recipe, width, device, warmup, seconds):
                 done += 1
                 if done == n:
                     return
-    return measure(steps, recipe["batch_size"], device, warmup, seconds)
+    return measure(steps, recipe.batch_size, device, warmup, seconds)
 
 
 def fastvar(data, recipe, width, device, strategy, m, precision, compile, conv, warmup, seconds):
@@ -107,16 +107,16 @@ def fastvar(data, recipe, width, device, strategy, m, precision, compile, conv, 
     strategy, _, dense = strategy.partition("-")
     options = dict(width=width, strategy=strategy, dtype=PRECISIONS[precision], live_only=dense != "dense",
                    compute_dtype=COMPUTE_DTYPE.get(precision), device=device, conv=conv)
-    replicas = Replicas(recipe["model"], [s.init_seed for s in seeds], compile=compile, **options)
-    batch = recipe["batch_size"]
+    replicas = Replicas(recipe.model, [s.init_seed for s in seeds], compile=compile, **options)
+    batch = recipe.batch_size
 
     def steps(n):  # whole batches only (a partial one would recompile), epochs over the data as needed
         per_epoch = min(n, len(data.y_train) // batch)
         subset = Dataset(*(t[:per_epoch * batch] for t in (data.x_train, data.y_train)), data.x_test, data.y_test)
         epochs = -(-n // per_epoch)
-        fit(replicas, subset, dict(recipe, epochs=epochs), seeds)
+        fit(replicas, subset, recipe.replace(epochs=epochs), seeds)
         return epochs * per_epoch
-    executed = executed_flops_per_image(Replicas(recipe["model"], [0], **options), batch)
+    executed = executed_flops_per_image(Replicas(recipe.model, [0], **options), batch)
     return dict(measure(steps, batch * m, device, warmup, seconds), executed_flops_per_image=executed)
 
 
@@ -153,8 +153,8 @@ def peak_memory_mb(device):
 
 def train_flops_per_image(recipe, width):
     """FLOPs of one training step (forward and backward) of the recipe's model, per image."""
-    model = build_model(recipe["model"], init_seed=0, width=width)
-    batch = recipe["batch_size"]
+    model = build_model(recipe.model, init_seed=0, width=width)
+    batch = recipe.batch_size
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(x), y).backward()
@@ -242,7 +242,7 @@ def main():
     args = parse_args()
     native.retain_freed_memory()  # for every loop measured, as run.py does
     recipe = RECIPES[args.recipe]
-    width = args.width or MODELS[recipe["model"]].width
+    width = args.width or MODELS[recipe.model].width
     data, source = benchmark_data(args.data_dir, args.device)
     table = Table(args, recipe, width, source)
     if not args.no_baseline:
@@ -265,7 +265,7 @@ class Table:
         self.theoretical = theoretical_cpu_peak() if args.device.type == "cpu" else None
         self.device = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" \
             else f"CPU, {torch.get_num_threads()} threads"
-        print(f"{args.recipe} recipe ({recipe['model']}, width {width}, batch {recipe['batch_size']}), {source}, "
+        print(f"{args.recipe} recipe ({recipe.model}, width {width}, batch {recipe.batch_size}), {source}, "
               f"{self.device}; fastvar in {args.precision} with {args.conv} convolutions, baseline in float32; "
               f"{self.flops / 1e9:.3f} GFLOP per training image; 'of peak' against the highest "
               f"{'float32' if args.device.type == 'cpu' else 'bf16'} peak measured so far (the fastest product "
@@ -277,7 +277,7 @@ class Table:
         """`row` as measure gives it; fastvar's rows add the FLOPs their step executes (the baseline
         executes the model's count)."""
         row = dict(strategy=strategy, batch_models=m, **row, peak_mb_per_replica=peak_memory_mb(self.args.device) / m,
-                   runs_per_hour=row["img_s"] * 3600 / (self.recipe["epochs"] * TRAIN_IMAGES))
+                   runs_per_hour=row["img_s"] * 3600 / (self.recipe.epochs * TRAIN_IMAGES))
         row.setdefault("executed_flops_per_image", self.flops)
         self.rows.append(row)
         self.peaks.append(peak_flops(self.args.device))

@@ -7,7 +7,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
-    "Study": "study", "Sweep": "sweep", "Execution": "execution",
+    "Study": "study", "Sweep": "sweep", "SweepStores": "sweep", "Execution": "execution",
     "analyze": "analysis.compute", "results": "analysis.load", "compare": "analysis.compare",
     "sweep_summary": "analysis.compare", "Analysis": "analysis.compute", "Store": "store",
     "load_dataset": "data",
@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # what editors and type checkers see of the names loaded on f
     from .recipes import RECIPES, SGD, Adam, Augment, Constant, Cosine, LinearDecay, Recipe
     from .store import Store
     from .study import Study
-    from .sweep import Sweep
+    from .sweep import Sweep, SweepStores
 
 
 def __getattr__(name):

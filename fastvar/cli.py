@@ -22,13 +22,13 @@ from .data import DATASETS, default_data_dir, load_arrays, load_dataset  # noqa:
 from .engine.replicas import CONVS  # noqa: E402
 from .errors import ConfigError, FastvarError, StoreError, writing  # noqa: E402
 from .execution import Execution  # noqa: E402
-from .models import MODELS  # noqa: E402
+from .models import MODELS, model_name  # noqa: E402
 from .precisions import PRECISIONS  # noqa: E402
 from .progress import ProgressBar, duration, per_hour  # noqa: E402
-from .recipes import RECIPES  # noqa: E402
+from .recipes import RECIPES, SETTABLE  # noqa: E402
 from .sources import EPOCH_ORDERS, EXPERIMENTS, SOURCES  # noqa: E402
 from .store import Store, merge  # noqa: E402
-from .study import OVERRIDABLE, Study  # noqa: E402
+from .study import Study  # noqa: E402
 from .sweep import SETTINGS, Sweep, parse_setting  # noqa: E402
 
 COMMANDS = ("train", "sweep", "plot", "analyze", "compare", "merge", "export", "download")
@@ -183,7 +183,7 @@ def study_arguments(args):
 
 def recipe_overrides(args):
     """The recipe's hyperparameters the flags replace (--lr, --batch-size, ...), or None."""
-    given = {name: getattr(args, name) for name in OVERRIDABLE if getattr(args, name, None) is not None}
+    given = {name: getattr(args, name) for name in SETTABLE if getattr(args, name, None) is not None}
     return given or None
 
 
@@ -293,9 +293,9 @@ def plan_line(study, execution, total, todo, out, images, swept=None):
     """One line naming what will run, and how; with `swept`, a sweep's settings, the values it sweeps."""
     device = execution.resolved_device()
     threads = f" with {torch.get_num_threads()} threads" if device.type == "cpu" else ""  # set by Study.run
-    swept, recipe, width = swept or {}, study.recipe_dict(), study.resolved_width()
+    swept, recipe, width = swept or {}, study.resolved_recipe(), study.resolved_width()
     width = f" at width {width}" if width is not None and "width" not in swept else ""
-    epochs = recipe["epochs"]
+    epochs = recipe.epochs
     length = "epochs" if "epochs" in swept else f"{epochs} epoch{'s' * (epochs != 1)}"
     changed = [f"{name.replace('_', ' ')} {value:g}" for name, value in (study.overrides or {}).items()
                if name not in swept]
@@ -303,7 +303,7 @@ def plan_line(study, execution, total, todo, out, images, swept=None):
                 for name, values in swept.items()]
     named = f"the {study.recipe_name()} recipe" + (f" with {', '.join(changed)}" if changed else "")
     return (f"fastvar: training {todo} of {total} runs of {study.experiment} into {out} "
-            f"({total - todo} there already): {named}, {recipe['model']}{width}, "
+            f"({total - todo} there already): {named}, {model_name(recipe.model)}{width}, "
             f"{length} of {images:,} examples, on {device}{threads}, "
             f"{execution.resolved_strategy(device)} strategy, M = {execution.batch_models}, "
             f"{study.resolved_precision(device)}")

@@ -5,12 +5,13 @@
                             schedule=fastvar.Cosine(), augment=fastvar.Augment(flip=True, pad=4))
     recipe.replace(lr=2e-3)
 
-A Recipe reads as the plain dict the training loop takes (`to_dict`, and item access), the dict a
-study's config records; a default it leaves unset is not written there, so the configs of older
-folders keep their hashes. Learning rates are peaks; the schedule shapes them over the run.
+The engine reads a Recipe as it is. `to_dict` is what a study's config records (a setting at its
+declared default is left out, so the configs of older folders keep their hashes) and `from_dict`
+reads that back. Learning rates are peaks; the schedule's `factor` shapes them over the run.
 """
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Callable, Mapping
+from typing import Callable, ClassVar
 
 from .canonical import declared_defaults, without_defaults
 from .errors import ConfigError
@@ -18,10 +19,17 @@ from .models import model_name
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
+# The hyperparameters a study or a sweep point may replace, each with its allowed range [low, high);
+# a batch of replicas holds the first three per replica (as vectors: Recipe.per_replica).
+SETTABLE = {"lr": (1e-12, math.inf), "weight_decay": (0, math.inf), "label_smoothing": (0, 1),
+            "batch_size": (1, math.inf)}
+PER_REPLICA = ("lr", "weight_decay", "label_smoothing")
+
 
 @dataclass(frozen=True)
 class Adam:
     """Adam as torch.optim.Adam has it by default; `decoupled`: AdamW's weight decay."""
+    name: ClassVar[str] = "adam"
     lr: float = 1e-3
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-8
@@ -37,6 +45,7 @@ class Adam:
 @dataclass(frozen=True)
 class SGD:
     """SGD as torch.optim.SGD has it by default (no dampening)."""
+    name: ClassVar[str] = "sgd"
     lr: float = 1e-3
     momentum: float = 0.0
     nesterov: bool = False
@@ -49,15 +58,26 @@ class SGD:
 
 @dataclass(frozen=True)
 class Constant:
+    name: ClassVar[str] = "constant"
+
+    def factor(self, step, steps_per_epoch, total_steps):
+        """The multiplier of the peak learning rate at `step` (0-based)."""
+        return 1.0
+
     def to_dict(self):
-        return {"name": "constant"}
+        return {"name": self.name}
 
 
 @dataclass(frozen=True)
 class LinearDecay:
     """Decayed linearly to zero over the run."""
+    name: ClassVar[str] = "linear"
+
+    def factor(self, step, steps_per_epoch, total_steps):
+        return 1 - step / total_steps
+
     def to_dict(self):
-        return {"name": "linear"}
+        return {"name": self.name}
 
 
 @dataclass(frozen=True)
@@ -67,9 +87,23 @@ class Cosine:
     warmup_epochs: int = 0
     warmup_fraction: float = 0.0
     cycles: int | None = None  # restarted this many times (snapshot ensembles; Study's `snapshots`)
+    name: ClassVar[str] = "cosine"
+
+    def factor(self, step, steps_per_epoch, total_steps):
+        cycle_steps = total_steps // (self.cycles or 1)
+        warmup = min(self.warmup_epochs * steps_per_epoch, int(self.warmup_fraction * cycle_steps))
+        if step < warmup:
+            return (step + 1) / warmup
+        start = step // cycle_steps * cycle_steps
+        offset = warmup if start == 0 else 0  # the warm-up belongs to the first cycle
+        return 0.5 * (1 + math.cos(math.pi * (step - start - offset) / (cycle_steps - offset)))
+
+    def snapshot_epochs(self, epochs):
+        """The epochs (0-based) after which a cycle ends; empty without cycles."""
+        return [(k + 1) * epochs // self.cycles - 1 for k in range(self.cycles or 0)]
 
     def to_dict(self):
-        return {"name": "cosine", **without_defaults(asdict(self), declared_defaults(Cosine))}
+        return {"name": self.name, **without_defaults(asdict(self), declared_defaults(Cosine))}
 
 
 @dataclass(frozen=True)
@@ -87,7 +121,7 @@ class Augment:
 
 
 @dataclass(frozen=True)
-class Recipe(Mapping):
+class Recipe:
     """Everything a run is trained with but its seeds. `mean` and `std` are per channel on the [0, 1]
     pixel scale (one value serves every channel); `lr_scale_1d` scales the learning rate of biases
     and normalisation parameters."""
@@ -113,6 +147,17 @@ class Recipe(Mapping):
         optimizer = replace(own.pop("optimizer", self.optimizer), **for_optimizer)
         return replace(self, **own, optimizer=optimizer)
 
+    def per_replica(self):
+        """The hyperparameters a batch holds per replica (PER_REPLICA), this recipe's values."""
+        values = {"lr": self.optimizer.lr, "weight_decay": self.optimizer.weight_decay,
+                  "label_smoothing": self.label_smoothing}
+        return {name: values[name] for name in PER_REPLICA}
+
+    def snapshot_epochs(self):
+        """The epochs (0-based) after which a cyclic schedule ends a cycle; empty without cycles."""
+        cyclic = getattr(self.schedule, "snapshot_epochs", None)
+        return cyclic(self.epochs) if cyclic else []
+
     def to_dict(self):
         d = {"model": model_name(self.model), "epochs": self.epochs, "batch_size": self.batch_size,
              "optimizer": self.optimizer.to_dict(), "schedule": self.schedule.to_dict(),
@@ -120,14 +165,18 @@ class Recipe(Mapping):
         optional = {"lr_scale_1d": self.lr_scale_1d, "dropout": self.dropout, "label_smoothing": self.label_smoothing}
         return {**d, **without_defaults(optional, declared_defaults(Recipe))}
 
-    def __getitem__(self, key):
-        return self.to_dict()[key]
-
-    def __iter__(self):
-        return iter(self.to_dict())
-
-    def __len__(self):
-        return len(self.to_dict())
+    @classmethod
+    def from_dict(cls, recorded):
+        """The Recipe a config's `hyperparameters` record (a model of the user's own: by its name)."""
+        def typed(kinds, settings):
+            kind = next(k for k in kinds if k.name == settings["name"])
+            return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k != "name"})
+        optional = {k: recorded[k] for k in ("lr_scale_1d", "dropout", "label_smoothing") if k in recorded}
+        return cls(model=recorded["model"], epochs=recorded["epochs"], batch_size=recorded["batch_size"],
+                   optimizer=typed((Adam, SGD), recorded["optimizer"]),
+                   schedule=typed((Constant, LinearDecay, Cosine), recorded["schedule"]),
+                   augment=Augment(**recorded["augment"]), mean=tuple(recorded["mean"]),
+                   std=tuple(recorded["std"]), **optional)
 
 
 RECIPES = {

@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 
 import torch
 
-from .engine.train import replica_hyperparameters, train_replicas
+from .engine.train import train_replicas
+from .recipes import PER_REPLICA, Recipe
 from .precisions import COMPUTE_DTYPE, PRECISIONS
 from .sources import RunSeeds, kernel_mode, run_seeds
 from .store import weights_path
@@ -54,8 +55,7 @@ def train_or_split(chunk, data, execution, device, on_step, size):
 class TrainingPlan:
     """One batch of replicas as the engine trains it: what they share (the lead study's, checked to be
     every other study's too) and each replica's own seeds and hyperparameters."""
-    recipe: dict
-    model: object  # as fastvar.models.model_spec takes it
+    recipe: Recipe  # the lead's; its model as fastvar.models.model_spec takes it
     width: int | None
     precision: str
     eval_every_epoch: bool
@@ -63,7 +63,7 @@ class TrainingPlan:
     fixed: RunSeeds  # the seeds a fixed source draws from (and every source before the onset)
     epoch_order: str
     seeds: list  # RunSeeds, one per replica
-    hyper: list  # replica_hyperparameters, one per replica
+    hyper: list  # Recipe.per_replica, one per replica
     keep: list  # the replicas whose final weights are kept
 
 
@@ -73,14 +73,14 @@ def plan_batch(chunk, size, strategy, device):
     static shapes, and a vmap result never depends on how full its batch was. A loop run does not
     depend on its batch, so the loop trains exactly the runs it has."""
     check_one_batch(chunk, device)
-    lead = chunk[0][0]
+    lead, resolved = chunk[0][0], chunk[0][0].resolve(device)
     padded = chunk + [chunk[-1]] * (size - len(chunk)) if strategy == "vmap" else chunk
     return TrainingPlan(
-        recipe=lead.recipe_dict(), model=lead.model_factory(), width=lead.resolved_width(),
-        precision=lead.resolved_precision(device), eval_every_epoch=lead.eval_every_epoch,
+        recipe=resolved.recipe, width=resolved.width, precision=resolved.precision,
+        eval_every_epoch=lead.eval_every_epoch,
         onset_epoch=lead.onset_epoch or 0, fixed=run_seeds(set(), 0, lead.seed, lead.fixed_seed),
         epoch_order=lead.epoch_order, seeds=[study.seeds(i) for study, _, i in padded],
-        hyper=[replica_hyperparameters(study.recipe_dict()) for study, _, _ in padded],
+        hyper=[study.resolve(device).recipe.per_replica() for study, _, _ in padded],
         keep=[r for r, (study, _, i) in enumerate(chunk) if i < study.save_weights])
 
 
@@ -89,7 +89,7 @@ def train_chunk(chunk, data, execution, device, on_step, size):
     strategy, compile = execution.resolved_strategy(device), execution.resolved_compile(device)
     plan = plan_batch(chunk, size, strategy, device)
     started = time.perf_counter()
-    results = train_replicas(data, plan.recipe, plan.seeds, model=plan.model, width=plan.width, strategy=strategy,
+    results = train_replicas(data, plan.recipe, plan.seeds, width=plan.width, strategy=strategy,
                              dtype=PRECISIONS[plan.precision], compute_dtype=COMPUTE_DTYPE.get(plan.precision),
                              compile=compile, conv=execution.conv, cuda_graphs=execution.resolved_cuda_graphs(device),
                              on_step=on_step, keep_weights=plan.keep, eval_every_epoch=plan.eval_every_epoch,
@@ -114,12 +114,10 @@ def check_one_batch(chunk, device):
     the batch's (Sweep.run groups its points so; this holds it)."""
     lead = chunk[0][0]
     others = {id(study): study for study, _, _ in chunk if study is not lead}.values()
-    shared = lead.batch_settings(device) if others else None  # a lone study's batch has nothing to check
     for study in others:
-        if study.batch_settings(device) != shared:
+        if study.resolve(device).batch_settings != lead.resolve(device).batch_settings:
             raise ValueError(f"{study.experiment} and {lead.experiment} differ in more than the per-replica "
-                             f"hyperparameters ({', '.join(replica_hyperparameters(lead.recipe_dict()))}): "
-                             f"they cannot share a batch")
+                             f"hyperparameters ({', '.join(PER_REPLICA)}): they cannot share a batch")
 
 
 def save_weights(state_dict, path):

@@ -6,6 +6,7 @@ runs still to train, trained M at a time as its Execution says.
 """
 import shutil
 from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
 from pathlib import Path
 from types import MappingProxyType
 from typing import Callable
@@ -15,21 +16,15 @@ import torch
 from .canonical import declared_defaults, without_defaults
 from .data import DATASETS, load_dataset
 from .engine.replicas import check_replicable
-from .engine.train import replica_hyperparameters
 from .errors import ConfigError, Param, check_choices
 from .execution import Execution
-from .models import BUILTIN_MODELS, architecture_digest, model_spec
+from .models import BUILTIN_MODELS, architecture_digest, model_name, model_spec
 from .precisions import PRECISIONS
 from .progress import progress_of
-from .recipes import RECIPES, Cosine, Recipe
+from .recipes import PER_REPLICA, RECIPES, SETTABLE, Cosine, Recipe
 from .runner import train_runs
 from .sources import EPOCH_ORDERS, SOURCES, experiment_sources, run_seeds
 from .store import Store, config_hash, db_name, run_key
-
-# Recipe hyperparameters a study may replace, with their allowed range [low, high).
-OVERRIDABLE = {"lr": (1e-12, float("inf")), "weight_decay": (0, float("inf")), "label_smoothing": (0, 1),
-               "batch_size": (1, float("inf"))}
-
 
 @dataclass(frozen=True)
 class Study:
@@ -71,6 +66,8 @@ class Study:
                    "epoch_order": EPOCH_ORDERS}
         check_choices(self, choices)
         self._check_overrides()  # before the recipe is resolved with them
+        self._set("_recipe", self._resolve_recipe())
+        self._set("_on_device", {})  # Study.resolve's, by device
         spec = model_spec(self.model_factory())  # an unknown name or a bad import path: one line, now
         if self.width is not None and not spec.width:  # linear's width 0: it takes none either
             raise ConfigError("{} sets the width of fastvar's own models; this model takes none", Param("width"))
@@ -79,7 +76,7 @@ class Study:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{{}} must be at least 1, not {value}", Param(name))
-        epochs = self.recipe_dict()["epochs"]
+        epochs = self.resolved_recipe().epochs
         if self.snapshots is not None and (self.snapshots < 1 or epochs % self.snapshots):
             raise ConfigError(f"{{}} must divide the {epochs} epochs into whole cycles",
                               Param("snapshots", self.snapshots))
@@ -91,9 +88,9 @@ class Study:
 
     def _check_overrides(self):
         for name, value in (self.overrides or {}).items():
-            if name not in OVERRIDABLE:
-                raise ConfigError(f"cannot set {name!r}; settable: {', '.join(OVERRIDABLE)}, epochs, width")
-            low, high = OVERRIDABLE[name]
+            if name not in SETTABLE:
+                raise ConfigError(f"cannot set {name!r}; settable: {', '.join(SETTABLE)}, epochs, width")
+            low, high = SETTABLE[name]
             if not (isinstance(value, (int, float)) and low <= value < high):
                 raise ConfigError(f"{name} must be a number in [{low}, {high}), not {value!r}")
 
@@ -114,8 +111,8 @@ class Study:
 
     def present_sources(self):
         """The sources this recipe has: augmentation only if it augments, dropout only with --dropout."""
-        recipe = self.recipe_dict()
-        absent = {source for source, has in (("aug", recipe["augment"]), ("dropout", recipe.get("dropout"))) if not has}
+        recipe = self.resolved_recipe()
+        absent = {source for source, has in (("aug", recipe.augment.to_dict()), ("dropout", recipe.dropout)) if not has}
         return set(SOURCES) - absent
 
     def varied(self):
@@ -151,8 +148,12 @@ class Study:
 
     def resolved_recipe(self):
         """The recipe with this study's changes, one typed Recipe: every hyperparameter a run is trained
-        with. The study's model, epochs, dropout and overrides go through Recipe.replace; snapshots
-        restart the recipe's cosine (warm-up included), or a plain one, that many times."""
+        with, as the engine reads it."""
+        return self._recipe
+
+    def _resolve_recipe(self):
+        """The study's model, epochs, dropout and overrides go through Recipe.replace; snapshots restart
+        the recipe's cosine (warm-up included), or a plain one, that many times."""
         recipe = self.recipe if isinstance(self.recipe, Recipe) else RECIPES[self.recipe]
         changes = dict(self.overrides or {})
         for name in ("model", "epochs", "dropout"):
@@ -164,7 +165,7 @@ class Study:
         return recipe.replace(**changes)
 
     def recipe_dict(self):
-        """The resolved recipe as the config records it (and, for now, as the engine reads it)."""
+        """The resolved recipe as the config records it."""
         recipe = self.resolved_recipe().to_dict()
         smoothing = (self.overrides or {}).get("label_smoothing")
         if smoothing == 0:  # an explicit 0 has always been recorded: folders made with one keep their hash
@@ -193,19 +194,24 @@ class Study:
                     "fixed_seed": self.fixed_seed, "onset_epoch": self.onset_epoch, "dataset": self.dataset,
                     "epoch_order": self.epoch_order,
                     # a model of the user's own: its parameters' names and shapes, beside its name
-                    "architecture": None if self.recipe_dict()["model"] in BUILTIN_MODELS
-                    else architecture_digest(self.model_factory())}
+                    "architecture": None if self.builtin_model() else architecture_digest(self.model_factory())}
         return {**config, **without_defaults(optional, {**declared_defaults(Study), "architecture": None})}
 
-    def batch_settings(self, device):
-        """What every replica of one batch must share: the config, less the hyperparameters a batch
-        holds per replica (replica_hyperparameters), and what the step reads once per batch."""
-        config = self.config(device)
-        hyper = config["hyperparameters"]
-        per_replica = replica_hyperparameters(hyper)
-        hyper["optimizer"] = {k: v for k, v in hyper["optimizer"].items() if k not in per_replica}
-        hyper.pop("label_smoothing", None)
-        return {**config, "eval_every_epoch": self.eval_every_epoch}
+    def resolve(self, device):
+        """This study as it trains on `device`, worked out once (a user's model is built on the meta
+        device for its digest): what the runner and every stored row read."""
+        key = str(device)
+        if key not in self._on_device:
+            config = self.config(device)
+            recipe = self.resolved_recipe()
+            shared = recipe.replace(**dict.fromkeys(PER_REPLICA, 0)).to_dict()  # what a batch cannot hold per replica
+            self._on_device[key] = OnDevice(
+                recipe=recipe, precision=config["precision"], width=config["width"], config_hash=config_hash(config),
+                batch_settings={**config, "hyperparameters": shared, "eval_every_epoch": self.eval_every_epoch})
+        return self._on_device[key]
+
+    def builtin_model(self):
+        return model_name(self.model_factory()) in BUILTIN_MODELS
 
     def notes(self, device):
         """What a user should know before the study runs on `device`: lines for the command line to print."""
@@ -241,15 +247,16 @@ class Study:
     def check_model(self, data, execution):
         """Before any run: a recipe that augments needs images, and a model of the user's own is tried on
         `data`'s shapes (fastvar.engine.replicas.check_replicable)."""
-        if data.x_train.dtype != torch.uint8 and self.recipe_dict()["augment"]:
-            raise ConfigError(f"the recipe augments images ({', '.join(self.recipe_dict()['augment'])}), but the data "
+        augment = self.resolved_recipe().augment.to_dict()
+        if data.x_train.dtype != torch.uint8 and augment:
+            raise ConfigError(f"the recipe augments images ({', '.join(augment)}), but the data "
                               f"are features ({tuple(data.x_train.shape)}); use a recipe without augmentation")
-        if self.recipe_dict()["model"] not in BUILTIN_MODELS:
+        if not self.builtin_model():
             device = execution.resolved_device()
             fixed_kernels_on_cuda = device.type == "cuda" and "kernels" not in self.varied()
             check_replicable(self.model_factory(), execution.resolved_strategy(device), data.num_classes,
                              data.example_shape, deterministic_cuda=fixed_kernels_on_cuda,
-                             dropout=self.recipe_dict().get("dropout"))
+                             dropout=self.resolved_recipe().dropout)
 
     def unfinished(self, store, execution):
         """The runs of this process (its shard's) that `store` does not hold yet, in run order."""
@@ -288,15 +295,23 @@ class Study:
     def row(self, seeds, result, how):
         """The runs-table row of a trained run: its seeds, results, hyperparameters and `how` it trained
         (the how columns, `device` among them). The one place a row is assembled."""
-        device = torch.device(how["device"])
-        recipe, present = self.recipe_dict(), self.present_sources()
-        return {**asdict(seeds), **result, **replica_hyperparameters(recipe), **how,
+        resolved, present = self.resolve(torch.device(how["device"])), self.present_sources()
+        return {**asdict(seeds), **result, **resolved.recipe.per_replica(), **how,
                 "run_key": run_key(self.experiment, seeds.run_index), "experiment": self.experiment,
                 # a source the recipe does not have gets no seed
                 "aug_seed": seeds.aug_seed if "aug" in present else None,
                 "dropout_seed": seeds.dropout_seed if "dropout" in present else None,
-                "epochs": recipe["epochs"], "width": self.resolved_width(), "batch_size": recipe["batch_size"],
-                "config_hash": config_hash(self.config(device)), "precision": self.resolved_precision(device)}
+                "epochs": resolved.recipe.epochs, "width": resolved.width, "batch_size": resolved.recipe.batch_size,
+                "config_hash": resolved.config_hash, "precision": resolved.precision}
+
+
+class OnDevice(NamedTuple):
+    """A study resolved for one device (Study.resolve)."""
+    recipe: Recipe
+    precision: str
+    width: int | None
+    config_hash: str
+    batch_settings: dict  # what every replica of one batch must share: the config less PER_REPLICA
 
 
 def discard(folder, shard, store, made_folder, made_file):

@@ -17,14 +17,14 @@ from pathlib import Path
 from .canonical import declared_defaults, without_defaults
 from .errors import ConfigError, Param, StoreError
 from .progress import progress_of
+from .recipes import PER_REPLICA, SETTABLE
 from .store import DEFINITION, folder_name, grid_points
 from .execution import Execution
 from .runner import train_runs
 from .study import Study
 
-BATCHABLE = ("lr", "weight_decay", "label_smoothing")
 STUDY_FIELDS = ("epochs", "width")  # set on the Study itself; the rest replace recipe values
-SETTINGS = BATCHABLE + ("batch_size",) + STUDY_FIELDS
+SETTINGS = (*SETTABLE, *STUDY_FIELDS)
 ALIASES = {"wd": "weight_decay", "ls": "label_smoothing"}
 # How a sweep runs, which older sweep folders recorded beside what it measures: never part of a definition
 HOW = tuple(f.name for f in fields(Execution))
@@ -85,8 +85,9 @@ class Sweep:
             path.write_text(json.dumps(self.definition(), indent=1, sort_keys=True))
 
     def run(self, out, *, execution=None, data_dir=None, download=False, data=None, progress=True):
-        """Train every point's unfinished runs as `execution` says (default: Execution()); return
-        [(point, store)]. `progress` as Study.run takes it, over the runs of every point."""
+        """Train every point's unfinished runs as `execution` says (default: Execution()); return the
+        sweep's stores (SweepStores: `runs()` as a Study's store has it). `progress` as Study.run takes
+        it, over the runs of every point."""
         out, execution = Path(out), execution or Execution()
         execution.start()
         data = self.studies[0][1].load_data(data_dir, download) if data is None else data
@@ -97,7 +98,7 @@ class Sweep:
                   for point, study in studies]
         groups = {}
         for point, study, store in stores:
-            key = json.dumps({k: v for k, v in point.items() if k not in BATCHABLE}, sort_keys=True)
+            key = json.dumps({k: v for k, v in point.items() if k not in PER_REPLICA}, sort_keys=True)
             groups.setdefault(key, []).append((study, store))
         entries = []
         for members in groups.values():  # run k of every point side by side: paired in one batch
@@ -116,7 +117,24 @@ class Sweep:
             end_report()
             for _, _, store in stores:
                 store.unlock()
-        return [(point, store) for point, _, store in stores]
+        return SweepStores(out, tuple((point, store) for point, _, store in stores))
+
+
+@dataclass(frozen=True)
+class SweepStores:
+    """What Sweep.run returns, as Study.run returns its Store: the folder and `runs()`, every point's
+    rows, each named by its `point` as fastvar.results names them; iterated, its (point, Store) pairs."""
+    folder: Path
+    points: tuple  # (point, Store) pairs, in grid order
+
+    def runs(self):
+        return [{**row, "point": folder_name(point)} for point, store in self.points for row in store.runs()]
+
+    def __iter__(self):
+        return iter(self.points)
+
+    def __len__(self):
+        return len(self.points)
 
 
 def definition(settings, study):

@@ -18,7 +18,7 @@ from fastvar.engine.vmap_layers import GemmConv2d
 
 def test_compiled_vmap_step_equals_eager_in_float64():
     data = random_dataset(48, 10)
-    recipe = dict(RECIPES["seed"], model="resnet6", epochs=1, batch_size=16)  # 3 Adam steps
+    recipe = RECIPES["seed"].replace(model="resnet6", epochs=1, batch_size=16)  # 3 Adam steps
     seeds = [run_seeds("all-random", i) for i in range(2)]
     trained = {}
     for compile in (None, "default"):

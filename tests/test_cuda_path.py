@@ -21,7 +21,7 @@ from fastvar.engine.graphs import first_cause
 from fastvar.engine.train import train_replicas
 from fastvar.errors import ConfigError, first_line
 from fastvar.execution import Execution
-from fastvar.recipes import RECIPES
+from fastvar.recipes import RECIPES, Adam, Cosine
 from fastvar.sources import run_seeds
 
 HOST_READ = torch.ops.aten._local_scalar_dense.default
@@ -83,10 +83,9 @@ CASES = {
     "summers-sgd-decay-warmup": ("summers", {}, None, {}),
     "jordan-sgd-decay-cutout": ("jordan", {}, None, {"compute_dtype": torch.bfloat16}),
     "cifar-sgd-cycles-dropout-onset": ("resnet18-cifar",
-                                       {"schedule": {"name": "cosine", "cycles": 2}, "dropout": 0.25,
-                                        "optimizer": {**RECIPES["resnet18-cifar"]["optimizer"], "weight_decay": 0.0}},
+                                       {"schedule": Cosine(cycles=2), "dropout": 0.25, "weight_decay": 0.0},
                                        None, {"onset_epoch": 1, "smoothing": True}),
-    "own-model-adamw": ("seed", {"optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 0.05, "decoupled": True}},
+    "own-model-adamw": ("seed", {"optimizer": Adam(lr=1e-3, weight_decay=0.05, decoupled=True)},
                         OwnNet, {"eval_every_epoch": True}),
 }
 
@@ -94,11 +93,11 @@ CASES = {
 def trace_study(recipe_name, changes, model, options):
     """The study's ops, cut at each step's end, and the ops of each call of the step a graph would
     capture (fit's train_step, which GraphedStep wraps on CUDA; here a stand-in class that records it)."""
-    recipe = {**dict(RECIPES[recipe_name]), **changes, "epochs": 2, "batch_size": 8}
+    recipe = RECIPES[recipe_name].replace(**changes, epochs=2, batch_size=8, **{"model": model} if model else {})
     seeds = [run_seeds("all-random", i) for i in range(2)]
     hyper = None
     if options.get("smoothing"):  # each replica its own label smoothing, a vector on the device
-        hyper = [{"lr": recipe["optimizer"]["lr"], "weight_decay": 0.0, "label_smoothing": e} for e in (0.0, 0.1)]
+        hyper = [recipe.replace(label_smoothing=e).per_replica() for e in (0.0, 0.1)]
     log, captured = OpLog(), []
 
     class RecordedStep:  # what GraphedStep would capture, call by call
@@ -114,7 +113,7 @@ def trace_study(recipe_name, changes, model, options):
             return outputs
     with log:
         results = train_replicas(random_dataset(24, 10), recipe, seeds, width=2, strategy="vmap", dtype=torch.float32,
-                                 compute_dtype=options.get("compute_dtype"), model=model,
+                                 compute_dtype=options.get("compute_dtype"),
                                  eval_every_epoch=options.get("eval_every_epoch", False),
                                  onset_epoch=options.get("onset_epoch", 0), fixed=run_seeds(set(), 0), hyper=hyper,
                                  on_step=lambda fraction: log.events.append(STEP), cuda_path=True, cuda_graphs=True,

@@ -7,16 +7,16 @@ from fastvar.augment import augment
 from fastvar.models import ResNet18, build_model
 from fastvar.engine.replicas import Replicas
 from fastvar.sources import run_seeds
-from fastvar.recipes import RECIPES
+from fastvar.recipes import RECIPES, SGD, Adam, Augment
 from fastvar.engine.train import fit, train_replicas
 from conftest import named_gradients, random_dataset
 
-ADAM = {"name": "adam", "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
-SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
+ADAM = Adam(lr=1e-3)
+NESTEROV = SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
 
 def tiny_recipe(optimizer, epochs=2, batch_size=16):
-    return dict(RECIPES["seed"], epochs=epochs, batch_size=batch_size, optimizer=optimizer)
+    return RECIPES["seed"].replace(epochs=epochs, batch_size=batch_size, optimizer=optimizer)
 
 
 def reference_run(init_seed, order_seed, data, optimizer_spec, epochs, batch_size, mixed=False):
@@ -25,7 +25,7 @@ def reference_run(init_seed, order_seed, data, optimizer_spec, epochs, batch_siz
     under torch.autocast to bfloat16."""
     torch.manual_seed(init_seed)
     model = ResNet18(width=4).to(torch.float32 if mixed else torch.float64)
-    spec = dict(optimizer_spec)
+    spec = optimizer_spec.to_dict()
     if spec.pop("name") == "adam":
         optimizer = torch.optim.Adam(model.parameters(), **spec)
     else:
@@ -45,7 +45,7 @@ def reference_run(init_seed, order_seed, data, optimizer_spec, epochs, batch_siz
     return model
 
 
-@pytest.mark.parametrize("optimizer", [ADAM, SGD], ids=["adam", "sgd"])
+@pytest.mark.parametrize("optimizer", [ADAM, NESTEROV], ids=["adam", "sgd"])
 def test_vmap_loop_and_plain_training_agree_in_float64(optimizer):
     data = random_dataset(56, 10)  # 4 steps an epoch, the last one partial (56 = 3 × 16 + 8)
     seeds = [run_seeds("all-random", i) for i in range(3)]
@@ -67,10 +67,10 @@ def test_vmap_loop_and_plain_training_agree_in_float64(optimizer):
         assert (reference["conv1.weight"] - initial).abs().max() > 1e-4  # training moved the weights
 
 
-@pytest.mark.parametrize("augmentation", [{}, {"flip": True, "pad": 4, "cutout": 8}], ids=["plain", "augmented"])
+@pytest.mark.parametrize("augmentation", [Augment(), Augment(flip=True, pad=4, cutout=8)], ids=["plain", "augmented"])
 def test_loop_run_is_bit_identical_alone_or_in_a_batch(augmentation):
     data = random_dataset(64, 20)
-    recipe = dict(tiny_recipe(ADAM, epochs=2), augment=augmentation)
+    recipe = tiny_recipe(ADAM, epochs=2).replace(augment=augmentation)
     seeds = [run_seeds("all-random", i) for i in range(4)]
     batch = train_replicas(data, recipe, seeds, width=4, strategy="loop", dtype=torch.float32)
     for k in (0, 2):

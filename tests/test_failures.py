@@ -14,16 +14,16 @@ from fastvar import Execution, Study, cli, runner as study_module
 from fastvar.sources import run_seeds
 from fastvar.store import Store
 from fastvar.recipes import RECIPES
-from fastvar.engine.train import replica_hyperparameters, train_replicas
+from fastvar.engine.train import train_replicas
 from conftest import ROOT, random_dataset
 
 
 @pytest.mark.parametrize("strategy", ["loop", "vmap"])
 def test_a_diverging_replica_is_marked_and_leaves_the_others_alone(strategy):
     data = random_dataset(64, 20)
-    recipe = dict(RECIPES["seed"], epochs=1, batch_size=16)
+    recipe = RECIPES["seed"].replace(epochs=1, batch_size=16)
     seeds = [run_seeds("all-random", i) for i in range(3)]
-    hyper = [replica_hyperparameters(recipe) for _ in seeds]
+    hyper = [recipe.per_replica() for _ in seeds]
     exploding = [dict(h) for h in hyper]
     exploding[1]["lr"] = 1e38  # replica 1 diverges within a step or two
     args = dict(width=4, strategy=strategy, dtype=torch.float32)

@@ -167,8 +167,7 @@ def test_the_seeds_loss_averages_on_a_hand_computed_case(tmp_path):
 
     # Training: with lr 0 nothing moves, so each batch's loss is the untrained linear model's on it.
     data = random_dataset(5, 10)
-    recipe = dict(RECIPES["seed"], model="linear", epochs=2, batch_size=2,
-                  optimizer={**RECIPES["seed"]["optimizer"], "lr": 0.0})
+    recipe = RECIPES["seed"].replace(model="linear", epochs=2, batch_size=2, lr=0.0)
     seeds = [run_seeds("all-random", 0)]
     replicas = Replicas("linear", [seeds[0].init_seed], dtype=torch.float64)
     curves = fit(replicas, data, recipe, seeds)

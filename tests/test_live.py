@@ -141,7 +141,7 @@ def test_replicas_train_and_update_only_live_entries_and_keep_dead_ones_for_the_
     dead = sum(e.size for e in replicas.dead_layout.entries.values())
     assert live + dead == total and dead > 0.6 * total
     before = [replicas.state_dict(r) for r in range(2)]
-    recipe = dict(RECIPES["seed"], epochs=1, batch_size=16)
+    recipe = RECIPES["seed"].replace(epochs=1, batch_size=16)
     fit(replicas, random_dataset(32, 10), recipe, [run_seeds("all-random", i) for i in range(2)])
     masks = dead_mask(build_model("resnet18", init_seed=0, width=8), (3, 32, 32))
     for r in range(2):
@@ -220,7 +220,7 @@ def test_the_triton_update_equals_the_torch_reference_bit_for_bit(case, decay):
 def test_leaving_dead_taps_out_changes_no_bit_of_a_float32_run(strategy, optimizer):
     """On any processor: the same replicas trained with every tap in the step (live_only=False) and
     with the live taps only, the dead ones moved by weight decay alone: every weight and buffer equal."""
-    recipe = RECIPES["seed"].replace(optimizer=optimizer, epochs=2, batch_size=16).to_dict()
+    recipe = RECIPES["seed"].replace(optimizer=optimizer, epochs=2, batch_size=16)
     seeds = [run_seeds("all-random", i) for i in range(2)]
     trained = []
     for live_only in (False, True):

@@ -8,15 +8,15 @@ import torch
 from fastvar.models import BasicBlock, build_model
 from fastvar.sources import run_seeds
 from fastvar.errors import ConfigError
-from fastvar.recipes import RECIPES
+from fastvar.recipes import RECIPES, Cosine, Recipe
 from fastvar.engine.replicas import Replicas
-from fastvar.engine.train import lr_factor, make_optimizer, train_replicas
+from fastvar.engine.train import make_optimizer, train_replicas
 from conftest import random_dataset
 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_each_recipe_trains_end_to_end(name):
-    recipe = dict(RECIPES[name], epochs=2, batch_size=32)
+    recipe = RECIPES[name].replace(epochs=2, batch_size=32)
     data = random_dataset(64, 20)
     results = train_replicas(data, recipe, [run_seeds("all-random", i) for i in range(2)], width=4,
                              strategy="loop", dtype=torch.float32)
@@ -27,7 +27,7 @@ def test_each_recipe_trains_end_to_end(name):
 
 
 def test_augmenting_recipe_varies_with_the_aug_seed_alone():
-    recipe = dict(RECIPES["resnet18-cifar"], epochs=1, batch_size=32)
+    recipe = RECIPES["resnet18-cifar"].replace(epochs=1, batch_size=32)
     data = random_dataset(64, 20)
     seeds = run_seeds("fixed-init", 0)
     same = dataclasses.replace(seeds)
@@ -39,14 +39,14 @@ def test_augmenting_recipe_varies_with_the_aug_seed_alone():
 
 
 def test_schedules():
-    cosine = RECIPES["summers"]["schedule"]
+    cosine = RECIPES["summers"].schedule
     # 10 epochs of 5 steps: warm-up is min(3 epochs, 20 % of 50 steps) = 10 steps.
-    factors = [lr_factor(cosine, t, 5, 50) for t in range(50)]
+    factors = [cosine.factor(t, 5, 50) for t in range(50)]
     assert factors[:10] == [pytest.approx((t + 1) / 10) for t in range(10)]
     assert factors[10] == 1.0 and all(a > b for a, b in zip(factors[10:], factors[11:])) and factors[-1] < 0.01
-    linear = [lr_factor(RECIPES["jordan"]["schedule"], t, 5, 50) for t in (0, 25, 49)]
+    linear = [RECIPES["jordan"].schedule.factor(t, 5, 50) for t in (0, 25, 49)]
     assert linear == [1.0, 0.5, pytest.approx(0.02)]
-    assert lr_factor(RECIPES["seed"]["schedule"], 30, 5, 50) == 1.0
+    assert RECIPES["seed"].schedule.factor(30, 5, 50) == 1.0
 
 
 def test_summers_trains_biases_and_batchnorm_at_a_tenth_of_the_rate():
@@ -80,11 +80,10 @@ def test_resnet14_and_resnet9_as_specified():
 
 
 def test_a_cyclic_cosine_restarts_and_one_cycle_is_the_plain_cosine():
-    from fastvar.engine.train import lr_factor
-    plain = {"name": "cosine", "warmup_epochs": 1, "warmup_fraction": 0.2}
-    factors = [lr_factor(plain, step, 10, 100) for step in range(100)]
-    assert factors == [lr_factor({**plain, "cycles": 1}, step, 10, 100) for step in range(100)]
-    cycled = [lr_factor({**plain, "cycles": 2}, step, 10, 100) for step in range(100)]
+    plain = Cosine(warmup_epochs=1, warmup_fraction=0.2)
+    factors = [plain.factor(step, 10, 100) for step in range(100)]
+    assert factors == [dataclasses.replace(plain, cycles=1).factor(step, 10, 100) for step in range(100)]
+    cycled = [dataclasses.replace(plain, cycles=2).factor(step, 10, 100) for step in range(100)]
     assert cycled[50] == 1.0 and cycled[49] < 0.01 and cycled[99] < 0.01  # restart, two troughs
     assert cycled[:10] == factors[:10]  # the warm-up belongs to the first cycle only
 
@@ -112,7 +111,10 @@ RECIPES_AS_STORED = {
 
 def test_typed_recipes_read_as_the_dicts_older_folders_stored():
     assert {name: recipe.to_dict() for name, recipe in RECIPES.items()} == RECIPES_AS_STORED
-    assert dict(RECIPES["seed"]) == RECIPES_AS_STORED["seed"]  # a Recipe is a mapping of them too
+    for name, stored in RECIPES_AS_STORED.items():  # and a stored config's hyperparameters read back as they were
+        assert Recipe.from_dict(stored) == RECIPES[name] and Recipe.from_dict(stored).to_dict() == stored
+    snapshots = RECIPES["summers"].replace(schedule=Cosine(cycles=4), dropout=0.1, label_smoothing=0.2)
+    assert Recipe.from_dict(snapshots.to_dict()) == snapshots and snapshots.snapshot_epochs() == [124, 249, 374, 499]
 
 
 def test_a_recipe_replaces_its_own_settings_and_its_optimizers():

@@ -147,6 +147,9 @@ def test_a_sweep_on_arrays_of_ones_own_names_them_in_every_points_config(tmp_pat
     with pytest.raises(AttributeError):  # a sweep, like a study, is what it was made as
         sweep.runs_per_point = 3
     assert np.isfinite([r["test_acc"] for _, s in stores for r in s.runs()]).all()
+    rows = stores.runs()  # as a study's store gives them, and as fastvar.results reads the sweep's folder
+    assert [(r["point"], r["run_index"]) for r in rows] == [(r["point"], r["run_index"]) for r in fastvar.results(stores.folder)]
+    assert {r["point"]: r["lr"] for r in rows} == {"lr=0.001": 1e-3, "lr=0.002": 2e-3} and len(rows) == 4
 
 
 def test_studies_that_differ_in_more_than_per_replica_hyperparameters_cannot_share_a_batch():
@@ -157,3 +160,25 @@ def test_studies_that_differ_in_more_than_per_replica_hyperparameters_cannot_sha
     short, long = (fastvar.Study(width=2, epochs=epochs, runs=1) for epochs in (1, 2))
     with pytest.raises(ValueError, match="cannot share a batch"):
         train_runs([(short, None, 0), (long, None, 1)], data, fastvar.Execution(batch_models=2))
+
+
+def test_a_study_resolves_once_per_device_and_its_rows_read_that(monkeypatch):
+    """A user's model is built on the meta device for its digest: once per device, not once per row."""
+    import torch
+    import fastvar
+    from fastvar import study as study_module
+    from fastvar.store import config_hash
+    digests = []
+    real = study_module.architecture_digest
+    monkeypatch.setattr(study_module, "architecture_digest", lambda model: digests.append(model) or real(model))
+    own = fastvar.Study(model=lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 10)), runs=3,
+                        overrides={"lr": 3e-3})
+    cpu = torch.device("cpu")
+    resolved = own.resolve(cpu)
+    rows = [own.row(own.seeds(i), {}, {"device": "cpu"}) for i in range(3)]
+    assert own.resolve(cpu) is resolved and len(digests) == 1
+    assert resolved.config_hash == config_hash(own.config(cpu)) and len(digests) == 2  # what it cached is current
+    assert {r["config_hash"] for r in rows} == {resolved.config_hash} and {r["lr"] for r in rows} == {3e-3}
+    swept = fastvar.Study(model=own.model, runs=3, overrides={"lr": 1e-2, "weight_decay": 0.1})
+    assert swept.resolve(cpu).batch_settings == resolved.batch_settings  # lr and weight decay: held per replica
+    assert swept.resolve(cpu).config_hash != resolved.config_hash

@@ -16,20 +16,15 @@ from fastvar import cli
 from fastvar.engine.replicas import Replicas
 from fastvar.sources import run_seeds
 from fastvar.store import Store
-from fastvar.recipes import RECIPES
-from fastvar.engine.train import fit, replica_hyperparameters
+from fastvar.recipes import RECIPES, SGD
+from fastvar.engine.train import fit
 from conftest import ROOT, random_dataset
 
-SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4}
+SGD_RECIPE = RECIPES["seed"].replace(epochs=1, batch_size=16, optimizer=SGD(lr=0.05, momentum=0.9, weight_decay=5e-4))
 
 
 def recipe_with(name, value):
-    recipe = dict(RECIPES["seed"], epochs=1, batch_size=16, optimizer=dict(SGD))
-    if name == "label_smoothing":
-        recipe["label_smoothing"] = value
-    else:
-        recipe["optimizer"][name] = value
-    return recipe
+    return SGD_RECIPE.replace(**{name: value})
 
 
 @pytest.mark.parametrize("strategy", ["loop", "vmap"])
@@ -40,7 +35,7 @@ def test_replicas_with_their_own_hyperparameters_train_as_lone_runs(strategy, na
     seeds = [run_seeds("all-random", i) for i in range(3)]
     batch = Replicas("resnet14", [s.init_seed for s in seeds], width=4, strategy=strategy, dtype=torch.float64)
     fit(batch, data, recipe_with(name, values[0]), seeds,
-        hyper=[replica_hyperparameters(recipe_with(name, v)) for v in values])
+        hyper=[recipe_with(name, v).per_replica() for v in values])
     for r, (s, value) in enumerate(zip(seeds, values)):
         alone = Replicas("resnet14", [s.init_seed], width=4, strategy=strategy, dtype=torch.float64)
         fit(alone, data, recipe_with(name, value), [s])

@@ -96,7 +96,7 @@ def test_vmap_with_gemm_grouped_or_implicit_convs_trains_as_the_loop_does_in_flo
     if vmap_conv == "implicit":
         needs_triton()
     data = random_dataset(8, 10)
-    recipe = dict(RECIPES["seed"], epochs=1, batch_size=4)  # 2 Adam steps (the implicit form interpreted)
+    recipe = RECIPES["seed"].replace(epochs=1, batch_size=4)  # 2 Adam steps (the implicit form interpreted)
     seeds = [run_seeds("all-random", i) for i in range(2)]
     trained = []
     for strategy, conv in (("loop", "native"), ("vmap", vmap_conv)):

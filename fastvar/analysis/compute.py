@@ -10,6 +10,7 @@ from ..augment import normalized
 from ..data import balanced_subset, load_dataset
 from ..errors import AnalysisError, Param
 from ..precisions import PRECISIONS
+from ..recipes import Recipe
 from ..store import HOW_COLUMNS, weights_path
 from . import cka as cka_module
 from .load import read_runs, study_folders, test_labels
@@ -95,11 +96,11 @@ def folder_cka(folder, config, rows, data_dir):
                             f"(train with {{}})", Param("save_weights", flag="--save-weights K"))
     data = load_dataset(config.get("dataset", "cifar10"), data_dir)
     x, _ = balanced_subset(data.x_test.numpy(), data.y_test.numpy(), cka_module.PROBE_SIZE, "test")
-    hyp = config["hyperparameters"]
+    recipe = Recipe.from_dict(config["hyperparameters"])
     dtype = PRECISIONS[config["precision"]]
-    images = normalized(torch.from_numpy(x), torch.arange(len(x)), hyp, dtype).contiguous()
-    grams = [cka_module.layer_grams(hyp["model"], config["width"], torch.load(p, weights_only=True), images,
-                                    hyp.get("dropout")) for p in paths]
+    images = normalized(torch.from_numpy(x), torch.arange(len(x)), recipe, dtype).contiguous()
+    grams = [cka_module.layer_grams(recipe.model, config["width"], torch.load(p, weights_only=True), images,
+                                    recipe.dropout) for p in paths]
     return cka_module.cka_by_layer(grams)
 
 

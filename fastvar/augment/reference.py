@@ -20,6 +20,7 @@ float32 operations elementwise, equal by construction. The C loop and the refere
 draws (example_draws); the Triton kernel computes them itself from the same hash.
 """
 import functools
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
@@ -179,14 +180,15 @@ def normalize_rows(x, mean, std, dtype, cpu_chunk=64):
     return out
 
 
-def batch_inputs(x, indices, aug_seeds, epoch, recipe, dtype, backend="auto"):
-    """The M×B batch the replicas train on: uint8 N×H×W×C images augmented and normalised
-    (M×B×C×H×W), or float features N×D as they are, in `dtype` (M×B×D). `backend` as augment takes it."""
+def batch_inputs(x, indices, aug_seeds, epoch, recipe, dtype, backend="auto", augmented=True):
+    """The M×B batch the replicas train on: uint8 N×H×W×C images augmented as `recipe` (a
+    fastvar.Recipe) says (unless not `augmented`) and normalised (M×B×C×H×W), or float features N×D
+    as they are, in `dtype` (M×B×D). `backend` as augment takes it."""
     if x.dtype != torch.uint8:
         return x[indices].to(dtype)
-    mean, std = (per_channel(recipe[k], x.shape[3]) for k in ("mean", "std"))
-    return augment(x, indices, aug_seeds, epoch, **recipe["augment"], mean=mean, std=std, dtype=dtype,
-                   backend=backend)
+    mean, std = (per_channel(values, x.shape[3]) for values in (recipe.mean, recipe.std))
+    options = asdict(recipe.augment) if augmented else {}
+    return augment(x, indices, aug_seeds, epoch, **options, mean=mean, std=std, dtype=dtype, backend=backend)
 
 
 def per_channel(values, channels):
@@ -198,5 +200,5 @@ def per_channel(values, channels):
 def normalized(images, indices, recipe, dtype, backend="auto"):
     """images[indices] as the model sees them in evaluation: normalised, not augmented (uint8 NHWC),
     or features as they are."""
-    return batch_inputs(images, indices[None], torch.zeros(1, dtype=torch.int64), 0, dict(recipe, augment={}),
-                        dtype, backend)[0]
+    return batch_inputs(images, indices[None], torch.zeros(1, dtype=torch.int64), 0, recipe, dtype, backend,
+                        augmented=False)[0]

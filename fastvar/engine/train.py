@@ -1,5 +1,6 @@
-"""The loop that trains a batch of replicas through a whole run, all at once, by a recipe's dict."""
+"""The loop that trains a batch of replicas through a whole run, all at once, by a typed Recipe."""
 import math
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
@@ -14,56 +15,23 @@ EVAL_BATCH = 1000
 SEED_TEST_BATCH = 128  # the seed repository's test loader, whose batch means it averaged
 
 
-def lr_factor(schedule, step, steps_per_epoch, total_steps):
-    """The schedule's multiplier of the peak learning rate at `step` (0-based)."""
-    name = schedule["name"]
-    if name == "constant":
-        return 1.0
-    if name == "linear":
-        return 1 - step / total_steps
-    # Cosine, restarted `cycles` times (snapshot ensembles); the warm-up belongs to the first cycle.
-    cycle_steps = total_steps // schedule.get("cycles", 1)
-    warmup = min(schedule.get("warmup_epochs", 0) * steps_per_epoch,
-                 int(schedule.get("warmup_fraction", 0) * cycle_steps))
-    if step < warmup:
-        return (step + 1) / warmup
-    start = step // cycle_steps * cycle_steps
-    offset = warmup if start == 0 else 0
-    return 0.5 * (1 + math.cos(math.pi * (step - start - offset) / (cycle_steps - offset)))
-
-
-def snapshot_epochs(recipe):
-    """The epochs (0-based) after which a cyclic schedule ends a cycle; empty without cycles."""
-    cycles = recipe["schedule"].get("cycles")
-    if not cycles:
-        return []
-    return [(k + 1) * recipe["epochs"] // cycles - 1 for k in range(cycles)]
-
-
-def replica_hyperparameters(recipe):
-    """The hyperparameters one batch can hold per replica (as vectors over replicas), from a recipe."""
-    return {"lr": recipe["optimizer"]["lr"], "weight_decay": recipe["optimizer"].get("weight_decay", 0.0),
-            "label_smoothing": recipe.get("label_smoothing", 0.0)}
-
-
 def make_optimizer(recipe, params, layout, **kwargs):
     """The recipe's batched optimizer over a flat [M, P] buffer of `layout`; `kwargs` as
     BatchedOptimizer takes them (lr and weight_decay: vectors that override the recipe's per replica)."""
-    kwargs = {**recipe["optimizer"], **kwargs}
-    name = kwargs.pop("name")
-    scale_1d = recipe.get("lr_scale_1d", 1.0)  # biases and BatchNorm parameters: one dimension
+    kwargs = {**asdict(recipe.optimizer), **kwargs}
+    scale_1d = recipe.lr_scale_1d or 1.0  # biases and BatchNorm parameters: one dimension
     kwargs["spans"] = layout.spans(lambda n: scale_1d if len(layout.entries[n].shape) == 1 else 1.0)
-    return OPTIMIZERS[name](params, **kwargs)
+    return OPTIMIZERS[recipe.optimizer.name](params, **kwargs)
 
 
 def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype=None, compile=None, conv="auto",
                    on_step=None, keep_weights=(), eval_every_epoch=False, onset_epoch=0, fixed=None, hyper=None,
-                   epoch_order="fresh", model=None, cuda_graphs=False, cuda_path=None, graph_class=GraphedStep):
-    """Train one replica per entry of `seeds` (RunSeeds) on `data` (already on its device); with an
-    `onset_epoch`, every replica uses the `fixed` RunSeeds' order and augmentation before it; `hyper`,
-    one dict per replica as `replica_hyperparameters` gives, sets each replica's own (default: the recipe's);
-    `epoch_order` as fastvar.sources.DataOrder takes it; `model` (default: the recipe's) as
-    fastvar.models.model_spec takes it.
+                   epoch_order="fresh", cuda_graphs=False, cuda_path=None, graph_class=GraphedStep):
+    """Train one replica per entry of `seeds` (RunSeeds) on `data` (already on its device) by `recipe`
+    (a fastvar.Recipe); with an `onset_epoch`, every replica uses the `fixed` RunSeeds' order and
+    augmentation before it; `hyper`, one dict per replica as Recipe.per_replica gives, sets each replica's
+    own (default: the recipe's);
+    `epoch_order` as fastvar.sources.DataOrder takes it.
 
     Returns one dict per replica: per-epoch training loss and accuracy (fit's curves), test logits,
     accuracy, loss,
@@ -75,14 +43,14 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
     `ran_as_graph` becomes each row's `cuda_graph`); `cuda_path` as fit takes it.
     `on_step(fraction)` is called after each step with the fraction of this batch's training done.
     """
-    replicas = Replicas(model or recipe["model"], [s.init_seed for s in seeds], width=width, strategy=strategy,
-                        dtype=dtype, device=data.x_train.device, dropout=recipe.get("dropout"),
+    replicas = Replicas(recipe.model, [s.init_seed for s in seeds], width=width, strategy=strategy,
+                        dtype=dtype, device=data.x_train.device, dropout=recipe.dropout,
                         compute_dtype=compute_dtype, compile=compile, conv=conv, num_classes=data.num_classes,
                         input_shape=data.example_shape)
     test_scores, snapshots, latest = [], [], {}  # evaluation draws no randomness: it changes no result
     cuda_path = resolved_cuda_path(cuda_path, data.x_train.device)
     augment_backend = "triton" if cuda_path else "auto"
-    snapshot_at = snapshot_epochs(recipe)
+    snapshot_at = recipe.snapshot_epochs()
 
     def on_epoch(epoch):
         if eval_every_epoch or epoch in snapshot_at:
@@ -102,7 +70,7 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
     curves = fit(replicas, data, recipe, seeds, onset_epoch=onset_epoch, fixed=fixed, hyper=hyper,
                  on_step=on_step, on_epoch=on_epoch, epoch_order=epoch_order, cuda_path=cuda_path,
                  step_wrapper=wrap_step)
-    final = recipe["epochs"] - 1  # evaluated already where every epoch is, or where the last cycle ends
+    final = recipe.epochs - 1  # evaluated already where every epoch is, or where the last cycle ends
     logits = latest[final] if final in latest else evaluate(replicas, data, recipe, augment_backend)
     results = [result(logits[r], data.y_test, {name: c[r] for name, c in curves.items()})
                for r in range(replicas.size)]
@@ -131,7 +99,7 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     `cuda_path` (default: on CUDA): the kernels CUDA runs, on any device (the stacked update and the
     augmentation in Triton; on a CPU under TRITON_INTERPRET=1), so that a CPU can check CUDA's step."""
     device = data.x_train.device
-    hyper = hyper or [replica_hyperparameters(recipe)] * replicas.size
+    hyper = hyper or [recipe.per_replica()] * replicas.size
     vectors = {k: torch.tensor([h[k] for h in hyper], dtype=torch.float64) for k in hyper[0]}
     smoothing = vectors.pop("label_smoothing")
     smoothing = smoothing.to(device) if smoothing.any() else None
@@ -139,10 +107,10 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     # run (the C loops of fastvar.engine.optim_cpu); both orders give the same bits.
     cuda_path = resolved_cuda_path(cuda_path, device)
     by_replica = replicas.strategy == "loop" or (not cuda_path and device.type == "cpu" and not replicas.compile)
-    n, batch, epochs = len(data.y_train), recipe["batch_size"], recipe["epochs"]
+    n, batch, epochs = len(data.y_train), recipe.batch_size, recipe.epochs
     steps_per_epoch = math.ceil(n / batch)
     total_steps = epochs * steps_per_epoch
-    factors = [lr_factor(recipe["schedule"], step, steps_per_epoch, total_steps) for step in range(total_steps)]
+    factors = [recipe.schedule.factor(step, steps_per_epoch, total_steps) for step in range(total_steps)]
     optimizer = make_optimizer(recipe, replicas.master, replicas.layout, lr_factors=factors, by_replica=by_replica,
                                low=replicas.low, triton=cuda_path and not by_replica, **vectors)
     # The dead taps get no gradient; weight decay alone moves them (the same update, its gradient 0)
@@ -164,9 +132,9 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     own_aug = torch.tensor([s.aug_seed for s in seeds], dtype=torch.int64, device=device)
     fixed_aug = torch.full_like(own_aug, before.aug_seed) if before else own_aug
     masks = None
-    if recipe.get("dropout"):
+    if recipe.dropout:
         features = replicas.template.get_submodule(replicas.classifier).in_features
-        masks = DropoutMasks([s.dropout_seed for s in seeds], recipe["dropout"], features,
+        masks = DropoutMasks([s.dropout_seed for s in seeds], recipe.dropout, features,
                              onset_epoch, before and before.dropout_seed)
     dtype, augment_backend = replicas.input_dtype(), "triton" if cuda_path else "auto"
     curves = {"train_loss_curve": [], "train_acc_curve": [], "train_loss_batch_mean_curve": []}

@@ -18,7 +18,11 @@ def run_seeds_key(row):
 
 def compare(folder_a, folder_b):
     """B minus A in test accuracy: Welch's test, and the paired test over runs with the same seeds."""
-    (_, rows_a), (_, rows_b) = read_runs(folder_a), read_runs(folder_b)
+    return compare_rows(read_runs(folder_a)[1], read_runs(folder_b)[1])
+
+
+def compare_rows(rows_a, rows_b):
+    """compare's, over the runs' rows."""
     acc_a, acc_b = [r["test_acc"] for r in rows_a], [r["test_acc"] for r in rows_b]
     if min(len(acc_a), len(acc_b)) < 2:
         raise AnalysisError(f"compare needs at least 2 runs in each folder ({len(acc_a)} and {len(acc_b)})")
@@ -47,19 +51,18 @@ def comparison_lines(folder_a, folder_b, acc_a, acc_b, results):
 def sweep_summary(folder):
     """Each point's mean ± SD of test accuracy, and its difference to the best point (paired over runs
     with the same seeds) with a 95 % interval; and the points not distinguishable from the best."""
-    points = [(point, path, [r["test_acc"] for r in read_runs(path)[1]])
-              for point, path in sweep_points(folder) if holds_runs(path)]
+    points = [(point, path, read_runs(path)[1]) for point, path in sweep_points(folder) if holds_runs(path)]
     if not points:
         raise AnalysisError(f"{folder}: no point has finished runs yet")
-    best_point, best_path, _ = max(points, key=lambda p: np.mean(p[2]))
+    best_point, best_path, best_runs = max(points, key=lambda p: np.mean([r["test_acc"] for r in p[2]]))
     rows, tied = [], []
-    for point, path, acc in points:
-        acc = np.asarray(acc) * 100
+    for point, path, runs in points:
+        acc = np.asarray([r["test_acc"] for r in runs]) * 100
         cells = [folder_name(point), len(acc), f"{acc.mean():.2f} ± {fmt(acc.std(ddof=1) if len(acc) > 1 else None)}"]
         if path == best_path:
             rows.append(cells + ["best", "–"])
             continue
-        test = compare(best_path, path)[2][-1] if len(acc) > 1 else None
+        test = compare_rows(best_runs, runs)[2][-1] if len(acc) > 1 else None
         if test is None:
             rows.append(cells + ["–", "–"])
             continue

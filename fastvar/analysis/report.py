@@ -9,7 +9,7 @@ import numpy as np
 
 from ..sources import experiment_sources
 from ..store import flatten
-from .compute import DIFFERENCES_PP, mixed_settings
+from .compute import DIFFERENCES_PP
 from .plots import analysis_figures, save_figures
 
 
@@ -123,10 +123,10 @@ def index_ranges(indices):
 
 def mixed_note(analysis):
     """One sentence naming the settings a folder's runs were trained with differently, and which runs."""
-    mixed = mixed_settings(analysis.rows)
+    mixed = analysis.metrics["mixed"]  # values as text: JSON's keys
     if not mixed:
         return ""
-    parts = ["; ".join(f"{name} {'not recorded' if value is None else value} "
+    parts = ["; ".join(f"{name} {'not recorded' if value == 'None' else value} "
                        f"({'run' if len(runs) == 1 else 'runs'} {index_ranges(runs)})"
                        for value, runs in by_value.items()) for name, by_value in mixed.items()]
     return (f" {analysis.name} mixes how its runs were trained, so their spread mixes rounding regimes: "

@@ -90,13 +90,15 @@ class Compiler:
 
 
 def studies(quick, width=None):
-    """(label, recipe name, recipe changes, model, width, image shape, batch, examples, dtype, M);
-    `width` for every recipe's model (default: the recipe's)."""
+    """(label, recipe name, recipe changes, model, width, image shape (a language model's: its
+    sequence length), batch, examples, dtype, M); `width` for every recipe's model (default: the recipe's)."""
+    from fastvar.models import LANGUAGE_MODELS
     from fastvar.recipes import RECIPES
     edges = [("batch 1, M 1", "seed", {}, "resnet6", 1, (32, 32, 3), 1, 2, torch.bfloat16, 1),
              ("odd 17x13, partial batch, M 3", "summers", {}, "resnet6", 2, (17, 13, 3), 4, 6, torch.bfloat16, 3),
              ("28x28, float32", "jordan", {}, "resnet9", 1, (28, 28, 3), 4, 6, torch.float32, 1)]
-    recipes = [(name, name, {}, RECIPES[name].model, width, (32, 32, 3), RECIPES[name].batch_size,
+    recipes = [(name, name, {}, RECIPES[name].model, width,
+                (16,) if RECIPES[name].model in LANGUAGE_MODELS else (32, 32, 3), RECIPES[name].batch_size,
                 RECIPES[name].batch_size + 8, dtype, 1)
                for name in RECIPES for dtype in (torch.bfloat16, torch.float32)]
     return edges + ([r for r in recipes if r[1] == "seed"] if quick else recipes)
@@ -110,8 +112,12 @@ def run_study(label, recipe_name, changes, model, width, shape, batch, examples,
     from fastvar.recipes import RECIPES
     from fastvar.sources import run_seeds
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (examples, *shape), dtype=torch.uint8, generator=g)
-    y = torch.arange(examples) % 10
+    if len(shape) == 1:  # a language model's tokens and next tokens
+        x = torch.randint(0, 97, (examples, *shape), generator=g)
+        y = x.roll(-1, 1)
+    else:
+        x = torch.randint(0, 256, (examples, *shape), dtype=torch.uint8, generator=g)
+        y = torch.arange(examples) % 10
     data = Dataset(x, y, x[:3], y[:3])
     epochs = 1 if label == recipe_name else 2
     recipe = RECIPES[recipe_name].replace(**changes, epochs=epochs, batch_size=batch, model=model)

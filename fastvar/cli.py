@@ -125,7 +125,8 @@ def add_study_arguments(parser):
                                                          "returns an nn.Module)")
     parser.add_argument("--width", type=int, help="channels of the first stage (default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="base seed every run's seeds derive from")
-    parser.add_argument("--dataset", choices=DATASETS, help="cifar10 (the default), or mnist (padded to 32x32)")
+    parser.add_argument("--dataset", choices=DATASETS, help="cifar10 (the default), mnist (padded to 32x32), or pydoc-chars (Python's help text, "
+                        "character windows, for language models: --recipe char)")
     parser.add_argument("--train-subset", type=int, help="a fixed class-balanced subset of N training images")
     parser.add_argument("--test-subset", type=int, help="a fixed class-balanced subset of N test images")
     parser.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS),
@@ -407,10 +408,10 @@ def download_command(args):
 
 def recipe_table():
     lines = []
-    for name, r in RECIPES.items():
+    for name, r in ((name, recipe.to_dict()) for name, recipe in RECIPES.items()):
         opt = r["optimizer"]
         augment = ", ".join(f"{k} {v}" for k, v in r["augment"].items()) or "none"
-        lines.append(f"{name:<15} {r['model']:<15} {opt['name']} lr {opt['lr']:g} ({r['schedule']['name']}), "
+        lines.append(f"{name:<15} {r['model']:<17} {opt['name']} lr {opt['lr']:g} ({r['schedule']['name']}), "
                      f"batch {r['batch_size']}, {r['epochs']} epochs, augmentation: {augment}")
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import text
 from .errors import DataError, Param
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -28,80 +29,152 @@ NPZ, FOLDER, ARCHIVE = "cifar10.npz", "cifar-10-batches-py", "cifar-10-python.ta
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
 NUM_CLASSES = 10
-DATASETS = {"cifar10": "CIFAR-10", "mnist": "MNIST"}
+DATASETS = {"cifar10": "CIFAR-10", "mnist": "MNIST", text.NAME: "Python's help topics, characters"}
+IMAGE_DATASETS = ("cifar10", "mnist")
 MNIST_NPZ = "mnist.npz"
 MNIST_IDX = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
              "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
 
 
+IGNORE = -100  # a target token that counts in no loss or metric, as torch's cross-entropy has it
+
+
 @dataclass
 class Dataset:
-    """Training and test examples with their labels: uint8 images N×H×W×C, or float features N×D."""
-    x_train: torch.Tensor  # N×H×W×C uint8, or N×D floating point
-    y_train: torch.Tensor  # N int64, in 0 .. classes-1
+    """Training and test examples with their labels: uint8 images N×H×W×C, float features N×D, or
+    int64 token sequences N×T, whose labels are one class per example (N) or a target token per
+    position (N×T, language modelling; IGNORE where none)."""
+    x_train: torch.Tensor  # N×H×W×C uint8, N×D floating point, or N×T int64 tokens
+    y_train: torch.Tensor  # N int64 in 0 .. classes-1, or N×T int64 targets
     x_test: torch.Tensor
     y_test: torch.Tensor
     name: str = "cifar10"  # what a study's config records of its data: a dataset's name, or arrays-<digest>
+    vocab_size: int | None = None  # tokens: the vocabulary (None: one past the largest token)
 
     @classmethod
-    def from_arrays(cls, x_train, y_train, x_test, y_test):
+    def from_arrays(cls, x_train, y_train, x_test, y_test, vocab_size=None):
         """A dataset of the user's own (numpy or torch arrays), checked: uint8 images N×H×W×C of any
-        size and channel count, or floating-point features N×D; integer labels from 0, any number of
-        classes. Its name is a digest of the arrays, so a folder trained on other data refuses it."""
+        size and channel count, floating-point features N×D, or integer tokens N×T (below `vocab_size`
+        where given); integer labels from 0, any number of classes, or for tokens N×T target tokens
+        (IGNORE, -100, where a position has none). Its name is a digest of the arrays, so a folder
+        trained on other data refuses it."""
         arrays = {k: torch.as_tensor(np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v).cpu()
                   for k, v in (("x_train", x_train), ("y_train", y_train), ("x_test", x_test), ("y_test", y_test))}
-        check_user_arrays(arrays)
-        arrays = {k: v.long() if k.startswith("y") else v.contiguous() for k, v in arrays.items()}
+        check_user_arrays(arrays, vocab_size)
+        tokens = is_tokens(arrays["x_train"])
+        arrays = {k: v.long() if k.startswith("y") or tokens else v.contiguous() for k, v in arrays.items()}
         digest = hashlib.sha256()
         for key in ("x_train", "y_train", "x_test", "y_test"):
             digest.update(f"{key}{tuple(arrays[key].shape)}{arrays[key].dtype}".encode())
             digest.update(arrays[key].numpy().tobytes())
-        return cls(**arrays, name=f"arrays-{digest.hexdigest()[:16]}")
+        if vocab_size is not None:
+            digest.update(f"vocab_size{vocab_size}".encode())
+        return cls(**arrays, name=f"arrays-{digest.hexdigest()[:16]}", vocab_size=vocab_size)
+
+    @property
+    def kind(self):
+        """images, features or tokens."""
+        return "images" if self.x_train.dtype == torch.uint8 else "features" if self.x_train.is_floating_point() \
+            else "tokens"
+
+    @property
+    def token_targets(self):
+        """Whether each position has a target token (a language model's data), not each example a label."""
+        return self.y_train.dim() == 2
+
+    @property
+    def vocabulary(self):
+        """Tokens: how many there are (the given vocabulary, else one past the largest token)."""
+        tokens = [self.x_train, self.x_test] + [self.y_train, self.y_test] * self.token_targets
+        return self.vocab_size or int(max(t.max() for t in tokens)) + 1
 
     @property
     def num_classes(self):
-        """CIFAR-10's and MNIST's 10 (a subset may lack some); a user's, one past the largest label."""
-        return NUM_CLASSES if self.name in DATASETS else int(max(self.y_train.max(), self.y_test.max())) + 1
+        """CIFAR-10's and MNIST's 10 (a subset may lack some); a language model's, its vocabulary; a
+        user's labels, one past the largest."""
+        if self.token_targets:
+            return self.vocabulary
+        return NUM_CLASSES if self.name in IMAGE_DATASETS else int(max(self.y_train.max(), self.y_test.max())) + 1
 
     @property
     def example_shape(self):
-        """One example as a model takes it: (C, H, W) for images, (D,) for features."""
+        """One example as a model takes it: (C, H, W) for images, (D,) for features, (T,) for tokens."""
         shape = tuple(self.x_train.shape[1:])
-        return (shape[2], shape[0], shape[1]) if self.x_train.dtype == torch.uint8 else shape
+        return (shape[2], shape[0], shape[1]) if self.kind == "images" else shape
+
+    def targets(self, split="train"):
+        """How many targets a split holds: its examples, or its target tokens."""
+        y = self.y_train if split == "train" else self.y_test
+        return int((y != IGNORE).sum()) if self.token_targets else len(y)
 
     def __repr__(self):
-        kind = ("uint8 images {}×{}×{}" if self.x_train.dtype == torch.uint8 else "features of {}").format(
-            *self.x_train.shape[1:])
+        kind = {"images": "uint8 images {}×{}×{}", "features": "features of {}",
+                "tokens": "sequences of {} tokens"}[self.kind].format(*self.x_train.shape[1:])
+        classes = f"a vocabulary of {self.num_classes}" if self.token_targets else f"{self.num_classes} classes"
         return (f"Dataset({self.name}: {len(self.y_train):,} training and {len(self.y_test):,} test examples, "
-                f"{kind}, {self.num_classes} classes)")
+                f"{kind}, {classes})")
 
     def to(self, device):
-        return Dataset(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)), name=self.name)
+        return Dataset(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)), name=self.name,
+                       vocab_size=self.vocab_size)
 
 
-def check_user_arrays(arrays):
+def is_tokens(x):
+    return x.dim() == 2 and not x.is_floating_point() and x.dtype != torch.bool
+
+
+def check_user_arrays(arrays, vocab_size=None):
     """One line for the first thing wrong with a user's arrays."""
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         images, features = x.dtype == torch.uint8 and x.dim() == 4, x.is_floating_point() and x.dim() == 2
-        if not (images or features):
-            raise DataError(f"x_{split} is {x.dtype} {tuple(x.shape)}; expected uint8 images N×H×W×C or "
-                            f"floating-point features N×D")
+        if not (images or features or is_tokens(x)):
+            raise DataError(f"x_{split} is {x.dtype} {tuple(x.shape)}; expected uint8 images N×H×W×C, "
+                            f"floating-point features N×D or integer tokens N×T")
         if len(x) == 0:
             raise DataError(f"x_{split} holds no examples")
+        if is_tokens(x):
+            check_tokens(split, x, y, vocab_size)
+            continue
         if y.dim() != 1 or len(y) != len(x) or y.is_floating_point() or y.dtype == torch.bool:
             raise DataError(f"y_{split} must be {len(x)} integer labels (one per example), not {y.dtype} {tuple(y.shape)}")
         if y.min() < 0:
             raise DataError(f"y_{split} has a negative label ({int(y.min())}); labels count from 0")
+    if arrays["y_train"].dim() == 2:  # target tokens: any of the vocabulary may be a test target
+        return check_same_examples(arrays)
     unseen = sorted(set(arrays["y_test"].tolist()) - set(arrays["y_train"].tolist()))
     if unseen:
         shown = ", ".join(map(str, unseen[:5])) + (", ..." if len(unseen) > 5 else "")
         raise DataError(f"y_test holds {len(unseen)} label(s) no training example has ({shown}); every test label "
                         f"must be a training class")
+    check_same_examples(arrays)
+
+
+def check_tokens(split, x, y, vocab_size):
+    """Token sequences N×T below the vocabulary, with N labels or N×T target tokens (IGNORE allowed)."""
+    if x.min() < 0 or vocab_size is not None and x.max() >= vocab_size:
+        raise DataError(f"x_{split} holds token {int(x.min() if x.min() < 0 else x.max())}, outside the vocabulary "
+                        f"0..{'' if vocab_size is None else vocab_size - 1}")
+    if y.is_floating_point() or y.dtype == torch.bool or tuple(y.shape) not in ((len(x),), tuple(x.shape)):
+        raise DataError(f"y_{split} must be {len(x)} integer labels or {len(x)}×{x.shape[1]} target tokens, not "
+                        f"{y.dtype} {tuple(y.shape)}")
+    targets = y[y != IGNORE] if y.dim() == 2 else y
+    if len(targets) == 0:
+        raise DataError(f"y_{split} has no target: every position is {IGNORE} (ignored)")
+    if targets.min() < 0 or y.dim() == 2 and vocab_size is not None and targets.max() >= vocab_size:
+        raise DataError(f"y_{split} holds {int(targets.min() if targets.min() < 0 else targets.max())}; "
+                        + ("target tokens are in the vocabulary, or -100 where ignored" if y.dim() == 2
+                           else "labels count from 0"))
+
+
+def check_same_examples(arrays):
+    if arrays["y_train"].dim() != arrays["y_test"].dim():
+        raise DataError(f"y_train is {tuple(arrays['y_train'].shape)} and y_test {tuple(arrays['y_test'].shape)}: "
+                        f"give labels for both, or target tokens for both")
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:] or arrays["x_train"].dtype != arrays["x_test"].dtype:
         raise DataError(f"x_train ({arrays['x_train'].dtype} {tuple(arrays['x_train'].shape[1:])} an example) and "
                         f"x_test ({arrays['x_test'].dtype} {tuple(arrays['x_test'].shape[1:])}) differ")
-    if arrays["x_train"].dtype == torch.uint8 and arrays["x_train"].shape[3] > 4 >= arrays["x_train"].shape[1]:
+    if arrays["x_train"].dim() == 4 and arrays["x_train"].shape[3] > 4 >= arrays["x_train"].shape[1]:
         raise DataError(f"x_train is {tuple(arrays['x_train'].shape)}: images must be N×H×W×C (channels last)")
 
 
@@ -110,10 +183,22 @@ def default_data_dir():
 
 
 def load_dataset(name="cifar10", data_dir=None, *, download=False, train_subset=None, test_subset=None):
-    """`name` (cifar10 or mnist) from `data_dir` (default: $FASTVAR_DATA, else ~/.cache/fastvar), as
-    CPU tensors; with `download`, the official CIFAR-10 archive is fetched where no CIFAR-10 is found."""
+    """`name` (cifar10, mnist, or pydoc-chars: fastvar.text) from `data_dir` (default: $FASTVAR_DATA,
+    else ~/.cache/fastvar), as CPU tensors; with `download`, the official CIFAR-10 archive is fetched
+    where no CIFAR-10 is found. A subset of images is class-balanced; of text, the first windows."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    if name == text.NAME:
+        arrays = text.pydoc_arrays()
+        for split, size in (("train", train_subset), ("test", test_subset)):
+            available = len(arrays[f"x_{split}"])
+            if size is not None and size > available:
+                raise DataError(f"{{}} asks for {size} windows; the {split} set has {available}",
+                                Param(f"{split}_subset", size))
+            arrays[f"x_{split}"], arrays[f"y_{split}"] = arrays[f"x_{split}"][:size], arrays[f"y_{split}"][:size]
+        return Dataset(*(torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in ("x_train", "y_train", "x_test",
+                                                                                       "y_test")),
+                       name=name, vocab_size=text.VOCABULARY)
     root = Path(data_dir) if data_dir else default_data_dir()
     if name == "mnist":  # fastvar fetches CIFAR-10 only
         arrays = read_mnist(root)
@@ -133,7 +218,9 @@ def load_arrays(path):
     if not path.is_file():
         raise DataError(f"no file {path}; {{}} takes an npz with x_train, y_train, x_test, y_test",
                         Param("path", flag="--data"))
-    return Dataset.from_arrays(**read_npz(path, "write it again with numpy.savez"))
+    with np.load(path, allow_pickle=False) as f:  # a language model's vocabulary, where the file gives one
+        vocab_size = int(f["vocab_size"]) if "vocab_size" in f.files else None
+    return Dataset.from_arrays(**read_npz(path, "write it again with numpy.savez"), vocab_size=vocab_size)
 
 
 def read_arrays(root):

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, Param
+from .language_models import CharGRU, CharTransformer
 
 RESNET18_LAYERS = {"stem": "maxpool", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4"}
 
@@ -258,10 +259,15 @@ MODELS = {  # the built-in zoo; register_model adds to it
     "vgg11": ModelSpec(lambda width, num_classes: VGG11(num_classes, width), 64,
                        {"stem": "features.2", "stage1": "features.3", "stage2": "features.7", "stage3": "features.14",
                         "stage4": "features.21", "stage5": "features.28"}),
+    # character-level language models (fastvar.language_models): num_classes is the vocabulary
+    "char-transformer": ModelSpec(lambda width, num_classes: CharTransformer(num_classes, width), 64,
+                                  {"embed": "embed", "block1": "blocks.0", "block2": "blocks.1"}),
+    "char-gru": ModelSpec(lambda width, num_classes: CharGRU(num_classes, width), 128, {"embed": "embed"}),
 }
 
 
 BUILTIN_MODELS = frozenset(MODELS)
+LANGUAGE_MODELS = frozenset({"char-transformer", "char-gru"})  # of the built-in ones, those that read tokens
 
 
 def register_model(name, factory, *, feature_layers=None):
@@ -306,6 +312,13 @@ def architecture_digest(model):
         module = model_spec(model).build(None, 10)
     shapes = [(name, tuple(t.shape)) for name, t in module.state_dict().items()]
     return hashlib.sha256(repr(shapes).encode()).hexdigest()[:16]
+
+
+def has_own_dropout(model):
+    """Whether `model` (as model_spec takes it) has an nn.Dropout with p > 0 (built on the meta device)."""
+    with torch.device("meta"), torch.random.fork_rng(devices=[]):
+        module = model_spec(model).build(None, 10)
+    return any(type(m) is nn.Dropout and m.p > 0 for m in module.modules())
 
 
 def classifier_name(model):

@@ -192,6 +192,9 @@ RECIPES = {
     "jordan": Recipe(model="resnet9", epochs=64, batch_size=500, optimizer=SGD(lr=0.5, momentum=0.9, weight_decay=5e-4),
                      schedule=LinearDecay(), augment=Augment(flip=True, translate=2, cutout=12), mean=CIFAR_MEAN,
                      std=CIFAR_STD),
+    # A character-level language model (the pydoc-chars dataset): a small causal transformer, AdamW.
+    "char": Recipe(model="char-transformer", epochs=4, batch_size=64,
+                   optimizer=Adam(lr=2e-3, weight_decay=0.01, decoupled=True), schedule=Cosine(warmup_fraction=0.05)),
     # The usual CIFAR ResNet-18 (3x3 stem), SGD with a cosine schedule.
     "resnet18-cifar": Recipe(model="resnet18-cifar", epochs=30, batch_size=128,
                              optimizer=SGD(lr=0.1, momentum=0.9, weight_decay=5e-4), schedule=Cosine(),

@@ -19,8 +19,9 @@ from .errors import Param, StoreError
 
 DB_NAME = "runs.sqlite"
 # The layout of a folder's tables, in `meta` as 'schema'. 1: before it was recorded (fastvar 0.1);
-# 2: threads and the seed repository's loss averages per row. A newer one is refused, never mixed in.
-SCHEMA = 2
+# 2: threads and the seed repository's loss averages per row; 3: a language model's per-token test
+# outputs. A newer one is refused, never mixed in.
+SCHEMA = 3
 SHARD_PATTERN = "runs-shard-*-of-*.sqlite"
 DEFINITION = "sweep.json"  # a sweep folder's definition, beside its points' folders
 
@@ -48,7 +49,10 @@ COLUMNS = {
     "cuda_graph": "INTEGER",  # 1: every step after the warm-up replayed as a CUDA graph
     # the seed repository's averages: means of per-batch mean losses (batches of 128 for the test set)
     "train_loss_batch_mean_curve": "TEXT", "test_loss_batch_mean": "REAL",
+    # a language model's test outputs per position, n_test×T (its test_logits are empty)
+    "test_token_logprob": "BLOB", "test_token_argmax": "BLOB",
 }
+TOKEN_DTYPES = {"test_token_logprob": np.float32, "test_token_argmax": np.int32}
 # How a run was trained, beyond its config: rows that differ here round differently (float32 CPU
 # convolutions round by thread count; vmap by its M), so a folder that mixes them mixes regimes.
 HOW_COLUMNS = ("device", "strategy", "precision", "conv", "compiled", "cuda_graph", "threads", "batch_models")
@@ -136,8 +140,9 @@ class Store:
             raise StoreError(f"another process is training into {self.path}; wait for it, or stop it") from None
 
     def check_labels(self, labels):
-        """Keep the test labels the logits are scored against; refuse data whose labels differ."""
-        labels = [int(v) for v in labels]
+        """Keep the test labels the logits are scored against (a language model's: its target tokens);
+        refuse data whose labels differ."""
+        labels = torch.as_tensor(labels).tolist()
         stored = self.labels()
         if stored is None:
             with self.writing():
@@ -156,7 +161,7 @@ class Store:
     def add_runs(self, rows):
         """Insert finished runs with their snapshots (`snapshot_logits`, one per cycle), all or none."""
         names = list(COLUMNS)
-        records = [tuple(encode(name, row[name]) for name in names) for row in rows]
+        records = [tuple(encode(name, row.get(name)) for name in names) for row in rows]
         snapshots = [(row["run_key"], cycle, encode("test_logits", logits))
                      for row in rows for cycle, logits in enumerate(row.get("snapshot_logits", ()))]
         with self.writing():
@@ -281,6 +286,8 @@ def encode(name, value):
         return json.dumps(value)
     if name == "test_logits":
         return torch.as_tensor(value).to(torch.float16).numpy().tobytes()
+    if name in TOKEN_DTYPES:
+        return torch.as_tensor(value).numpy().astype(TOKEN_DTYPES[name]).tobytes()
     return value
 
 
@@ -291,6 +298,8 @@ def decode(name, value, row):
         return json.loads(value)
     if name == "test_logits":
         return np.frombuffer(value, dtype=np.float16).reshape(row["n_test"], -1).astype(np.float32)
+    if name in TOKEN_DTYPES:
+        return np.frombuffer(value, dtype=TOKEN_DTYPES[name]).reshape(row["n_test"], -1)
     return value
 
 

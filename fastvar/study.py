@@ -18,8 +18,8 @@ from .data import DATASETS, load_dataset
 from .engine.replicas import check_replicable
 from .errors import ConfigError, Param, check_choices
 from .execution import Execution
-from .models import BUILTIN_MODELS, architecture_digest, model_name, model_spec
-from .precisions import PRECISIONS
+from .models import BUILTIN_MODELS, LANGUAGE_MODELS, architecture_digest, has_own_dropout, model_name, model_spec
+from .precisions import COMPUTE_DTYPE, PRECISIONS
 from .progress import progress_of
 from .recipes import PER_REPLICA, RECIPES, SETTABLE, Cosine, Recipe
 from .runner import train_runs
@@ -67,6 +67,7 @@ class Study:
         check_choices(self, choices)
         self._check_overrides()  # before the recipe is resolved with them
         self._set("_recipe", self._resolve_recipe())
+        self._set("_own_dropout", not self.builtin_model() and own_dropout(self.model_factory()))
         self._set("_on_device", {})  # Study.resolve's, by device
         spec = model_spec(self.model_factory())  # an unknown name or a bad import path: one line, now
         if self.width is not None and not spec.width:  # linear's width 0: it takes none either
@@ -110,9 +111,11 @@ class Study:
         self._set("experiment", named)
 
     def present_sources(self):
-        """The sources this recipe has: augmentation only if it augments, dropout only with --dropout."""
+        """The sources this recipe has: augmentation only if it augments, dropout only with --dropout or
+        in a model with nn.Dropout of its own."""
         recipe = self.resolved_recipe()
-        absent = {source for source, has in (("aug", recipe.augment.to_dict()), ("dropout", recipe.dropout)) if not has}
+        absent = {source for source, has in (("aug", recipe.augment.to_dict()),
+                                             ("dropout", recipe.dropout or self._own_dropout)) if not has}
         return set(SOURCES) - absent
 
     def varied(self):
@@ -247,16 +250,29 @@ class Study:
     def check_model(self, data, execution):
         """Before any run: a recipe that augments needs images, and a model of the user's own is tried on
         `data`'s shapes (fastvar.engine.replicas.check_replicable)."""
-        augment = self.resolved_recipe().augment.to_dict()
-        if data.x_train.dtype != torch.uint8 and augment:
+        recipe = self.resolved_recipe()
+        augment = recipe.augment.to_dict()
+        if data.kind != "images" and augment:
             raise ConfigError(f"the recipe augments images ({', '.join(augment)}), but the data "
-                              f"are features ({tuple(data.x_train.shape)}); use a recipe without augmentation")
+                              f"are {data.kind} {tuple(data.x_train.shape)}; use a recipe without augmentation")
+        if self.builtin_model() and (model_name(recipe.model) in LANGUAGE_MODELS) != (data.kind == "tokens"):
+            wanted = "token sequences (--dataset pydoc-chars, or your own)" if data.kind != "tokens" else "images"
+            raise ConfigError(f"the built-in {model_name(recipe.model)} model reads {wanted}, not {data.kind}; "
+                              f"choose another {{}} or other data", Param("model"))
+        if data.token_targets and self.snapshots:
+            raise ConfigError("{} keeps each cycle's test logits, which a language model's study does not store",
+                              Param("snapshots", self.snapshots))
+        if data.kind == "tokens" and recipe.dropout:
+            raise ConfigError("{} adds dropout before the classifier of image and feature models, not yet of "
+                              "sequence models", Param("dropout", recipe.dropout))
         if not self.builtin_model():
             device = execution.resolved_device()
             fixed_kernels_on_cuda = device.type == "cuda" and "kernels" not in self.varied()
             check_replicable(self.model_factory(), execution.resolved_strategy(device), data.num_classes,
-                             data.example_shape, deterministic_cuda=fixed_kernels_on_cuda,
-                             dropout=self.resolved_recipe().dropout)
+                             data.example_shape, deterministic_cuda=fixed_kernels_on_cuda, dropout=recipe.dropout,
+                             vocabulary=data.vocabulary if data.kind == "tokens" else None,
+                             target_shape=tuple(data.y_train.shape[1:]),
+                             compute_dtype=COMPUTE_DTYPE.get(self.resolved_precision(device)))
 
     def unfinished(self, store, execution):
         """The runs of this process (its shard's) that `store` does not hold yet, in run order."""
@@ -312,6 +328,14 @@ class OnDevice(NamedTuple):
     width: int | None
     config_hash: str
     batch_settings: dict  # what every replica of one batch must share: the config less PER_REPLICA
+
+
+def own_dropout(model):
+    """has_own_dropout, or False for a factory that cannot be built here (the dry step says why, later)."""
+    try:
+        return has_own_dropout(model)
+    except Exception:
+        return False
 
 
 def discard(folder, shard, store, made_folder, made_file):

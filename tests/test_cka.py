@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastvar.analysis import cka
-from fastvar.models import MODELS, build_model
+from fastvar.models import LANGUAGE_MODELS, MODELS, build_model
 
 
 def test_cka_is_one_for_the_same_representation_up_to_rotation_and_scale():
@@ -23,7 +23,8 @@ def test_cka_is_one_for_the_same_representation_up_to_rotation_and_scale():
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_model_has_its_feature_layers(name):
     modules = dict(build_model(name, init_seed=0, width=4).named_modules())
-    assert set(MODELS[name].feature_layers.values()) <= set(modules) and "fc" in modules
+    head = "head" if name in LANGUAGE_MODELS else "fc"
+    assert set(MODELS[name].feature_layers.values()) <= set(modules) and head in modules
 
 
 def test_layer_grams_of_two_runs():

@@ -10,7 +10,7 @@ from torch import nn
 from fastvar.engine.determinism import THROWS_ON_CUDA, ThrowingOps
 from fastvar.engine.replicas import Replicas, check_replicable
 from fastvar.errors import ConfigError
-from fastvar.models import BUILTIN_MODELS, GlobalMaxPool, model_spec
+from fastvar.models import BUILTIN_MODELS, LANGUAGE_MODELS, GlobalMaxPool, model_spec
 
 
 def documented_throwing_entries():
@@ -38,7 +38,7 @@ def test_the_tracer_finds_adaptive_max_pooling_and_a_float_cumsum():
 
 
 def input_shape(name):
-    return (3 * 32 * 32,) if name in ("linear", "mlp") else (3, 32, 32)
+    return (3 * 32 * 32,) if name in ("linear", "mlp") else (8,) if name in LANGUAGE_MODELS else (3, 32, 32)
 
 
 @pytest.mark.parametrize("strategy,conv", [("vmap", "gemm"), ("vmap", "grouped"), ("loop", "native")])
@@ -49,8 +49,12 @@ def test_no_built_in_model_runs_an_op_that_throws_on_cuda_in_deterministic_mode(
     for precision in (None, torch.bfloat16):
         replicas = Replicas(name, [0, 1], width=width, strategy=strategy, conv=conv, input_shape=shape,
                             compute_dtype=precision)
-        x = torch.randn(2, 3, *shape, generator=torch.Generator().manual_seed(0)).to(replicas.input_dtype())
-        y = torch.tensor([[0, 1, 2], [3, 4, 5]])
+        generator = torch.Generator().manual_seed(0)
+        if name in LANGUAGE_MODELS:  # tokens, and a target token per position
+            x, y = (torch.randint(0, 10, (2, 3, *shape), generator=generator) for _ in range(2))
+        else:
+            x = torch.randn(2, 3, *shape, generator=generator).to(replicas.input_dtype())
+            y = torch.tensor([[0, 1, 2], [3, 4, 5]])
         with ThrowingOps() as throwing:
             replicas.train_step_grads(x, y)
             replicas.logits(x[0])

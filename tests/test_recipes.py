@@ -8,6 +8,8 @@ import torch
 from fastvar.models import BasicBlock, build_model
 from fastvar.sources import run_seeds
 from fastvar.errors import ConfigError
+from fastvar.data import load_dataset
+from fastvar.models import LANGUAGE_MODELS
 from fastvar.recipes import RECIPES, Cosine, Recipe
 from fastvar.engine.replicas import Replicas
 from fastvar.engine.train import make_optimizer, train_replicas
@@ -17,13 +19,15 @@ from conftest import random_dataset
 @pytest.mark.parametrize("name", RECIPES)
 def test_each_recipe_trains_end_to_end(name):
     recipe = RECIPES[name].replace(epochs=2, batch_size=32)
-    data = random_dataset(64, 20)
+    language = recipe.model in LANGUAGE_MODELS
+    data = load_dataset("pydoc-chars", train_subset=64, test_subset=20) if language else random_dataset(64, 20)
     results = train_replicas(data, recipe, [run_seeds("all-random", i) for i in range(2)], width=4,
                              strategy="loop", dtype=torch.float32)
     for r in results:
         assert len(r["train_loss_curve"]) == 2 and math.isfinite(r["test_loss"])
-        assert r["test_logits"].shape == (20, 10)
-    assert not torch.equal(results[0]["test_logits"], results[1]["test_logits"])
+        assert (r["test_token_logprob"] if language else r["test_logits"]).shape == (20, 64 if language else 10)
+    output = "test_token_logprob" if language else "test_logits"
+    assert not torch.equal(results[0][output], results[1][output])
 
 
 def test_augmenting_recipe_varies_with_the_aug_seed_alone():
@@ -89,7 +93,8 @@ def test_a_cyclic_cosine_restarts_and_one_cycle_is_the_plain_cosine():
 
 
 # The recipes as fastvar 0.1 wrote them into every folder's config: a Recipe must read as exactly
-# these, or every folder made before typed recipes would refuse to resume ("another config").
+# these, or every folder made before typed recipes would refuse to resume ("another config"); char as it
+# was first written, in 2026-12.
 CIFAR = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}
 RECIPES_AS_STORED = {
     "seed": {"model": "resnet18", "epochs": 10, "batch_size": 128, "schedule": {"name": "constant"}, "augment": {},
@@ -102,6 +107,10 @@ RECIPES_AS_STORED = {
     "jordan": {"model": "resnet9", "epochs": 64, "batch_size": 500, "schedule": {"name": "linear"},
                "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4},
                "augment": {"flip": True, "translate": 2, "cutout": 12}, **CIFAR},
+    "char": {"model": "char-transformer", "epochs": 4, "batch_size": 64, "mean": [0.5], "std": [0.5],
+             "optimizer": {"name": "adam", "lr": 2e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01,
+                           "decoupled": True},
+             "schedule": {"name": "cosine", "warmup_fraction": 0.05}, "augment": {}},
     "resnet18-cifar": {"model": "resnet18-cifar", "epochs": 30, "batch_size": 128, "schedule": {"name": "cosine"},
                        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False,
                                      "weight_decay": 5e-4},

@@ -7,14 +7,14 @@ import numpy as np
 import torch
 
 from ..augment import normalized
-from ..data import balanced_subset, load_dataset
+from ..data import IGNORE, balanced_subset, load_dataset
 from ..errors import AnalysisError, Param
 from ..precisions import PRECISIONS
 from ..recipes import Recipe
 from ..store import HOW_COLUMNS, weights_path
 from . import cka as cka_module
 from .load import read_runs, study_folders, test_labels
-from .metrics import snapshot_ensembles, summarize
+from .metrics import snapshot_ensembles, summarize, summarize_tokens
 from .stats import runs_per_arm, variance_components
 
 
@@ -36,7 +36,10 @@ class Analysis:
         return str(self.folder)
 
     def correct(self):
-        """R×n: which test examples each run gets right."""
+        """R×n: which test examples each run gets right (a language model's: R×tokens, its scored ones)."""
+        if self.labels.ndim == 2:
+            scored = self.labels != IGNORE
+            return np.stack([r["test_token_argmax"][scored] for r in self.rows]) == self.labels[scored]
         return np.stack([r["test_logits"].argmax(-1) for r in self.rows]) == self.labels
 
     def to_json(self):
@@ -53,8 +56,7 @@ def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
     if not rows:
         raise AnalysisError(f"{folder}: every run diverged")
     labels = test_labels(store, rows, data_dir)
-    metrics = summarize([r["test_acc"] for r in rows], [r["test_loss"] for r in rows],
-                        np.stack([r["test_logits"] for r in rows]), labels, seed=seed)
+    metrics = summarize_study(rows, labels, seed)
     snapshots = {k: v for s in stores for k, v in s.snapshots().items()}
     if snapshots:
         metrics["snapshots"] = snapshot_ensembles(
@@ -67,9 +69,25 @@ def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
     analysis = Analysis(Path(folder), store.config, rows, labels, metrics)
     if store.config["experiment"] == "grid":
         analysis.components = grid_components(store.config["grid"], rows, folder)
+    if with_cka and labels.ndim == 2:
+        raise AnalysisError(f"{folder} holds a language model's runs; CKA here compares image models on a probe "
+                            f"of test images")
     if with_cka:
         analysis.cka = folder_cka(folder, store.config, rows, data_dir)
     return analysis
+
+
+def summarize_study(rows, labels, seed):
+    """summarize's metrics of the runs' rows; a language model's (target tokens, labels n×T) over its
+    scored test tokens."""
+    acc, loss = [r["test_acc"] for r in rows], [r["test_loss"] for r in rows]
+    if labels.ndim == 1:
+        return summarize(acc, loss, np.stack([r["test_logits"] for r in rows]), labels, seed=seed)
+    scored = labels != IGNORE
+    logprob, predictions = (np.stack([r[name][scored] for r in rows])
+                            for name in ("test_token_logprob", "test_token_argmax"))
+    vocabulary = int(max(labels.max(), predictions.max())) + 1
+    return summarize_tokens(acc, loss, logprob, predictions, labels[scored], vocabulary, seed=seed)
 
 
 def analyze(*folders, data_dir=None, cka=False, seed=0):

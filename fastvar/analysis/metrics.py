@@ -187,3 +187,49 @@ def snapshot_ensembles(snapshot_logits, labels, seed=0):
     return {"cycles": cycles, "runs": runs, "acc": float(accuracy.mean()), "sd": sd, "sd_err": sd_err,
             "disagreement": disagreement(predictions, classes) if runs > 1 else float("nan"),
             "gain": float((accuracy - last).mean())}
+
+
+def summarize_tokens(acc, loss, target_logprob, predictions, targets, vocabulary, seed=0):
+    """summarize's metrics for a language model, over test tokens: `target_logprob` and `predictions`
+    R×N (each run's log-probability of the target and its most probable token, at the N scored
+    positions), `targets` N. Perplexity is exp of the per-token cross-entropy. Ensembles average the
+    runs' probabilities of the target, which is all that their cross-entropy needs; their accuracy
+    needs whole distributions, which a language model's runs do not keep (NaN), as ECE and Spearman's ρ."""
+    acc, loss = np.asarray(acc, float), np.asarray(loss, float)
+    runs, nan = len(acc), float("nan")
+    correct = predictions == targets
+    counts = resample_counts(runs, seed=seed)
+    out = {"n": runs, "tokens": int(len(targets)), "acc_mean": float(acc.mean()), "ce_mean": float(loss.mean()),
+           "ensemble_acc": nan, "ece": nan, "spearman": nan, "ensembles": {}}
+    out["acc_sd"], out["acc_sd_err"] = sd_with_error(acc, counts)
+    out["ce_sd"], out["ce_sd_err"] = sd_with_error(loss, counts)
+    out["ppl_mean"] = float(np.exp(loss).mean())
+    out["ppl_sd"], out["ppl_sd_err"] = sd_with_error(np.exp(loss), counts)
+    out["binomial_sd"] = binomial_sd(correct)
+    logprob = target_logprob.astype(np.float64)
+    out["ensemble_ce"] = float(-(np.logaddexp.reduce(logprob, axis=0) - np.log(runs)).mean())
+    out["ensemble_ppl"] = float(np.exp(out["ensemble_ce"]))
+    if runs < 2:
+        return {**out, "disagreement": nan, "ensemble_gain": nan, "ensemble_gain_ce": nan, "ensemble_gain_ppl": nan,
+                "pairs": 0, "distribution_sd": nan, "distribution_sd_low": nan, "distribution_sd_high": nan}
+    pairs = run_pairs(runs, seed=seed)
+    out["disagreement"] = disagreement(predictions, vocabulary)
+    out["ensemble_gain"] = nan  # in accuracy: needs whole distributions
+    out["ensemble_gain_ce"], out["ensemble_gain_ppl"] = pair_ensemble_gains(logprob, pairs)
+    out["pairs"] = len(pairs)
+    out["distribution_sd"], out["distribution_sd_low"], out["distribution_sd_high"] = \
+        distribution_sd(acc, correct, counts)
+    return out
+
+
+def pair_ensemble_gains(logprob, pairs, chunk=256):
+    """Mean over pairs of runs of how much their two-run ensemble lowers the per-token cross-entropy
+    (nats) and the perplexity, against the pair's mean."""
+    ce = -logprob.mean(1)
+    gains_ce, gains_ppl = [], []
+    for start in range(0, len(pairs), chunk):
+        a, b = pairs[start:start + chunk].T
+        together = -(np.logaddexp(logprob[a], logprob[b]) - np.log(2)).mean(1)
+        gains_ce.append((ce[a] + ce[b]) / 2 - together)
+        gains_ppl.append((np.exp(ce[a]) + np.exp(ce[b])) / 2 - np.exp(together))
+    return float(np.concatenate(gains_ce).mean()), float(np.concatenate(gains_ppl).mean())

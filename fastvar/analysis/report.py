@@ -5,8 +5,8 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 
+from ..data import IGNORE
 from ..sources import experiment_sources
 from ..store import flatten
 from .compute import DIFFERENCES_PP
@@ -37,6 +37,20 @@ def spread_table(analyses):
                      fmt(m["ce_mean"], digits=3), f"{fmt(m['ce_sd'], digits=3, style='g')} ± {fmt(m['ce_sd_err'], digits=2, style='g')}",
                      fmt(m["disagreement"], 100), fmt(m["spearman"], digits=3), fmt(m["ensemble_gain"], 100),
                      fmt(m["binomial_sd"], 100), distribution, fmt(m["ensemble_acc"], 100), fmt(m["ece"], digits=3)])
+    return markdown_table(header, rows)
+
+
+def language_model_table(analyses):
+    """Summers & Dinneen's language-model columns: per-token perplexity and its spread, how often runs
+    predict another token, and what an ensemble of two runs gains."""
+    header = ["folder", "runs", "test tokens", "token acc. (%)", "perplexity mean", "perplexity SD",
+              "CE SD (nats)", "disagreement (%)", "2-run ens. gain: CE (nats), perplexity",
+              "ensemble of all: perplexity"]
+    rows = [[a.name, m["n"], m["tokens"], fmt(m["acc_mean"], 100), fmt(m["ppl_mean"], digits=3),
+             f"{fmt(m['ppl_sd'], digits=3, style='g')} ± {fmt(m['ppl_sd_err'], digits=2, style='g')}",
+             fmt(m["ce_sd"], digits=3, style="g"), fmt(m["disagreement"], 100),
+             f"{fmt(m['ensemble_gain_ce'], digits=4)}, {fmt(m['ensemble_gain_ppl'], digits=3)}",
+             fmt(m["ensemble_ppl"], digits=3)] for a in analyses for m in [a.metrics]]
     return markdown_table(header, rows)
 
 
@@ -97,6 +111,10 @@ def tables(analyses):
            ("Runs needed per arm (two-sided t-test, alpha 0.05, power 0.8, at the measured SD)",
             power_table(analyses)),
            ("Ensembles of disjoint groups of runs", ensemble_table(analyses))]
+    language_models = [a for a in analyses if "ppl_mean" in a.metrics]
+    if language_models:
+        out.insert(1, ("Language models: per-token perplexity, disagreement and ensembles",
+                       language_model_table(language_models)))
     with_snapshots = [a for a in analyses if "snapshots" in a.metrics]
     if with_snapshots:
         out.append(("Snapshot ensembles (each run's cycles) next to single runs and ensembles of runs",
@@ -174,8 +192,12 @@ def what_was_trained(analyses):
         varied = ", ".join(sorted(experiment_sources(c["experiment"]) - absent)) or "nothing"
         width = f" width {c['width']}" if c.get("width") else ""
         train = "all" if not c.get("train_subset") else f"{c['train_subset']:,}"
-        classes = len(set(np.asarray(a.labels).tolist()))
-        data = f"{c.get('dataset', 'cifar10')}: {train} training, {a.rows[0]['n_test']:,} test, {classes} classes"
+        if a.labels.ndim == 2:  # a language model's target tokens
+            scored = a.labels[a.labels != IGNORE]
+            test = f"{a.rows[0]['n_test']:,} test sequences ({len(scored):,} target tokens)"
+        else:
+            test = f"{a.rows[0]['n_test']:,} test, {len(set(a.labels.tolist()))} classes"
+        data = f"{c.get('dataset', 'cifar10')}: {train} training, {test}"
         how = sorted({f"{r['device']}, {r['strategy']}" for r in a.rows})
         rows.append([str(a.folder), f"{c['experiment']} (varies {varied})", f"{c['recipe']}: {'; '.join(numbers)}",
                      f"{h['model']}{width}", data, str(h["epochs"]), str(len(a.rows) + a.metrics["diverged"]),

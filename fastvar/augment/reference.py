@@ -182,8 +182,11 @@ def normalize_rows(x, mean, std, dtype, cpu_chunk=64):
 
 def batch_inputs(x, indices, aug_seeds, epoch, recipe, dtype, backend="auto", augmented=True):
     """The M×B batch the replicas train on: uint8 N×H×W×C images augmented as `recipe` (a
-    fastvar.Recipe) says (unless not `augmented`) and normalised (M×B×C×H×W), or float features N×D
-    as they are, in `dtype` (M×B×D). `backend` as augment takes it."""
+    fastvar.Recipe) says (unless not `augmented`) and normalised (M×B×C×H×W), float features N×D
+    as they are, in `dtype` (M×B×D), or int64 tokens N×T as they are (M×B×T). `backend` as augment
+    takes it."""
+    if not x.is_floating_point() and x.dtype != torch.uint8:
+        return x[indices]
     if x.dtype != torch.uint8:
         return x[indices].to(dtype)
     mean, std = (per_channel(values, x.shape[3]) for values in (recipe.mean, recipe.std))
@@ -199,6 +202,6 @@ def per_channel(values, channels):
 
 def normalized(images, indices, recipe, dtype, backend="auto"):
     """images[indices] as the model sees them in evaluation: normalised, not augmented (uint8 NHWC),
-    or features as they are."""
+    or features and tokens as they are."""
     return batch_inputs(images, indices[None], torch.zeros(1, dtype=torch.int64), 0, recipe, dtype, backend,
                         augmented=False)[0]

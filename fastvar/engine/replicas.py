@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
+from ..data import IGNORE
 from ..errors import ConfigError, Param, first_line
 from ..models import BUILTIN_MODELS, build_model, classifier_name, model_name
 from .determinism import ThrowingOps, describe
+from .dropout import dropout_buffers, seed_dropout
 from .flat import FlatLayout
 from .live import live_taps
 from .vmap_layers import GemmConv2d, GroupedConv2d, ImplicitConv2d, at_least_float32, small_convs, use_vmap_layers
@@ -46,6 +48,8 @@ class Replicas:
                                  num_classes, tuple(input_shape), live_only)
         models = [build_model(model, init_seed=s, width=width, dtype=dtype, dropout=dropout, num_classes=num_classes)
                   for s in init_seeds]
+        for replica in models:
+            seed_dropout(replica)  # its own nn.Dropout layers draw from the run's dropout seed
         params, buffers = stack_module_state(models)
         self.size, self.strategy, self.compile = len(init_seeds), strategy, compile
         self.live, live_params, dead_params = split_live(self.template, {n: p.detach() for n, p in params.items()})
@@ -57,6 +61,7 @@ class Replicas:
         self.dead_layout = FlatLayout({n: p.shape[1:] for n, p in dead_params.items()})
         self.dead, _ = flat_stack(self.dead_layout, dead_params, self.size, dtype, device)
         self.buffers = {n: b.to(device) for n, b in buffers.items()}
+        self.dropout_seeds, self.dropout_steps = dropout_buffers(self.template)
         self.classifier = classifier_name(self.template) if dropout else None  # where dropout acts
         # Mixed precision: the forward reads a copy of the lowered entries in the compute dtype, which
         # the optimizer rewrites after each update; their gradients arrive in that dtype
@@ -97,7 +102,7 @@ class Replicas:
         # materialised: in mixed precision a model of convolutions and linear layers only leaves the
         # float32 part empty and unused
         grads = torch.autograd.grad(losses.sum(), self.stacked_leaves, materialize_grads=True)
-        return losses.detach(), correct_counts(logits, y), grads
+        return losses.detach(), correct_counts(logits, y).flatten(1).sum(1), grads
 
     def _loop_grads(self, x, y, buffers, label_smoothing):
         grads = tuple(torch.empty_like(p) for p in self.forward_parts()) if self.size > 1 else ()
@@ -114,7 +119,7 @@ class Replicas:
                 for stacked, g in zip(grads, replica_grads):
                     stacked[r].copy_(g)
             losses.append(loss.detach())
-            correct.append(correct_counts(logits, y[r]))
+            correct.append(correct_counts(logits, y[r]).sum())
         return torch.stack(losses), torch.stack(correct), grads
 
     def _run(self, fn):
@@ -138,6 +143,14 @@ class Replicas:
         return torch.stack([forward(self.template, {n: p[r] for n, p in params.items()},
                                     self.replica_buffers[r], x) for r in range(self.size)])
 
+    def set_dropout(self, seeds, step):
+        """Before a training step: each replica's dropout seed (M int64, on the device) and the step
+        number that the model's own dropout layers (fastvar.engine.dropout) draw their masks from."""
+        for name in self.dropout_seeds:
+            self.buffers[name].copy_(seeds)
+        for name in self.dropout_steps:
+            self.buffers[name].fill_(step)
+
     def input_dtype(self):
         """The dtype the first layer computes in: the mixed-precision dtype, else the weights'."""
         return self.compute_dtype or self.master.dtype
@@ -147,7 +160,8 @@ class Replicas:
         dead = self.dead_layout.views(self.dead)
         params = {n: whole_weight(p[r], dead[n][r], self.live[n]) if n in self.live else p[r]
                   for n, p in self.params.items()}
-        state = {**params, **{n: b[r] for n, b in self.buffers.items()}}
+        kept = set(self.buffers) - set(self.dropout_seeds) - set(self.dropout_steps)  # the model's own buffers
+        state = {**params, **{n: self.buffers[n][r] for n in self.buffers if n in kept}}
         return {n: t.clone(memory_format=torch.contiguous_format) for n, t in state.items()}
 
 
@@ -191,8 +205,9 @@ def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_class
     `elementary_norm`, `gemm_rule` ("all", "small", "none"; "grouped", "implicit": the small ones GEMM,
     the others that form):
     the layers of fastvar.engine.vmap_layers to swap in; `live_only`: the GEMM ones read their live taps only."""
-    structure = build_model(model, init_seed=0, width=width, dtype=dtype, dropout=dropout,
-                            num_classes=num_classes).to("meta")
+    structure = build_model(model, init_seed=0, width=width, dtype=dtype, dropout=dropout, num_classes=num_classes)
+    seed_dropout(structure)
+    structure = structure.to("meta")
     small = small_convs(structure, input_shape)
     convs = {"all": set(structure.modules()), "small": small, "none": set()}.get(gemm_rule, small)
     rest = set(structure.modules()) - small if gemm_rule in REPLICA_CONVS else set()
@@ -223,10 +238,14 @@ def conv_rule(conv, strategy, device):
     return {"gemm": "all", "native": "none"}.get(conv, conv)
 
 
+LOWERED = (torch.nn.Conv2d, torch.nn.Linear, torch.nn.Embedding, torch.nn.RNNCellBase)
+
+
 def lowered_parameters(template):
-    """The names of the parameters mixed precision computes with in low precision: convs' and linears'."""
+    """The names of the parameters mixed precision computes with in low precision: those of convs,
+    linears, embeddings (so what follows one reads the low dtype) and recurrent cells."""
     return frozenset(f"{prefix}.{name}" if prefix else name for prefix, module in template.named_modules()
-                     if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
+                     if isinstance(module, LOWERED)
                      for name, _ in module.named_parameters(recurse=False))
 
 
@@ -247,9 +266,13 @@ def stacked_losses(template, params, buffers, x, y, label_smoothing):
 
 
 def replica_loss(template, params, buffers, x, y, label_smoothing):
-    """The loop strategy's forward of one replica: its mean loss and logits B×classes."""
+    """The loop strategy's forward of one replica: its mean loss (over its targets: examples, or target
+    tokens) and logits B×classes (B×T×vocabulary)."""
     logits = forward(template, params, buffers, x)
-    return F.cross_entropy(at_least_float32(logits), y, label_smoothing=label_smoothing), logits
+    if y.dim() == 1:
+        return F.cross_entropy(at_least_float32(logits), y, label_smoothing=label_smoothing), logits
+    return F.cross_entropy(at_least_float32(logits).flatten(0, 1), y.flatten(), ignore_index=IGNORE,
+                           label_smoothing=label_smoothing), logits
 
 
 def channels_last_is_safe(model, device, compiled):
@@ -267,49 +290,78 @@ def channels_last_is_safe(model, device, compiled):
 
 
 def batched_cross_entropy(logits, y, label_smoothing=None):
-    """Mean cross-entropy of each replica (logits M×B×C), with each replica's own label smoothing ε:
-    (1 - ε) · NLL + ε · mean over classes of -log p, as F.cross_entropy(label_smoothing=ε) computes it."""
-    if label_smoothing is None:
+    """Mean cross-entropy of each replica (logits M×B×C, or M×B×T×V over target tokens y M×B×T, those
+    IGNORE left out), with each replica's own label smoothing ε: (1 - ε) · NLL + ε · mean over classes
+    of -log p, as F.cross_entropy(label_smoothing=ε, ignore_index=IGNORE) computes it."""
+    if y.dim() == 2 and label_smoothing is None:
         return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
     log_p = F.log_softmax(logits, dim=-1)
-    nll = -log_p.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-    eps = label_smoothing.to(logits.dtype).unsqueeze(1)
-    return ((1 - eps) * nll + eps * -log_p.mean(-1)).mean(1)
+    nll = -log_p.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    if label_smoothing is not None:
+        eps = label_smoothing.to(logits.dtype).view(-1, *[1] * (y.dim() - 1))
+        nll = (1 - eps) * nll + eps * -log_p.mean(-1)
+    if y.dim() == 2:
+        return nll.mean(1)
+    valid = y != IGNORE
+    return (nll * valid).flatten(1).sum(1) / valid.flatten(1).sum(1)
 
 
 def correct_counts(logits, y):
-    return (logits.detach().argmax(-1) == y).sum(-1)
+    """Where each prediction hits its target (an IGNORE target never is hit)."""
+    return logits.detach().argmax(-1) == y
 
 
-RANDOM_LAYERS = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout)
+RANDOM_LAYERS = (torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout)  # nn.Dropout: seeded
 
 
-def check_replicable(model, strategy, num_classes, input_shape, deterministic_cuda=False, dropout=None):
+def unseeded_randomness(model):
+    """Where `model` would draw from the global generator: its channel and alpha dropout layers, and the
+    attention dropout inside nn.MultiheadAttention (a functional dropout_p)."""
+    found = [f"{path} (p {m.p})" for path, m in model.named_modules() if isinstance(m, RANDOM_LAYERS) and m.p > 0]
+    return found + [f"{path} (attention dropout {m.dropout} inside nn.MultiheadAttention)"
+                    for path, m in model.named_modules() if isinstance(m, torch.nn.MultiheadAttention) and m.dropout > 0]
+
+
+def check_replicable(model, strategy, num_classes, input_shape, deterministic_cuda=False, dropout=None,
+                     vocabulary=None, target_shape=(), compute_dtype=None):
     """Find, before a study starts, what would make `model` (a user's own) fail as replicas or make a
     run depend on more than its seeds: a layer that draws its own randomness, or a dry step of two
-    replicas on two random examples (with the study's `dropout`) that fails, gives other than one
-    output per class, or, repeated, gives another loss; with
+    replicas on two random examples (tokens below `vocabulary` where given; targets of `target_shape`
+    each, () for a label; with the study's `dropout` and mixed precision's `compute_dtype`) that fails, gives other than one
+    output per class (per target), or, repeated, gives another loss; with
     `deterministic_cuda` (a CUDA study with its kernels fixed), an op of the step or the evaluation
     that throws there under deterministic algorithms (fastvar.engine.determinism). Raises ConfigError."""
     name = model_name(model)
     probe = build_model(model, init_seed=0, num_classes=num_classes)
-    drawing = [path for path, m in probe.named_modules() if isinstance(m, RANDOM_LAYERS) and m.p > 0]
+    drawing = unseeded_randomness(probe)
     if drawing:
-        raise ConfigError(f"{name} draws its own randomness in {', '.join(drawing)} (dropout from the global "
-                          f"generator), so a run would not be defined by its seeds; set p=0 there and use fastvar's "
-                          f"dropout source ({{}})", Param("dropout", flag="--dropout P"))
+        raise ConfigError(f"{name} draws its own randomness in {', '.join(drawing)}, from the global generator, so "
+                          f"a run would not be defined by its seeds; set it to 0 there: fastvar seeds every nn.Dropout "
+                          f"from the run's dropout seed, and adds one before the classifier ({{}})",
+                          Param("dropout", flag="--dropout P"))
     try:
         replicas = Replicas(model, [0, 1], strategy=strategy, num_classes=num_classes, input_shape=input_shape,
-                            dropout=dropout)
-        x = torch.randn(2, 2, *input_shape, generator=torch.Generator().manual_seed(0))
-        y = torch.zeros(2, 2, dtype=torch.int64)
+                            dropout=dropout, compute_dtype=compute_dtype)
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 2, *input_shape, generator=generator) if vocabulary is None else \
+            torch.randint(0, vocabulary, (2, 2, *input_shape), generator=generator)
+        y = torch.zeros(2, 2, *target_shape, dtype=torch.int64)
         masks = torch.ones(2, 2, replicas.template.get_submodule(replicas.classifier).in_features) if dropout else None
         with ThrowingOps() as throwing:
             logits = replicas.logits(x[0])
             first, second = (replicas.train_step_grads(x, y, masks)[0] for _ in range(2))
     except Exception as e:  # whatever the model raised: one line naming it, before any run starts
-        raise ConfigError(f"{name} cannot be trained as replicas ({strategy} strategy): {first_line(e)}") from None
-    if logits.dim() != 3 or logits.shape[-1] != num_classes:
+        cause = first_line(e).replace("{}", "{ }")  # a template's placeholder is ours alone
+        if strategy == "vmap":  # an op without a batching rule (nn.GRU's, nn.LSTM's): the loop needs none
+            raise ConfigError(f"{name} cannot be trained as replicas (vmap strategy): {cause}; the loop strategy "
+                              f"trains one replica at a time and needs no batching rule ({{}})",
+                              Param("strategy", "loop")) from None
+        raise ConfigError(f"{name} cannot be trained as replicas ({strategy} strategy): {cause}") from None
+    if tuple(logits.shape[2:]) != (*target_shape, num_classes):
+        if target_shape:
+            raise ConfigError(f"{name} gives outputs of shape {tuple(logits.shape[2:])} for a sequence of "
+                              f"{target_shape[0]} target tokens; a language model gives T×{num_classes} logits "
+                              f"(one per token of the vocabulary) for a sequence of T")
         outputs = logits.shape[-1] if logits.dim() == 3 else tuple(logits.shape[2:])
         raise ConfigError(f"{name} gives {outputs} outputs an example for {num_classes} classes; its last layer "
                           f"needs one output per class")

@@ -1,17 +1,20 @@
 """The loop that trains a batch of replicas through a whole run, all at once, by a typed Recipe."""
 import math
 from dataclasses import asdict
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from ..augment import batch_inputs, normalized
+from ..data import IGNORE
 from ..sources import DataOrder, DropoutMasks, perturb_one_ulp
 from .graphs import GraphedStep
 from .optim import OPTIMIZERS
 from .replicas import Replicas
 
 EVAL_BATCH = 1000
+EVAL_TOKENS = 16_384  # a language model's evaluation chunk, in positions: its logits are M×chunk×vocabulary
 SEED_TEST_BATCH = 128  # the seed repository's test loader, whose batch means it averaged
 
 
@@ -72,7 +75,7 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
                  step_wrapper=wrap_step)
     final = recipe.epochs - 1  # evaluated already where every epoch is, or where the last cycle ends
     logits = latest[final] if final in latest else evaluate(replicas, data, recipe, augment_backend)
-    results = [result(logits[r], data.y_test, {name: c[r] for name, c in curves.items()})
+    results = [result(replica_outputs(logits, r), data.y_test, {name: c[r] for name, c in curves.items()})
                for r in range(replicas.size)]
     for r, row in enumerate(results):
         row["test_acc_curve"] = [acc[r].item() for acc, _ in test_scores] if eval_every_epoch else None
@@ -108,6 +111,7 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     cuda_path = resolved_cuda_path(cuda_path, device)
     by_replica = replicas.strategy == "loop" or (not cuda_path and device.type == "cpu" and not replicas.compile)
     n, batch, epochs = len(data.y_train), recipe.batch_size, recipe.epochs
+    targets = data.targets("train")  # the examples, or a language model's target tokens
     steps_per_epoch = math.ceil(n / batch)
     total_steps = epochs * steps_per_epoch
     factors = [recipe.schedule.factor(step, steps_per_epoch, total_steps) for step in range(total_steps)]
@@ -131,6 +135,8 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     orders = [DataOrder(s.order_seed, before and before.order_seed, onset_epoch, epoch_order) for s in seeds]
     own_aug = torch.tensor([s.aug_seed for s in seeds], dtype=torch.int64, device=device)
     fixed_aug = torch.full_like(own_aug, before.aug_seed) if before else own_aug
+    own_drop = torch.tensor([s.dropout_seed for s in seeds], dtype=torch.int64, device=device)
+    fixed_drop = torch.full_like(own_drop, before.dropout_seed) if before else own_drop
     masks = None
     if recipe.dropout:
         features = replicas.template.get_submodule(replicas.classifier).in_features
@@ -145,6 +151,7 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
                     perturb_one_ulp(replicas.params, r, s.perturb_seed)
             replicas.weights_changed()
         aug_seeds = own_aug if epoch >= onset_epoch else fixed_aug
+        drop_seeds = own_drop if epoch >= onset_epoch else fixed_drop
         order = torch.stack([o.epoch(n) for o in orders]).to(device)  # M×N
         loss_sum = torch.zeros(replicas.size, dtype=torch.float64, device=device)
         batch_mean_sum = torch.zeros_like(loss_sum)
@@ -153,14 +160,17 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
             indices = order[:, start:start + batch]
             x = batch_inputs(data.x_train, indices, aug_seeds, epoch, recipe, dtype, augment_backend)
             dropout = None if masks is None else masks.draw(epoch, indices.shape[1]).to(device, dtype)
-            losses, hits = step_of(x, data.y_train[indices], dropout)
+            y = data.y_train[indices]
             done = epoch * steps_per_epoch + step
-            loss_sum += losses * indices.shape[1]
+            if replicas.dropout_seeds:  # outside the step: a graph replays reading the buffers as set
+                replicas.set_dropout(drop_seeds, done)
+            losses, hits = step_of(x, y, dropout)
+            loss_sum += losses * (indices.shape[1] if y.dim() == 2 else (y != IGNORE).flatten(1).sum(1))
             batch_mean_sum += losses
             correct += hits
             if on_step:
                 on_step((done + 1) / total_steps)
-        for name, value in (("train_loss_curve", loss_sum / n), ("train_acc_curve", correct / n),
+        for name, value in (("train_loss_curve", loss_sum / targets), ("train_acc_curve", correct / targets),
                             ("train_loss_batch_mean_curve", batch_mean_sum / steps_per_epoch)):
             curves[name].append(value.tolist())  # read once per epoch: no sync inside it
         if on_epoch:
@@ -172,19 +182,51 @@ def resolved_cuda_path(cuda_path, device):
     return device.type == "cuda" if cuda_path is None else cuda_path
 
 
+class TokenOutputs(NamedTuple):
+    """A language model's test outputs, per test position (...×n×T): what every metric but those of
+    whole distributions needs, at a vocabulary's fraction of the logits' size."""
+    target_logprob: torch.Tensor  # log-probability of the target token (0 where IGNORE), float32 or float64
+    argmax: torch.Tensor  # int32 most probable token
+
+
 def evaluate(replicas, data, recipe, augment_backend="auto"):
-    """Eval-mode test logits of all replicas, M×n_test×classes, one pass over the test set
-    (`augment_backend` as fastvar.augment.augment takes it, for the normalisation)."""
+    """Eval-mode test outputs of all replicas, one pass over the test set (`augment_backend` as
+    fastvar.augment.augment takes it, for the normalisation): logits M×n_test×classes, or for target
+    tokens their TokenOutputs, M×n_test×T."""
     dtype = replicas.input_dtype()
-    n, device = len(data.y_test), data.x_test.device
-    chunks = [replicas.logits(normalized(data.x_test, torch.arange(start, min(start + EVAL_BATCH, n), device=device),
-                                         recipe, dtype, augment_backend)) for start in range(0, n, EVAL_BATCH)]
+    n, device, tokens = len(data.y_test), data.x_test.device, data.token_targets
+    size = max(1, EVAL_TOKENS // data.y_test.shape[1]) if tokens else EVAL_BATCH
+    chunks = []
+    for start in range(0, n, size):
+        indices = torch.arange(start, min(start + size, n), device=device)
+        logits = replicas.logits(normalized(data.x_test, indices, recipe, dtype, augment_backend))
+        chunks.append(token_outputs(logits, data.y_test[indices]) if tokens else logits)
+    if tokens:
+        return TokenOutputs(*(torch.cat(parts, dim=1) for parts in zip(*chunks)))
     return torch.cat(chunks, dim=1)
 
 
-def scores(logits, labels):
-    """Test accuracy and mean cross-entropy of each replica's logits (...×n×classes), as float64."""
-    logits = logits.float()
+def token_outputs(logits, targets):
+    """TokenOutputs of logits ...×n×T×V against target tokens n×T."""
+    log_p = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    index = targets.clamp(min=0).expand(log_p.shape[:-1]).unsqueeze(-1)
+    target = log_p.gather(-1, index).squeeze(-1).masked_fill(targets == IGNORE, 0)
+    return TokenOutputs(target, logits.argmax(-1).int())
+
+
+def replica_outputs(outputs, r):
+    return TokenOutputs(*(t[r] for t in outputs)) if isinstance(outputs, TokenOutputs) else outputs[r]
+
+
+def scores(outputs, labels):
+    """Test accuracy and mean cross-entropy of each replica's logits (...×n×classes), or per target
+    token of its TokenOutputs (...×n×T), as float64."""
+    if isinstance(outputs, TokenOutputs):
+        valid = labels != IGNORE
+        count = valid.sum()
+        accuracy = ((outputs.argmax == labels) & valid).flatten(-2).sum(-1).double() / count
+        return accuracy, -(outputs.target_logprob.double() * valid).flatten(-2).sum(-1) / count
+    logits = outputs.float()
     accuracy = (logits.argmax(-1) == labels).double().mean(-1)
     loss = F.cross_entropy(logits.flatten(0, -2), labels.expand(logits.shape[:-1]).flatten(), reduction="none")
     return accuracy, loss.view(logits.shape[:-1]).double().mean(-1)
@@ -197,11 +239,13 @@ def batch_mean_loss(logits, labels, batch=SEED_TEST_BATCH):
     return torch.stack([chunk.mean() for chunk in losses.split(batch)]).mean()
 
 
-def result(logits, labels, curves):
+def result(outputs, labels, curves):
     """A replica's results, with its training `curves` (fit's, for this replica); `diverged` if its
-    training loss or test logits stopped being finite (its test losses are then stored as infinity:
+    training loss or test outputs stopped being finite (its test losses are then stored as infinity:
     SQLite keeps no NaN)."""
-    logits = logits.float()
+    if isinstance(outputs, TokenOutputs):
+        return token_result(outputs, labels, curves)
+    logits = outputs.float()
     accuracy, loss = scores(logits, labels)
     diverged = not (all(map(math.isfinite, curves["train_loss_curve"])) and torch.isfinite(logits).all().item())
     finite = lambda value: value if math.isfinite(value) else math.inf  # noqa: E731
@@ -213,3 +257,13 @@ def result(logits, labels, curves):
         **curves,
         "test_logits": logits.cpu(),
     }
+
+
+def token_result(outputs, labels, curves):
+    """result's, for a language model: per-token scores, its TokenOutputs kept, no logits."""
+    accuracy, loss = scores(outputs, labels)
+    finite = all(map(math.isfinite, curves["train_loss_curve"])) and torch.isfinite(outputs.target_logprob).all().item()
+    return {"diverged": int(not finite), "test_acc": accuracy.item(),
+            "test_loss": loss.item() if math.isfinite(loss.item()) else math.inf, "test_loss_batch_mean": None,
+            **curves, "test_logits": torch.empty(len(labels), 0),
+            "test_token_logprob": outputs.target_logprob.cpu(), "test_token_argmax": outputs.argmax.cpu()}

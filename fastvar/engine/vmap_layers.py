@@ -157,13 +157,23 @@ def small_convs(structure, input_shape=(3, 32, 32), max_pixels=4):
             if ho * wo <= max_pixels}
 
 
+class MixedLayerNorm(torch.nn.LayerNorm):
+    """LayerNorm in float32 at least, returned in the input's dtype (under vmap, torch's returns a
+    bfloat16 input's norm in the weights' float32, which the next lowered layer refuses)."""
+
+    def forward(self, x):
+        return F.layer_norm(at_least_float32(x), self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
+
+
 def use_vmap_layers(structure, elementary_norm, gemm_convs, replica_convs=(), replica_class=None):
-    """Swap in place every BatchNorm2d (with `elementary_norm`) and the Conv2d modules in
+    """Swap in place every BatchNorm2d and LayerNorm (with `elementary_norm`) and the Conv2d modules in
     `gemm_convs`, then in `replica_convs` (as `replica_class`; those gemm_convertible) for their
     written-out twins."""
     for module in structure.modules():
         if elementary_norm and type(module) is torch.nn.BatchNorm2d:
             module.__class__ = ElementaryBatchNorm2d
+        elif elementary_norm and type(module) is torch.nn.LayerNorm:
+            module.__class__ = MixedLayerNorm
         elif module in gemm_convs and gemm_convertible(module):
             module.__class__ = GemmConv2d
         elif module in replica_convs and gemm_convertible(module):

@@ -26,28 +26,30 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm: attention, then a 4× GELU feed-forward, each added to its input."""
+    """Pre-norm: attention, then a 4× GELU feed-forward, each dropped out and added to its input."""
 
-    def __init__(self, width, heads):
+    def __init__(self, width, heads, dropout):
         super().__init__()
         self.norm1, self.attention = nn.LayerNorm(width), CausalSelfAttention(width, heads)
         self.norm2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
 
     def forward(self, x):
-        x = x + self.attention(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop1(self.attention(self.norm1(x)))
+        return x + self.drop2(self.mlp(self.norm2(x)))
 
 
 class CharTransformer(nn.Module):
-    """A GPT-style decoder: token and learned position embeddings, `layers` blocks, a final norm;
-    `heads` attention heads, or the most of 2 and 1 that divide a width they do not."""
+    """A GPT-style decoder: token and learned position embeddings, `layers` blocks with residual
+    dropout (the dropout source), a final norm; `heads` attention heads, or the most of 2 and 1 that
+    divide a width they do not."""
 
-    def __init__(self, vocabulary, width=64, layers=2, heads=4, max_length=MAX_LENGTH):
+    def __init__(self, vocabulary, width=64, layers=2, heads=4, max_length=MAX_LENGTH, dropout=0.1):
         super().__init__()
         heads = next(h for h in (heads, 2, 1) if width % h == 0)
         self.embed, self.position = nn.Embedding(vocabulary, width), nn.Embedding(max_length, width)
-        self.blocks = nn.Sequential(*[Block(width, heads) for _ in range(layers)])
+        self.blocks = nn.Sequential(*[Block(width, heads, dropout) for _ in range(layers)])
         self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, vocabulary)
 
     def forward(self, tokens):
@@ -56,12 +58,13 @@ class CharTransformer(nn.Module):
 
 
 class CharGRU(nn.Module):
-    """An embedding, one GRU layer of `width` units (nn.GRUCell through time), a linear read-out."""
+    """An embedding, one GRU layer of `width` units (nn.GRUCell through time), dropout (the dropout
+    source) and a linear read-out."""
 
-    def __init__(self, vocabulary, width=128):
+    def __init__(self, vocabulary, width=128, dropout=0.1):
         super().__init__()
         self.embed, self.cell = nn.Embedding(vocabulary, width), nn.GRUCell(width, width)
-        self.head = nn.Linear(width, vocabulary)
+        self.drop, self.head = nn.Dropout(dropout), nn.Linear(width, vocabulary)
 
     def forward(self, tokens):
         x = self.embed(tokens)
@@ -69,4 +72,4 @@ class CharGRU(nn.Module):
         for t in range(x.shape[1]):
             state = self.cell(x[:, t], state)
             states.append(state)
-        return self.head(torch.stack(states, 1))
+        return self.head(self.drop(torch.stack(states, 1)))

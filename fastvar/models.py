@@ -316,8 +316,9 @@ def architecture_digest(model):
 
 def has_own_dropout(model):
     """Whether `model` (as model_spec takes it) has an nn.Dropout with p > 0 (built on the meta device)."""
+    spec = model_spec(model)
     with torch.device("meta"), torch.random.fork_rng(devices=[]):
-        module = model_spec(model).build(None, 10)
+        module = spec.build(spec.width, 10)
     return any(type(m) is nn.Dropout and m.p > 0 for m in module.modules())
 
 

@@ -67,7 +67,7 @@ class Study:
         check_choices(self, choices)
         self._check_overrides()  # before the recipe is resolved with them
         self._set("_recipe", self._resolve_recipe())
-        self._set("_own_dropout", not self.builtin_model() and own_dropout(self.model_factory()))
+        self._set("_own_dropout", own_dropout(self.model_factory()))  # the model's own nn.Dropout: a source
         self._set("_on_device", {})  # Study.resolve's, by device
         spec = model_spec(self.model_factory())  # an unknown name or a bad import path: one line, now
         if self.width is not None and not spec.width:  # linear's width 0: it takes none either

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "Study": "study", "Sweep": "sweep", "SweepStores": "sweep", "Execution": "execution",
-    "analyze": "analysis.compute", "results": "analysis.load", "compare": "analysis.compare",
+    "analyze": "analysis.compute", "results": "analysis.load", "weights": "analysis.load", "compare": "analysis.compare",
     "sweep_summary": "analysis.compare", "Analysis": "analysis.compute", "Store": "store",
     "load_dataset": "data",
     "FastvarError": "errors", "ConfigError": "errors", "DataError": "errors", "StoreError": "errors",
@@ -22,7 +22,7 @@ __all__ = list(_EXPORTS)
 if TYPE_CHECKING:  # what editors and type checkers see of the names loaded on first use
     from .analysis.compare import compare, sweep_summary
     from .analysis.compute import Analysis, analyze
-    from .analysis.load import results
+    from .analysis.load import results, weights
     from .data import Dataset, load_dataset
     from .errors import AnalysisError, ConfigError, DataError, FastvarError, StoreError
     from .execution import Execution

@@ -9,6 +9,7 @@ models are the ones its authors trained.
 import functools
 import hashlib
 import importlib
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -308,18 +309,23 @@ def model_name(model):
 def architecture_digest(model):
     """A digest of a model's parameter and buffer names and shapes, built on the meta device (no
     memory, no arithmetic): what a config records of a model of the user's own beside its name."""
-    with torch.device("meta"), torch.random.fork_rng(devices=[]):
-        module = model_spec(model).build(None, 10)
+    module = built_on_meta(model)
     shapes = [(name, tuple(t.shape)) for name, t in module.state_dict().items()]
     return hashlib.sha256(repr(shapes).encode()).hexdigest()[:16]
 
 
 def has_own_dropout(model):
     """Whether `model` (as model_spec takes it) has an nn.Dropout with p > 0 (built on the meta device)."""
+    return any(type(m) is nn.Dropout and m.p > 0 for m in built_on_meta(model).modules())
+
+
+def built_on_meta(model):
+    """The model's structure, built on the meta device (no memory, no arithmetic). A factory that loads
+    weights loads nothing there; torch's warning that it does not is not the user's concern."""
     spec = model_spec(model)
-    with torch.device("meta"), torch.random.fork_rng(devices=[]):
-        module = spec.build(spec.width, 10)
-    return any(type(m) is nn.Dropout and m.p > 0 for m in module.modules())
+    with torch.device("meta"), torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*meta parameter.*")
+        return spec.build(spec.width, 10)
 
 
 def classifier_name(model):

@@ -3,8 +3,10 @@ points' folders, and every run of a folder as plain rows."""
 from pathlib import Path
 
 from ..data import load_dataset
-from ..errors import AnalysisError, StoreError
-from ..store import DEFINITION, Store, folder_name, holds_runs, shard_stores, sweep_points
+import torch
+
+from ..errors import AnalysisError, Param, StoreError
+from ..store import DEFINITION, Store, folder_name, holds_runs, shard_stores, sweep_points, weights_path
 
 
 def read_runs(folder):
@@ -26,6 +28,17 @@ def test_labels(store, rows, data_dir=None):
     if len(labels) != rows[0]["n_test"]:
         raise StoreError(f"{store.folder}: {len(labels)} test labels for logits of {rows[0]['n_test']} examples")
     return labels
+
+
+def weights(folder, run_index):
+    """The final weights of run `run_index` of a study folder, as a state dict (kept with
+    `save_weights`): what a fine-tuning factory loads."""
+    store = Store(folder)
+    path = weights_path(folder, store.config["experiment"], run_index)
+    if not path.is_file():
+        raise StoreError(f"{folder} keeps no weights of run {run_index}; train it with {{}} above {run_index}",
+                         Param("save_weights", flag="--save-weights K"))
+    return torch.load(path, weights_only=True)
 
 
 def is_sweep_folder(folder):

@@ -51,6 +51,10 @@ class Replicas:
         for replica in models:
             seed_dropout(replica)  # its own nn.Dropout layers draw from the run's dropout seed
         params, buffers = stack_module_state(models)
+        # Parameters the factory froze (requires_grad=False) are read as buffers are: never updated
+        frozen = {n: p.detach() for n, p in params.items() if not p.requires_grad}
+        params, buffers = {n: p for n, p in params.items() if n not in frozen}, {**buffers, **frozen}
+        self.frozen = frozenset(frozen)
         self.size, self.strategy, self.compile = len(init_seeds), strategy, compile
         self.live, live_params, dead_params = split_live(self.template, {n: p.detach() for n, p in params.items()})
         # One flat [M, P] buffer of the trained entries (views are what layers read), and one of the
@@ -213,8 +217,9 @@ def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_class
     rest = set(structure.modules()) - small if gemm_rule in REPLICA_CONVS else set()
     structure = use_vmap_layers(structure, elementary_norm, convs, rest, REPLICA_CONVS.get(gemm_rule))
     for name, taps in live_taps(structure, input_shape).items() if live_only else ():  # GEMM ones can leave taps out
-        if isinstance(structure.get_submodule(name), GemmConv2d):
-            structure.get_submodule(name).live_taps = taps
+        module = structure.get_submodule(name)
+        if isinstance(module, GemmConv2d) and module.weight.requires_grad:  # a frozen one is read whole
+            module.live_taps = taps
     return structure
 
 

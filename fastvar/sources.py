@@ -119,17 +119,19 @@ class DropoutMasks:
     """Each run's dropout masks, drawn on the CPU from its own generator (its dropout seed) so a run
     sees the same masks on every device; before the onset, every run draws from the fixed seed's."""
 
-    def __init__(self, dropout_seeds, p, features, onset_epoch=0, fixed_dropout_seed=None):
+    def __init__(self, dropout_seeds, p, shape, onset_epoch=0, fixed_dropout_seed=None):
+        """`shape`: one example's input to the classifier (features, or positions × features)."""
         self.own = [torch.Generator().manual_seed(s) for s in dropout_seeds]
         self.before_onset = onset_epoch and torch.Generator().manual_seed(fixed_dropout_seed)
-        self.p, self.features, self.onset_epoch = p, features, onset_epoch
+        self.p, self.shape, self.onset_epoch = p, tuple(shape), onset_epoch
 
     def draw(self, epoch, batch):
-        """M×batch×features: 0 where dropped, 1/(1-p) where kept."""
+        """M×batch×shape: 0 where dropped, 1/(1-p) where kept."""
         if epoch < self.onset_epoch:
-            keep = (torch.rand(batch, self.features, generator=self.before_onset) >= self.p).expand(len(self.own), -1, -1)
+            keep = (torch.rand(batch, *self.shape, generator=self.before_onset) >= self.p).expand(len(self.own),
+                                                                                                  *[-1] * (1 + len(self.shape)))
         else:
-            keep = torch.stack([torch.rand(batch, self.features, generator=g) >= self.p for g in self.own])
+            keep = torch.stack([torch.rand(batch, *self.shape, generator=g) >= self.p for g in self.own])
         return keep.double() / (1 - self.p)
 
 

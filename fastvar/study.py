@@ -262,9 +262,6 @@ class Study:
         if data.token_targets and self.snapshots:
             raise ConfigError("{} keeps each cycle's test logits, which a language model's study does not store",
                               Param("snapshots", self.snapshots))
-        if data.kind == "tokens" and recipe.dropout:
-            raise ConfigError("{} adds dropout before the classifier of image and feature models, not yet of "
-                              "sequence models", Param("dropout", recipe.dropout))
         if not self.builtin_model():
             device = execution.resolved_device()
             fixed_kernels_on_cuda = device.type == "cuda" and "kernels" not in self.varied()

@@ -139,11 +139,11 @@ def test_dropout_is_a_source_of_its_own(synthetic_dir, tmp_path):
 
 def test_dropout_masks_equal_torch_dropout_statistics_and_follow_their_seed():
     from fastvar.sources import DropoutMasks
-    masks = DropoutMasks([1, 2], 0.25, 1000).draw(0, 20)
+    masks = DropoutMasks([1, 2], 0.25, (1000,)).draw(0, 20)
     assert masks.shape == (2, 20, 1000) and set(masks.unique().tolist()) == {0.0, 1 / 0.75}
     assert abs((masks == 0).double().mean().item() - 0.25) < 0.01
-    assert torch.equal(DropoutMasks([1], 0.25, 1000).draw(0, 20)[0], masks[0])  # replica 0 alone: same masks
-    before = DropoutMasks([1, 2], 0.25, 10, onset_epoch=1, fixed_dropout_seed=5).draw(0, 4)
+    assert torch.equal(DropoutMasks([1], 0.25, (1000,)).draw(0, 20)[0], masks[0])  # replica 0 alone: same masks
+    before = DropoutMasks([1, 2], 0.25, (10,), onset_epoch=1, fixed_dropout_seed=5).draw(0, 4)
     assert torch.equal(before[0], before[1])  # before the onset, every run draws the fixed masks
 
 

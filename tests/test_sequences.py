@@ -293,3 +293,17 @@ def test_dropout_that_fastvar_cannot_seed_is_refused_in_one_line(tmp_path):
     with pytest.raises(fastvar.ConfigError, match="attention.*dropout 0.1.*global generator") as caught:
         fastvar.Study(model=AttentionDropout, runs=2).run(tmp_path / "s", data=text_data())
     assert "\n" not in str(caught.value) and not (tmp_path / "s").exists()
+
+
+def test_the_dropout_flag_masks_a_language_models_classifier_input_per_position(tmp_path):
+    """--dropout on a sequence model: masks over positions × features before its last nn.Linear,
+    drawn from the run's dropout seed; loop ≡ vmap (float64), and each dropout seed its own run."""
+    data = text_data()
+    rows = {}
+    for strategy in ("loop", "vmap"):
+        study = fastvar.Study(experiment="vary-dropout", model=TinyGRU, dropout=0.3, runs=2, epochs=1,
+                              precision="float64", overrides={"batch_size": BATCH})
+        rows[strategy] = study.run(tmp_path / strategy, data=data, progress=False,
+                                   execution=fastvar.Execution(batch_models=2, strategy=strategy)).runs()
+    assert [r["test_loss"] for r in rows["loop"]] == pytest.approx([r["test_loss"] for r in rows["vmap"]], abs=1e-10)
+    assert rows["loop"][0]["test_loss"] != rows["loop"][1]["test_loss"]

@@ -155,6 +155,23 @@ class Replicas:
         for name in self.dropout_steps:
             self.buffers[name].fill_(step)
 
+    @torch.no_grad()
+    def classifier_input(self, x):
+        """The shape of one example's input to the classifier (what the dropout source's masks cover:
+        features, or a sequence model's positions × features), from replica 0's eval forward of x (1×...)."""
+        seen = {}
+
+        def record(module, inputs):  # returns None: the inputs go on as they are
+            seen.setdefault("shape", inputs[0].shape[1:])
+        hook = self.template.get_submodule(self.classifier).register_forward_pre_hook(record)
+        try:
+            self.template.eval()
+            params = self.layout.views(*self.forward_parts())
+            forward(self.template, {n: p[0] for n, p in params.items()}, self.replica_buffers[0], x)
+        finally:
+            hook.remove()
+        return tuple(seen["shape"])
+
     def input_dtype(self):
         """The dtype the first layer computes in: the mixed-precision dtype, else the weights'."""
         return self.compute_dtype or self.master.dtype
@@ -351,7 +368,7 @@ def check_replicable(model, strategy, num_classes, input_shape, deterministic_cu
         x = torch.randn(2, 2, *input_shape, generator=generator) if vocabulary is None else \
             torch.randint(0, vocabulary, (2, 2, *input_shape), generator=generator)
         y = torch.zeros(2, 2, *target_shape, dtype=torch.int64)
-        masks = torch.ones(2, 2, replicas.template.get_submodule(replicas.classifier).in_features) if dropout else None
+        masks = torch.ones(2, 2, *replicas.classifier_input(x[0][:1])) if dropout else None
         with ThrowingOps() as throwing:
             logits = replicas.logits(x[0])
             first, second = (replicas.train_step_grads(x, y, masks)[0] for _ in range(2))

@@ -139,8 +139,9 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     fixed_drop = torch.full_like(own_drop, before.dropout_seed) if before else own_drop
     masks = None
     if recipe.dropout:
-        features = replicas.template.get_submodule(replicas.classifier).in_features
-        masks = DropoutMasks([s.dropout_seed for s in seeds], recipe.dropout, features,
+        example = normalized(data.x_train, torch.arange(1, device=device), recipe, replicas.input_dtype(),
+                             "triton" if cuda_path else "auto")
+        masks = DropoutMasks([s.dropout_seed for s in seeds], recipe.dropout, replicas.classifier_input(example),
                              onset_epoch, before and before.dropout_seed)
     dtype, augment_backend = replicas.input_dtype(), "triton" if cuda_path else "auto"
     curves = {"train_loss_curve": [], "train_acc_curve": [], "train_loss_batch_mean_curve": []}

@@ -119,3 +119,19 @@ def test_the_fine_tuning_example_runs(real_data_dir, tmp_path):
     lines = done.stdout.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["fixed-init", "fixed-order", "all-random"]
     assert all("2 runs: accuracy" in line for line in lines)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_a_frozen_backbone_trains_in_mixed_precision_and_is_stored_as_loaded(pretrained, strategy, tmp_path):
+    """bf16-mixed, CUDA's default: the frozen convolutions compute in bfloat16 from a copy, the stored
+    weights stay the loaded float32 ones."""
+    _, target = datasets()
+    study = fastvar.Study(model=fine_tuned, runs=2, epochs=1, precision="bf16-mixed", save_weights=2,
+                          overrides={"batch_size": 16})
+    study.run(tmp_path / strategy, data=target, execution=fastvar.Execution(batch_models=2, strategy=strategy),
+              progress=False)
+    loaded = torch.load(PRETRAINED["path"], weights_only=True)
+    for i in range(2):
+        stored = fastvar.weights(tmp_path / strategy, i)
+        assert all(torch.equal(stored[k], loaded[k]) for k in loaded if k.startswith("backbone."))
+        assert stored["head.weight"].dtype == torch.float32

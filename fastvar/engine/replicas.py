@@ -81,7 +81,11 @@ class Replicas:
         self.stacked_leaves = tuple(p.detach().requires_grad_() for p in self.forward_parts())
         self.replica_leaves = [tuple(p[r].detach().requires_grad_() for p in self.forward_parts())
                                for r in range(self.size)]
-        self.replica_buffers = [{n: b[r] for n, b in self.buffers.items()} for r in range(self.size)]
+        # What the forward reads: the buffers, a frozen lowered parameter as a copy in the compute dtype
+        # (the buffers keep it as loaded, for state_dict)
+        frozen_low = self.frozen & lowered_parameters(self.template) if compute_dtype else frozenset()
+        self.read_buffers = {**self.buffers, **{n: self.buffers[n].to(compute_dtype) for n in frozen_low}}
+        self.replica_buffers = [{n: b[r] for n, b in self.read_buffers.items()} for r in range(self.size)]
 
     def forward_parts(self):
         """The buffers the forward reads, side by side: the master, or the lowered copy and the rest."""
@@ -95,7 +99,7 @@ class Replicas:
         x = x if self.channels_last else x.contiguous()
         extra = {} if dropout_masks is None else {f"{self.classifier}.dropout_mask": dropout_masks}
         if self.strategy == "vmap":
-            return self._vmap_grads(x, y, {**self.buffers, **extra}, label_smoothing)
+            return self._vmap_grads(x, y, {**self.read_buffers, **extra}, label_smoothing)
         return self._loop_grads(x, y, [{**b, **{k: v[r] for k, v in extra.items()}}
                                        for r, b in enumerate(self.replica_buffers)], label_smoothing)
 
@@ -143,7 +147,7 @@ class Replicas:
         if self.strategy == "vmap":  # x shared by all replicas, or as a batched view for a user's layers
             shared = self.known_layers
             return vmap(forward, in_dims=(None, 0, 0, None if shared else 0))(
-                self.template, params, self.buffers, x if shared else x.expand(self.size, *x.shape))
+                self.template, params, self.read_buffers, x if shared else x.expand(self.size, *x.shape))
         return torch.stack([forward(self.template, {n: p[r] for n, p in params.items()},
                                     self.replica_buffers[r], x) for r in range(self.size)])
 
@@ -365,8 +369,8 @@ def check_replicable(model, strategy, num_classes, input_shape, deterministic_cu
         replicas = Replicas(model, [0, 1], strategy=strategy, num_classes=num_classes, input_shape=input_shape,
                             dropout=dropout, compute_dtype=compute_dtype)
         generator = torch.Generator().manual_seed(0)
-        x = torch.randn(2, 2, *input_shape, generator=generator) if vocabulary is None else \
-            torch.randint(0, vocabulary, (2, 2, *input_shape), generator=generator)
+        x = torch.randn(2, 2, *input_shape, generator=generator).to(replicas.input_dtype()) if vocabulary is None \
+            else torch.randint(0, vocabulary, (2, 2, *input_shape), generator=generator)
         y = torch.zeros(2, 2, *target_shape, dtype=torch.int64)
         masks = torch.ones(2, 2, *replicas.classifier_input(x[0][:1])) if dropout else None
         with ThrowingOps() as throwing:

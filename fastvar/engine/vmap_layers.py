@@ -165,15 +165,24 @@ class MixedLayerNorm(torch.nn.LayerNorm):
         return F.layer_norm(at_least_float32(x), self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
 
 
+class MixedGroupNorm(torch.nn.GroupNorm):
+    """GroupNorm in float32 at least, returned in the input's dtype (as MixedLayerNorm, for the same reason)."""
+
+    def forward(self, x):
+        return F.group_norm(at_least_float32(x), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
+
+
+MIXED_NORMS = {torch.nn.BatchNorm2d: ElementaryBatchNorm2d, torch.nn.LayerNorm: MixedLayerNorm,
+               torch.nn.GroupNorm: MixedGroupNorm}
+
+
 def use_vmap_layers(structure, elementary_norm, gemm_convs, replica_convs=(), replica_class=None):
-    """Swap in place every BatchNorm2d and LayerNorm (with `elementary_norm`) and the Conv2d modules in
+    """Swap in place every BatchNorm2d, LayerNorm and GroupNorm (with `elementary_norm`) and the Conv2d modules in
     `gemm_convs`, then in `replica_convs` (as `replica_class`; those gemm_convertible) for their
     written-out twins."""
     for module in structure.modules():
-        if elementary_norm and type(module) is torch.nn.BatchNorm2d:
-            module.__class__ = ElementaryBatchNorm2d
-        elif elementary_norm and type(module) is torch.nn.LayerNorm:
-            module.__class__ = MixedLayerNorm
+        if elementary_norm and type(module) in MIXED_NORMS:
+            module.__class__ = MIXED_NORMS[type(module)]
         elif module in gemm_convs and gemm_convertible(module):
             module.__class__ = GemmConv2d
         elif module in replica_convs and gemm_convertible(module):

@@ -277,7 +277,7 @@ def run_with_progress(target, lead, execution, total, out, args, small=None):
     data = load_arrays(args.data) if args.data else lead.load_data(args.data_dir, args.download)
     device = execution.resolved_device()
     swept = getattr(target, "settings", {})
-    bar = ProgressBar(total, lambda todo: plan_line(lead, execution, total, todo, out, len(data.y_train), swept),
+    bar = ProgressBar(total, lambda todo: plan_line(lead, execution, total, todo, out, data, swept),
                       lambda todo, rate: projection_lines(todo, rate, device.type, small))
     try:
         result = target.run(out, execution=execution, data=data, progress=bar.update)
@@ -290,7 +290,7 @@ def run_with_progress(target, lead, execution, total, out, args, small=None):
     return result
 
 
-def plan_line(study, execution, total, todo, out, images, swept=None):
+def plan_line(study, execution, total, todo, out, data, swept=None):
     """One line naming what will run, and how; with `swept`, a sweep's settings, the values it sweeps."""
     device = execution.resolved_device()
     threads = f" with {torch.get_num_threads()} threads" if device.type == "cpu" else ""  # set by Study.run
@@ -305,7 +305,8 @@ def plan_line(study, execution, total, todo, out, images, swept=None):
     named = f"the {study.recipe_name()} recipe" + (f" with {', '.join(changed)}" if changed else "")
     return (f"fastvar: training {todo} of {total} runs of {study.experiment} into {out} "
             f"({total - todo} there already): {named}, {model_name(recipe.model)}{width}, "
-            f"{length} of {images:,} examples, on {device}{threads}, "
+            f"{length} of {len(data.y_train):,} {'sequences' if data.kind == 'tokens' else 'examples'}, "
+            f"on {device}{threads}, "
             f"{execution.resolved_strategy(device)} strategy, M = {execution.batch_models}, "
             f"{study.resolved_precision(device)}")
 

@@ -179,8 +179,12 @@ def test_the_command_line_trains_and_analyses_a_language_model_on_an_npz(tmp_pat
              y_test=data.y_test.numpy())
     out = tmp_path / "lm"
     model = f"{__name__}:TinyCausalTransformer"
-    assert cli.main(["--data", str(npz), "--model", model, "--runs", "3", "--epochs", "1", "--batch-size", "16",
-                     "--out", str(out)]) == 0
+    assert cli.main(["--data", str(npz), "--model", model, "--runs", "3", "--epochs", str(EPOCHS), "--batch-size",
+                     str(BATCH), "--precision", "float64", "--out", str(out)]) == 0
+    assert f"{EPOCHS} epochs of 40 sequences" in capsys.readouterr().err  # the start line
+    for row in Store(out).runs():  # as plain PyTorch trains it from the stored seeds
+        expected = trained_by_hand(TinyCausalTransformer, data, run_seeds("all-random", row["run_index"]))
+        assert abs(row["test_loss"] - expected) < 1e-10
     assert cli.main(["analyze", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "Language models: per-token perplexity" in printed and f"| {out} | 3 | {12 * (T - 1)} |" in printed

@@ -218,9 +218,9 @@ def load_arrays(path):
     if not path.is_file():
         raise DataError(f"no file {path}; {{}} takes an npz with x_train, y_train, x_test, y_test",
                         Param("path", flag="--data"))
-    with np.load(path, allow_pickle=False) as f:  # a language model's vocabulary, where the file gives one
-        vocab_size = int(f["vocab_size"]) if "vocab_size" in f.files else None
-    return Dataset.from_arrays(**read_npz(path, "write it again with numpy.savez"), vocab_size=vocab_size)
+    arrays = read_npz(path, "write it again with numpy.savez", optional=("vocab_size",))
+    vocab_size = arrays.pop("vocab_size", None)  # a language model's vocabulary, where the file gives one
+    return Dataset.from_arrays(**arrays, vocab_size=None if vocab_size is None else int(vocab_size))
 
 
 def read_arrays(root):
@@ -237,14 +237,15 @@ def read_arrays(root):
         Param("download", True, flag="drop --no-download"), Param("data_dir"))
 
 
-def read_npz(path, remedy):
-    """The four arrays of an npz; `remedy` says how to get a good file where this one is corrupt."""
+def read_npz(path, remedy, optional=()):
+    """The four arrays of an npz, and those of `optional` it holds; `remedy` says how to get a good file
+    where this one is corrupt."""
     needed = ("x_train", "y_train", "x_test", "y_test")
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in needed if k not in f.files]
             if not missing:
-                return {k: f[k] for k in needed}
+                return {k: f[k] for k in (*needed, *optional) if k in f.files}
             found = ", ".join(f.files) or "no arrays"
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # numpy's reasons name its internals
         raise DataError(f"corrupt {path}: not a readable npz of numeric arrays; {remedy}") from None

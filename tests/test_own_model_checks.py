@@ -118,6 +118,7 @@ def stored(tmp_path_factory):
     np.savez(root / "good.npz", **good)
     np.savez(root / "labels.npz", **{**good, "y_test": np.where(np.arange(10) == 3, 10, good["y_test"])})
     np.savez(root / "malformed.npz", **{k: v for k, v in good.items() if k != "y_test"})
+    (root / "corrupt.npz").write_bytes(b"PK\x03\x04 a zip in name only")
     base = ["--runs", "1", "--epochs", "1", "--out", str(root / "study")]
     assert cli.main([*base, "--model", f"{OWN}:Head", "--data", str(root / "good.npz")]) == 0
     return root, base
@@ -130,6 +131,7 @@ BAD = {  # the issue's bad inputs, each against the stored folder
     "dropout without nn.Linear": ["--model", f"{OWN}:ConvolutionalHead", "--data", "good.npz", "--dropout", "0.1"],
     "--dataset beside --data": ["--model", f"{OWN}:Head", "--data", "good.npz", "--dataset", "mnist"],
     "a malformed npz": ["--model", f"{OWN}:Head", "--data", "malformed.npz"],
+    "a corrupt npz": ["--model", f"{OWN}:Head", "--data", "corrupt.npz"],
     "an abbreviated flag": ["--model", f"{OWN}:Head", "--data", "good.npz", "--batch", "8"],
     "no runs": ["--model", f"{OWN}:Head", "--data", "good.npz", "--runs", "0"],
     "another config": ["--model", f"{OWN}:Head", "--data", "good.npz", "--lr", "2e-3"],

@@ -38,8 +38,8 @@ class Analysis:
     def correct(self):
         """R×n: which test examples each run gets right (a language model's: R×tokens, its scored ones)."""
         if self.labels.ndim == 2:
-            scored = self.labels != IGNORE
-            return np.stack([r["test_token_argmax"][scored] for r in self.rows]) == self.labels[scored]
+            predictions, targets = scored_tokens(self.rows, self.labels, "test_token_argmax")
+            return predictions == targets
         return np.stack([r["test_logits"].argmax(-1) for r in self.rows]) == self.labels
 
     def to_json(self):
@@ -83,11 +83,17 @@ def summarize_study(rows, labels, seed):
     acc, loss = [r["test_acc"] for r in rows], [r["test_loss"] for r in rows]
     if labels.ndim == 1:
         return summarize(acc, loss, np.stack([r["test_logits"] for r in rows]), labels, seed=seed)
-    scored = labels != IGNORE
-    logprob, predictions = (np.stack([r[name][scored] for r in rows])
-                            for name in ("test_token_logprob", "test_token_argmax"))
+    logprob, targets = scored_tokens(rows, labels, "test_token_logprob")
+    predictions, _ = scored_tokens(rows, labels, "test_token_argmax")
     vocabulary = int(max(labels.max(), predictions.max())) + 1
-    return summarize_tokens(acc, loss, logprob, predictions, labels[scored], vocabulary, seed=seed)
+    return summarize_tokens(acc, loss, logprob, predictions, targets, vocabulary, seed=seed)
+
+
+def scored_tokens(rows, labels, column):
+    """A language model's runs' `column` (R×N) at the N scored test positions (target not IGNORE), and
+    those targets (N)."""
+    scored = labels != IGNORE
+    return np.stack([r[column][scored] for r in rows]), labels[scored]
 
 
 def analyze(*folders, data_dir=None, cka=False, seed=0):

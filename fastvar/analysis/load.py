@@ -2,9 +2,9 @@
 points' folders, and every run of a folder as plain rows."""
 from pathlib import Path
 
-from ..data import load_dataset
 import torch
 
+from ..data import load_dataset
 from ..errors import AnalysisError, Param, StoreError
 from ..store import DEFINITION, Store, folder_name, holds_runs, shard_stores, sweep_points, weights_path
 

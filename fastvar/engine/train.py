@@ -12,6 +12,7 @@ from ..sources import DataOrder, DropoutMasks, perturb_one_ulp
 from .graphs import GraphedStep
 from .optim import OPTIMIZERS
 from .replicas import Replicas
+from .vmap_layers import at_least_float32
 
 EVAL_BATCH = 1000
 EVAL_TOKENS = 16_384  # a language model's evaluation chunk, in positions: its logits are M×chunk×vocabulary
@@ -137,13 +138,12 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
     fixed_aug = torch.full_like(own_aug, before.aug_seed) if before else own_aug
     own_drop = torch.tensor([s.dropout_seed for s in seeds], dtype=torch.int64, device=device)
     fixed_drop = torch.full_like(own_drop, before.dropout_seed) if before else own_drop
+    dtype, augment_backend = replicas.input_dtype(), "triton" if cuda_path else "auto"
     masks = None
     if recipe.dropout:
-        example = normalized(data.x_train, torch.arange(1, device=device), recipe, replicas.input_dtype(),
-                             "triton" if cuda_path else "auto")
+        example = normalized(data.x_train, torch.arange(1, device=device), recipe, dtype, augment_backend)
         masks = DropoutMasks([s.dropout_seed for s in seeds], recipe.dropout, replicas.classifier_input(example),
                              onset_epoch, before and before.dropout_seed)
-    dtype, augment_backend = replicas.input_dtype(), "triton" if cuda_path else "auto"
     curves = {"train_loss_curve": [], "train_acc_curve": [], "train_loss_batch_mean_curve": []}
     for epoch in range(epochs):
         if epoch == onset_epoch:
@@ -209,7 +209,7 @@ def evaluate(replicas, data, recipe, augment_backend="auto"):
 
 def token_outputs(logits, targets):
     """TokenOutputs of logits ...×n×T×V against target tokens n×T."""
-    log_p = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    log_p = F.log_softmax(at_least_float32(logits), dim=-1)
     index = targets.clamp(min=0).expand(log_p.shape[:-1]).unsqueeze(-1)
     target = log_p.gather(-1, index).squeeze(-1).masked_fill(targets == IGNORE, 0)
     return TokenOutputs(target, logits.argmax(-1).int())
@@ -248,13 +248,11 @@ def result(outputs, labels, curves):
         return token_result(outputs, labels, curves)
     logits = outputs.float()
     accuracy, loss = scores(logits, labels)
-    diverged = not (all(map(math.isfinite, curves["train_loss_curve"])) and torch.isfinite(logits).all().item())
-    finite = lambda value: value if math.isfinite(value) else math.inf  # noqa: E731
     return {
-        "diverged": int(diverged),
+        "diverged": diverged(curves, logits),
         "test_acc": accuracy.item(),
-        "test_loss": finite(loss.item()),
-        "test_loss_batch_mean": finite(batch_mean_loss(logits, labels).item()),
+        "test_loss": finite_or_inf(loss.item()),
+        "test_loss_batch_mean": finite_or_inf(batch_mean_loss(logits, labels).item()),
         **curves,
         "test_logits": logits.cpu(),
     }
@@ -263,8 +261,16 @@ def result(outputs, labels, curves):
 def token_result(outputs, labels, curves):
     """result's, for a language model: per-token scores, its TokenOutputs kept, no logits."""
     accuracy, loss = scores(outputs, labels)
-    finite = all(map(math.isfinite, curves["train_loss_curve"])) and torch.isfinite(outputs.target_logprob).all().item()
-    return {"diverged": int(not finite), "test_acc": accuracy.item(),
-            "test_loss": loss.item() if math.isfinite(loss.item()) else math.inf, "test_loss_batch_mean": None,
+    return {"diverged": diverged(curves, outputs.target_logprob), "test_acc": accuracy.item(),
+            "test_loss": finite_or_inf(loss.item()), "test_loss_batch_mean": None,
             **curves, "test_logits": torch.empty(len(labels), 0),
             "test_token_logprob": outputs.target_logprob.cpu(), "test_token_argmax": outputs.argmax.cpu()}
+
+
+def diverged(curves, test_outputs):
+    """1 if the training loss or the test outputs stopped being finite, else 0."""
+    return int(not (all(map(math.isfinite, curves["train_loss_curve"])) and torch.isfinite(test_outputs).all().item()))
+
+
+def finite_or_inf(value):
+    return value if math.isfinite(value) else math.inf

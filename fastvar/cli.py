@@ -17,8 +17,9 @@ from .analysis.export import FORMATS, export  # noqa: E402
 from .analysis.plots import plot_study  # noqa: E402
 from .analysis.compare import compare, comparison_lines, sweep_sections, sweep_summary  # noqa: E402
 from .analysis.compute import analyze  # noqa: E402
+from .analysis.load import read_runs  # noqa: E402
 from .analysis.report import json_line, notes, tables, write_report  # noqa: E402
-from .data import DATASETS, default_data_dir, load_arrays, load_dataset  # noqa: E402
+from .data import DATASETS, TEST_SET, default_data_dir, load_arrays, load_dataset  # noqa: E402
 from .engine.replicas import CONVS  # noqa: E402
 from .errors import ConfigError, FastvarError, StoreError, writing  # noqa: E402
 from .execution import Execution  # noqa: E402
@@ -27,7 +28,7 @@ from .precisions import PRECISIONS  # noqa: E402
 from .progress import ProgressBar, duration, per_hour  # noqa: E402
 from .recipes import RECIPES, SETTABLE  # noqa: E402
 from .sources import EPOCH_ORDERS, EXPERIMENTS, SOURCES  # noqa: E402
-from .store import Store, merge  # noqa: E402
+from .store import merge  # noqa: E402
 from .study import Study  # noqa: E402
 from .sweep import SETTINGS, Sweep, parse_setting  # noqa: E402
 
@@ -69,7 +70,9 @@ def build_parser(prog):
     sweep.add_argument("--out", type=Path, default=Path("results/sweep"), help="the sweep folder")
     plot = commands.add_parser("plot", help="draw the plots of an existing results folder")
     plot.add_argument("folder", type=Path)
-    plot.add_argument("--out", type=Path, help="default: FOLDER/plots")
+    plot.add_argument("--out", type=Path, help="default: FOLDER/plots (FOLDER/plots-NAME for --test-set NAME)")
+    plot.add_argument("--test-set", default=TEST_SET, metavar="NAME",
+                      help="plot the scores on this eval set (see --eval-shift, x_eval_NAME) instead of the test set")
     analyze = commands.add_parser("analyze", help="the spread metrics of results folders, and report.md")
     analyze.add_argument("folders", type=Path, nargs="+")
     analyze.add_argument("--json", action="store_true", help="print one JSON object per folder instead (writes nothing)")
@@ -79,6 +82,8 @@ def build_parser(prog):
     compare = commands.add_parser("compare", help="is B's mean test accuracy different from A's?")
     compare.add_argument("folder_a", type=Path)
     compare.add_argument("folder_b", type=Path)
+    compare.add_argument("--test-set", default=TEST_SET, metavar="NAME",
+                         help="compare accuracy on this eval set (see --eval-shift, x_eval_NAME) instead of the test set")
     merge = commands.add_parser("merge", help="combine a folder's shard files into its runs.sqlite")
     merge.add_argument("folder", type=Path)
     export = commands.add_parser("export", help="write a folder's runs as numpy files")
@@ -152,13 +157,17 @@ def add_study_arguments(parser):
     parser.add_argument("--data-dir", type=Path, help="default: $FASTVAR_DATA, else ~/.cache/fastvar")
     parser.add_argument("--data", type=Path, metavar="NPZ",
                         help="your own data instead: an npz with x_train, y_train, x_test, y_test (uint8 images "
-                             "N×H×W×C or float features N×D, integer labels)")
+                             "N×H×W×C or float features N×D, integer labels), and any further test sets as "
+                             "x_eval_NAME, y_eval_NAME")
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                         help="fetch the official CIFAR-10 archive (MD5-checked) where none is found (default: on)")
     parser.add_argument("--save-weights", type=int, default=0, metavar="K",
                         help="keep the final weights of the first K runs in OUT/weights (for analyze --cka)")
     parser.add_argument("--eval-every-epoch", action="store_true",
                         help="store test accuracy and loss after every epoch (test_acc_curve, test_loss_curve)")
+    parser.add_argument("--eval-shift", action="store_true",
+                        help="score every run on a shifted copy of the test images too (noise, blur, low contrast; "
+                             "fixed, no download), stored as the eval set 'shift'")
     parser.add_argument("--snapshots", type=int, metavar="C",
                         help="cosine schedule restarted C times; test logits kept at the end of each cycle")
 
@@ -179,7 +188,7 @@ def study_arguments(args):
                 precision=args.precision, epoch_order=args.epoch_order, grid=args.grid, save_weights=args.save_weights,
                 eval_every_epoch=args.eval_every_epoch, snapshots=args.snapshots, vary=args.vary,
                 fixed_seed=args.fixed_seed, onset_epoch=args.onset_epoch, dropout=args.dropout,
-                dataset=args.dataset or "cifar10", overrides=recipe_overrides(args))
+                dataset=args.dataset or "cifar10", overrides=recipe_overrides(args), eval_shift=args.eval_shift)
 
 
 def recipe_overrides(args):
@@ -341,10 +350,11 @@ def sweep_command(args):
 
 
 def plot(args):
-    rows = Store(args.folder).runs()
-    out = args.out or args.folder / "plots"
+    rows = read_runs(args.folder, args.test_set)[1]
+    on = "" if args.test_set == TEST_SET else f"-{args.test_set}"
+    out = args.out or args.folder / f"plots{on}"
     with writing(out, "give --out DIR in a writable place"):
-        paths = plot_study(rows, out, f"{rows[0]['experiment']}, {args.folder}" if rows else str(args.folder))
+        paths = plot_study(rows, out, f"{rows[0]['experiment']}, {args.folder}{f', on {args.test_set}' * bool(on)}")
     print(f"{len(paths)} plots of {len(rows)} runs in {out}")
     return 0
 
@@ -377,8 +387,8 @@ def check_writable(path, remedy):
 
 
 def compare_command(args):
-    acc_a, acc_b, results = compare(args.folder_a, args.folder_b)
-    print("\n".join(comparison_lines(args.folder_a, args.folder_b, acc_a, acc_b, results)))
+    acc_a, acc_b, results = compare(args.folder_a, args.folder_b, args.test_set)
+    print("\n".join(comparison_lines(args.folder_a, args.folder_b, acc_a, acc_b, results, args.test_set)))
     return 0
 
 

@@ -10,17 +10,18 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import sys
 import tarfile
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import text
+from . import shift, text
 from .errors import DataError, Param
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -37,39 +38,50 @@ MNIST_IDX = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1
 
 
 IGNORE = -100  # a target token that counts in no loss or metric, as torch's cross-entropy has it
+TEST_SET = "test"  # the test set's name among a dataset's test sets (its eval sets have their own)
+EVAL_SET_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass
 class Dataset:
     """Training and test examples with their labels: uint8 images N×H×W×C, float features N×D, or
     int64 token sequences N×T, whose labels are one class per example (N) or a target token per
-    position (N×T, language modelling; IGNORE where none)."""
+    position (N×T, language modelling; IGNORE where none). `eval_sets` are further test sets, each
+    scored and stored beside the test set (a shifted one, another distribution)."""
     x_train: torch.Tensor  # N×H×W×C uint8, N×D floating point, or N×T int64 tokens
     y_train: torch.Tensor  # N int64 in 0 .. classes-1, or N×T int64 targets
     x_test: torch.Tensor
     y_test: torch.Tensor
     name: str = "cifar10"  # what a study's config records of its data: a dataset's name, or arrays-<digest>
     vocab_size: int | None = None  # tokens: the vocabulary (None: one past the largest token)
+    eval_sets: dict = field(default_factory=dict)  # name -> (x, y), as x_test and y_test
 
     @classmethod
-    def from_arrays(cls, x_train, y_train, x_test, y_test, vocab_size=None):
+    def from_arrays(cls, x_train, y_train, x_test, y_test, vocab_size=None, eval_sets=None):
         """A dataset of the user's own (numpy or torch arrays), checked: uint8 images N×H×W×C of any
         size and channel count, floating-point features N×D, or integer tokens N×T (below `vocab_size`
         where given); integer labels from 0, any number of classes, or for tokens N×T target tokens
-        (IGNORE, -100, where a position has none). Its name is a digest of the arrays, so a folder
+        (IGNORE, -100, where a position has none). `eval_sets`: {name: (x, y)}, further test sets of
+        the test set's kind, each run is scored on too. Its name is a digest of the arrays, so a folder
         trained on other data refuses it."""
+        given = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+        for set_name, pair in (eval_sets or {}).items():
+            check_eval_set(set_name, pair)
+            given[f"x_eval_{set_name}"], given[f"y_eval_{set_name}"] = pair
         arrays = {k: torch.as_tensor(np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v).cpu()
-                  for k, v in (("x_train", x_train), ("y_train", y_train), ("x_test", x_test), ("y_test", y_test))}
+                  for k, v in given.items()}
         check_user_arrays(arrays, vocab_size)
         tokens = is_tokens(arrays["x_train"])
         arrays = {k: v.long() if k.startswith("y") or tokens else v.contiguous() for k, v in arrays.items()}
         digest = hashlib.sha256()
-        for key in ("x_train", "y_train", "x_test", "y_test"):
+        extra = [f"{xy}_eval_{n}" for n in sorted(eval_sets or {}) for xy in "xy"]  # none: the older digest
+        for key in ("x_train", "y_train", "x_test", "y_test", *extra):
             digest.update(f"{key}{tuple(arrays[key].shape)}{arrays[key].dtype}".encode())
             digest.update(arrays[key].numpy().tobytes())
         if vocab_size is not None:
             digest.update(f"vocab_size{vocab_size}".encode())
-        return cls(**arrays, name=f"arrays-{digest.hexdigest()[:16]}", vocab_size=vocab_size)
+        sets = {n: (arrays.pop(f"x_eval_{n}"), arrays.pop(f"y_eval_{n}")) for n in (eval_sets or {})}
+        return cls(**arrays, name=f"arrays-{digest.hexdigest()[:16]}", vocab_size=vocab_size, eval_sets=sets)
 
     @property
     def kind(self):
@@ -86,6 +98,8 @@ class Dataset:
     def vocabulary(self):
         """Tokens: how many there are (the given vocabulary, else one past the largest token)."""
         tokens = [self.x_train, self.x_test] + [self.y_train, self.y_test] * self.token_targets
+        for x, y in self.eval_sets.values():
+            tokens += [x] + [y] * self.token_targets
         return self.vocab_size or int(max(t.max() for t in tokens)) + 1
 
     @property
@@ -107,16 +121,41 @@ class Dataset:
         y = self.y_train if split == "train" else self.y_test
         return int((y != IGNORE).sum()) if self.token_targets else len(y)
 
+    def test_sets(self):
+        """Every test set by name: the test set (TEST_SET) first, then the eval sets."""
+        return {TEST_SET: (self.x_test, self.y_test), **self.eval_sets}
+
+    def with_shift(self):
+        """This dataset with the built-in shifted test set (fastvar.shift) among its eval sets."""
+        if self.kind != "images":
+            raise DataError(f"{{}} corrupts images; these data are {self.kind}", Param("eval_shift", True, flag="--eval-shift"))
+        if shift.NAME in self.eval_sets:
+            raise DataError(f"an eval set is named {shift.NAME!r} already; {{}} adds one of that name: rename yours",
+                            Param("eval_shift", True, flag="--eval-shift"))
+        images = torch.from_numpy(shift.shifted(self.x_test.cpu().numpy()))
+        return replace(self, eval_sets={**self.eval_sets, shift.NAME: (images.to(self.x_test.device), self.y_test)})
+
     def __repr__(self):
         kind = {"images": "uint8 images {}×{}×{}", "features": "features of {}",
                 "tokens": "sequences of {} tokens"}[self.kind].format(*self.x_train.shape[1:])
         classes = f"a vocabulary of {self.num_classes}" if self.token_targets else f"{self.num_classes} classes"
-        return (f"Dataset({self.name}: {len(self.y_train):,} training and {len(self.y_test):,} test examples, "
+        sets = "".join(f", eval set {n!r} of {len(y):,}" for n, (_, y) in self.eval_sets.items())
+        return (f"Dataset({self.name}: {len(self.y_train):,} training and {len(self.y_test):,} test examples{sets}, "
                 f"{kind}, {classes})")
 
     def to(self, device):
         return Dataset(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)), name=self.name,
-                       vocab_size=self.vocab_size)
+                       vocab_size=self.vocab_size,
+                       eval_sets={n: (x.to(device), y.to(device)) for n, (x, y) in self.eval_sets.items()})
+
+
+def check_eval_set(name, pair):
+    """An eval set's name (what its npz keys and the command line spell) and its (x, y) pair."""
+    if not (isinstance(name, str) and EVAL_SET_NAME.fullmatch(name)) or name == TEST_SET:
+        raise DataError(f"eval set name {name!r}: use letters, digits, _ and -, and not {TEST_SET!r} (the test "
+                        f"set's own)")
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        raise DataError(f"eval set {name!r} must be a pair (x, y), as x_test and y_test are")
 
 
 def is_tokens(x):
@@ -124,8 +163,10 @@ def is_tokens(x):
 
 
 def check_user_arrays(arrays, vocab_size=None):
-    """One line for the first thing wrong with a user's arrays."""
-    for split in ("train", "test"):
+    """One line for the first thing wrong with a user's arrays: x_train, y_train, x_test, y_test and
+    any eval sets' x_eval_NAME, y_eval_NAME."""
+    tested = ["test"] + [k[2:] for k in arrays if k.startswith("x_eval_")]
+    for split in ("train", *tested):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         images, features = x.dtype == torch.uint8 and x.dim() == 4, x.is_floating_point() and x.dim() == 2
         if not (images or features or is_tokens(x)):
@@ -140,14 +181,15 @@ def check_user_arrays(arrays, vocab_size=None):
             raise DataError(f"y_{split} must be {len(x)} integer labels (one per example), not {y.dtype} {tuple(y.shape)}")
         if y.min() < 0:
             raise DataError(f"y_{split} has a negative label ({int(y.min())}); labels count from 0")
-    if arrays["y_train"].dim() == 2:  # target tokens: any of the vocabulary may be a test target
-        return check_same_examples(arrays)
-    unseen = sorted(set(arrays["y_test"].tolist()) - set(arrays["y_train"].tolist()))
-    if unseen:
-        shown = ", ".join(map(str, unseen[:5])) + (", ..." if len(unseen) > 5 else "")
-        raise DataError(f"y_test holds {len(unseen)} label(s) no training example has ({shown}); every test label "
-                        f"must be a training class")
-    check_same_examples(arrays)
+    for split in tested:
+        check_same_examples(arrays, split)
+        if arrays["y_train"].dim() == 2:  # target tokens: any of the vocabulary may be a test target
+            continue
+        unseen = sorted(set(arrays[f"y_{split}"].tolist()) - set(arrays["y_train"].tolist()))
+        if unseen:
+            shown = ", ".join(map(str, unseen[:5])) + (", ..." if len(unseen) > 5 else "")
+            raise DataError(f"y_{split} holds {len(unseen)} label(s) no training example has ({shown}); every "
+                            f"test label must be a training class")
 
 
 def check_tokens(split, x, y, vocab_size):
@@ -167,13 +209,15 @@ def check_tokens(split, x, y, vocab_size):
                            else "labels count from 0"))
 
 
-def check_same_examples(arrays):
-    if arrays["y_train"].dim() != arrays["y_test"].dim():
-        raise DataError(f"y_train is {tuple(arrays['y_train'].shape)} and y_test {tuple(arrays['y_test'].shape)}: "
+def check_same_examples(arrays, split="test"):
+    """x_{split} and y_{split} are of x_train's and y_train's kind and shape."""
+    x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+    if arrays["y_train"].dim() != y.dim():
+        raise DataError(f"y_train is {tuple(arrays['y_train'].shape)} and y_{split} {tuple(y.shape)}: "
                         f"give labels for both, or target tokens for both")
-    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:] or arrays["x_train"].dtype != arrays["x_test"].dtype:
+    if arrays["x_train"].shape[1:] != x.shape[1:] or arrays["x_train"].dtype != x.dtype:
         raise DataError(f"x_train ({arrays['x_train'].dtype} {tuple(arrays['x_train'].shape[1:])} an example) and "
-                        f"x_test ({arrays['x_test'].dtype} {tuple(arrays['x_test'].shape[1:])}) differ")
+                        f"x_{split} ({x.dtype} {tuple(x.shape[1:])}) differ")
     if arrays["x_train"].dim() == 4 and arrays["x_train"].shape[3] > 4 >= arrays["x_train"].shape[1]:
         raise DataError(f"x_train is {tuple(arrays['x_train'].shape)}: images must be N×H×W×C (channels last)")
 
@@ -213,14 +257,23 @@ def load_dataset(name="cifar10", data_dir=None, *, download=False, train_subset=
 
 
 def load_arrays(path):
-    """A user's data from an npz holding x_train, y_train, x_test, y_test (Dataset.from_arrays)."""
+    """A user's data from an npz holding x_train, y_train, x_test, y_test, optionally vocab_size and eval
+    sets as x_eval_NAME, y_eval_NAME (Dataset.from_arrays)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no file {path}; {{}} takes an npz with x_train, y_train, x_test, y_test",
                         Param("path", flag="--data"))
-    arrays = read_npz(path, "write it again with numpy.savez", optional=("vocab_size",))
+    arrays = read_npz(path, "write it again with numpy.savez", optional=("vocab_size", "x_eval_", "y_eval_"))
     vocab_size = arrays.pop("vocab_size", None)  # a language model's vocabulary, where the file gives one
-    return Dataset.from_arrays(**arrays, vocab_size=None if vocab_size is None else int(vocab_size))
+    names = sorted({k.split("_", 2)[2] for k in arrays if k.startswith(("x_eval_", "y_eval_"))})
+    for name in names:
+        if f"x_eval_{name}" not in arrays or f"y_eval_{name}" not in arrays:
+            given, missing = sorted(k for k in (f"x_eval_{name}", f"y_eval_{name}") if k in arrays), \
+                sorted(k for k in (f"x_eval_{name}", f"y_eval_{name}") if k not in arrays)
+            raise DataError(f"{path} holds {given[0]} but no {missing[0]}: an eval set needs both")
+    eval_sets = {name: (arrays.pop(f"x_eval_{name}"), arrays.pop(f"y_eval_{name}")) for name in names}
+    return Dataset.from_arrays(**arrays, vocab_size=None if vocab_size is None else int(vocab_size),
+                               eval_sets=eval_sets)
 
 
 def read_arrays(root):
@@ -238,14 +291,14 @@ def read_arrays(root):
 
 
 def read_npz(path, remedy, optional=()):
-    """The four arrays of an npz, and those of `optional` it holds; `remedy` says how to get a good file
-    where this one is corrupt."""
+    """The four arrays of an npz, and those it holds whose names are or start with one of `optional`;
+    `remedy` says how to get a good file where this one is corrupt."""
     needed = ("x_train", "y_train", "x_test", "y_test")
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in needed if k not in f.files]
             if not missing:
-                return {k: f[k] for k in (*needed, *optional) if k in f.files}
+                return {k: f[k] for k in f.files if k in needed or k.startswith(optional)}
             found = ", ".join(f.files) or "no arrays"
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # numpy's reasons name its internals
         raise DataError(f"corrupt {path}: not a readable npz of numeric arrays; {remedy}") from None

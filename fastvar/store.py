@@ -20,8 +20,9 @@ from .errors import Param, StoreError
 DB_NAME = "runs.sqlite"
 # The layout of a folder's tables, in `meta` as 'schema'. 1: before it was recorded (fastvar 0.1);
 # 2: threads and the seed repository's loss averages per row; 3: a language model's per-token test
-# outputs. A newer one is refused, never mixed in.
-SCHEMA = 3
+# outputs; 4: `evals`, each run's scores and outputs on every further test set. A newer one is
+# refused, never mixed in.
+SCHEMA = 4
 SHARD_PATTERN = "runs-shard-*-of-*.sqlite"
 DEFINITION = "sweep.json"  # a sweep folder's definition, beside its points' folders
 
@@ -52,6 +53,9 @@ COLUMNS = {
     # a language model's test outputs per position, n_test×T (its test_logits are empty)
     "test_token_logprob": "BLOB", "test_token_argmax": "BLOB",
 }
+# A run's results on each further test set (an eval set), in `evals` keyed by run and set: the
+# runs table's columns of the same names, for that set.
+EVAL_COLUMNS = ("test_acc", "test_loss", "n_test", "test_logits", "test_token_logprob", "test_token_argmax")
 TOKEN_DTYPES = {"test_token_logprob": np.float32, "test_token_argmax": np.int32}
 # How a run was trained, beyond its config: rows that differ here round differently (float32 CPU
 # convolutions round by thread count; vmap by its M), so a folder that mixes them mixes regimes.
@@ -101,6 +105,10 @@ class Store:
             self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             self.db.execute("CREATE TABLE IF NOT EXISTS snapshots (run_key TEXT NOT NULL, cycle INTEGER NOT NULL, "
                             "test_logits BLOB NOT NULL, PRIMARY KEY (run_key, cycle))")
+            self.db.execute("CREATE TABLE IF NOT EXISTS evals (run_key TEXT NOT NULL, name TEXT NOT NULL, "
+                            "test_acc REAL NOT NULL, test_loss REAL NOT NULL, n_test INTEGER NOT NULL, "
+                            "test_logits BLOB NOT NULL, test_token_logprob BLOB, test_token_argmax BLOB, "
+                            "PRIMARY KEY (run_key, name))")
             if self.schema() != SCHEMA:  # new, or an older layout its columns were just added to
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA),))
             row = self.db.execute("SELECT value FROM meta WHERE key='config'").fetchone()
@@ -155,19 +163,40 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key='test_labels'").fetchone()
         return None if row is None else np.array(json.loads(row[0]), dtype=np.int64)
 
+    def check_eval_labels(self, eval_sets):
+        """check_labels' for the eval sets ({name: labels}): kept the first time, refused if they differ."""
+        labels = {name: torch.as_tensor(y).tolist() for name, y in eval_sets.items()}
+        stored = self.eval_labels()
+        if not stored and labels:
+            with self.writing():
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('eval_labels', ?)", (json.dumps(labels),))
+        elif {n: y.tolist() for n, y in stored.items()} != labels:
+            raise StoreError(f"{self.folder} was trained with other eval sets ({', '.join(stored) or 'none'}); "
+                             f"is this the same data?")
+
+    def eval_labels(self):
+        """{name: labels} of the eval sets (a folder without any, or older than them: {})."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='eval_labels'").fetchone()
+        return {} if row is None else {n: np.array(y, dtype=np.int64) for n, y in json.loads(row[0]).items()}
+
     def finished_indices(self):
         return {i for (i,) in self.db.execute("SELECT run_index FROM runs")}
 
     def add_runs(self, rows):
-        """Insert finished runs with their snapshots (`snapshot_logits`, one per cycle), all or none."""
+        """Insert finished runs with their snapshots (`snapshot_logits`, one per cycle) and their results
+        on the eval sets (`evals`, {name: EVAL_COLUMNS}), all or none."""
         names = list(COLUMNS)
         records = [tuple(encode(name, row.get(name)) for name in names) for row in rows]
         snapshots = [(row["run_key"], cycle, encode("test_logits", logits))
                      for row in rows for cycle, logits in enumerate(row.get("snapshot_logits", ()))]
+        evals = [(row["run_key"], name, *(encode(c, result.get(c)) for c in EVAL_COLUMNS))
+                 for row in rows for name, result in row.get("evals", {}).items()]
         with self.writing():
             self.db.executemany(f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                                 records)
             self.db.executemany("INSERT INTO snapshots VALUES (?, ?, ?)", snapshots)
+            self.db.executemany(f"INSERT INTO evals (run_key, name, {', '.join(EVAL_COLUMNS)}) "
+                                f"VALUES ({', '.join('?' * (2 + len(EVAL_COLUMNS)))})", evals)
 
     @contextmanager
     def writing(self):
@@ -188,6 +217,18 @@ class Store:
                 "ORDER BY s.run_key, s.cycle"):
             found.setdefault(key, []).append(decode("test_logits", blob, {"n_test": n_test}))
         return {key: np.stack(logits) for key, logits in found.items()}
+
+    def evals(self):
+        """{eval set: {run_key: its EVAL_COLUMNS, decoded as runs() decodes them}}, the sets in the data's
+        order; {} for a folder without eval sets (or older than them)."""
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name='evals'").fetchone():
+            return {}
+        found = {}
+        for key, name, *values in self.db.execute(f"SELECT run_key, name, {', '.join(EVAL_COLUMNS)} FROM evals "
+                                                  f"ORDER BY name, run_key"):
+            row = dict(zip(EVAL_COLUMNS, values))
+            found.setdefault(name, {})[key] = {c: decode(c, v, row) for c, v in row.items()}
+        return {name: found[name] for name in sorted(found, key=list(self.eval_labels()).index)}  # as the data gave them
 
     def _columns(self):
         return {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
@@ -230,11 +271,19 @@ def shard_of(path):
     return int(index), int(count)
 
 
+def with_evals(row, evals):
+    """`row` with its results on the eval sets (`Store.evals()`'s) as add_runs takes them."""
+    return {**row, "evals": {name: by_run[row["run_key"]] for name, by_run in evals.items() if row["run_key"] in by_run}}
+
+
 def same_run(a, b):
-    """Two rows of one run key that hold the same result (when and how fast they trained aside),
-    compared as stored, so a diverged run's NaN curves equal themselves."""
-    skip = {"created_at", "wall_s", "device", "batch_models"}
-    return all(encode(k, a[k]) == encode(k, b[k]) for k in a if k not in skip)
+    """Two rows of one run key that hold the same result (when and how fast they trained aside), their
+    eval sets' too, compared as stored, so a diverged run's NaN curves equal themselves."""
+    skip = {"created_at", "wall_s", "device", "batch_models", "evals"}
+    evals_a, evals_b = a.get("evals", {}), b.get("evals", {})
+    same_evals = evals_a.keys() == evals_b.keys() and all(
+        encode(c, evals_a[n][c]) == encode(c, evals_b[n][c]) for n in evals_a for c in EVAL_COLUMNS)
+    return same_evals and all(encode(k, a[k]) == encode(k, b[k]) for k in a if k not in skip)
 
 
 def merge(folder):
@@ -250,12 +299,15 @@ def merge(folder):
     target = Store(folder, config)
     for shard in shards:
         target.check_labels(shard.labels())
-    chosen = {r["run_key"]: r for r in target.runs()}
+        target.check_eval_labels(shard.eval_labels())
+    stored_evals = target.evals()
+    chosen = {r["run_key"]: with_evals(r, stored_evals) for r in target.runs()}
     new, snapshots, identical, conflicts = [], {}, 0, set()
     for shard in shards:
         snapshots.update(shard.snapshots())
+        evals = shard.evals()
         for row in shard.runs():
-            key = row["run_key"]
+            key, row = row["run_key"], with_evals(row, evals)
             if key not in chosen:
                 chosen[key] = row
                 new.append(key)

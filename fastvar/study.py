@@ -16,7 +16,7 @@ import torch
 from .canonical import declared_defaults, without_defaults
 from .data import DATASETS, load_dataset
 from .engine.replicas import check_replicable
-from .errors import ConfigError, Param, check_choices
+from .errors import ConfigError, Param, check_choices, first_line
 from .execution import Execution
 from .models import BUILTIN_MODELS, LANGUAGE_MODELS, architecture_digest, has_own_dropout, model_name, model_spec
 from .precisions import COMPUTE_DTYPE, PRECISIONS
@@ -49,6 +49,7 @@ class Study:
     dataset: str = "cifar10"  # or mnist; run on a Dataset.from_arrays, its arrays-<digest>
     overrides: dict | None = None  # the recipe's lr, weight_decay, label_smoothing or batch_size, replaced
     epoch_order: str = "fresh"  # fresh: a new permutation each epoch; same: the first one every epoch (seed's exp2)
+    eval_shift: bool = False  # score every run on the built-in shifted test set too (fastvar.shift)
 
     def __post_init__(self):
         """Check every setting and put the study in its one form (a named experiment for `vary`, the
@@ -195,7 +196,7 @@ class Study:
         # Newer settings only where not at their defaults, so that older folders keep their config hash.
         optional = {"grid": self.grid and list(self.grid), "vary": self.vary and list(self.vary),
                     "fixed_seed": self.fixed_seed, "onset_epoch": self.onset_epoch, "dataset": self.dataset,
-                    "epoch_order": self.epoch_order,
+                    "epoch_order": self.epoch_order, "eval_shift": self.eval_shift,
                     # a model of the user's own: its parameters' names and shapes, beside its name
                     "architecture": None if self.builtin_model() else architecture_digest(self.model_factory())}
         return {**config, **without_defaults(optional, {**declared_defaults(Study), "architecture": None})}
@@ -239,12 +240,17 @@ class Study:
         return load_dataset(self.dataset, data_dir, download=download, train_subset=self.train_subset,
                             test_subset=self.test_subset)
 
+    def with_test_sets(self, data):
+        """`data` with every test set this study scores: the built-in shifted one with `eval_shift`."""
+        return data.with_shift() if self.eval_shift else data
+
     def open_store(self, out, data, execution):
         """The results folder for this study's config (created if new, this shard's file with a shard),
         checked against `data` and locked for this process."""
         store = Store(out, self.config(execution.resolved_device()), execution.shard)
         store.lock()
         store.check_labels(data.y_test)
+        store.check_eval_labels({name: y for name, (_, y) in data.eval_sets.items()})
         return store
 
     def check_model(self, data, execution):
@@ -259,6 +265,8 @@ class Study:
             wanted = "token sequences (--dataset pydoc-chars, or your own)" if data.kind != "tokens" else "images"
             raise ConfigError(f"the built-in {model_name(recipe.model)} model reads {wanted}, not {data.kind}; "
                               f"choose another {{}} or other data", Param("model"))
+        if self.builtin_model() and data.kind != "tokens" and data.example_shape != (3, 32, 32):
+            check_fits(recipe.model, self.resolved_width(), data)
         if data.token_targets and self.snapshots:
             raise ConfigError("{} keeps each cycle's test logits, which a language model's study does not store",
                               Param("snapshots", self.snapshots))
@@ -283,7 +291,7 @@ class Study:
         included) of the `todo` it had left."""
         execution = execution or Execution()
         execution.start()
-        data = self.load_data(data_dir, download) if data is None else data
+        data = self.with_test_sets(self.load_data(data_dir, download) if data is None else data)
         study = self.for_data(data)
         study.check_model(data, execution)
         folder, store = Path(out), None
@@ -325,6 +333,18 @@ class OnDevice(NamedTuple):
     width: int | None
     config_hash: str
     batch_settings: dict  # what every replica of one batch must share: the config less PER_REPLICA
+
+
+def check_fits(model, width, data):
+    """A built-in image model (made for 3×32×32 images) tried on one example of `data`'s shape: one line
+    where it cannot read it (a linear layer sized for 3072 inputs, five poolings of 8 pixels)."""
+    net = model_spec(model).build(width, data.num_classes).eval()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, *data.example_shape))
+    except RuntimeError as e:
+        raise ConfigError(f"the built-in {model} model cannot read {data.kind} of shape {data.example_shape} "
+                          f"({first_line(e)}); choose another {{}}, or give one of your own", Param("model")) from None
 
 
 def own_dropout(model):

@@ -90,7 +90,8 @@ class Sweep:
         it, over the runs of every point."""
         out, execution = Path(out), execution or Execution()
         execution.start()
-        data = self.studies[0][1].load_data(data_dir, download) if data is None else data
+        lead = self.studies[0][1]
+        data = lead.with_test_sets(lead.load_data(data_dir, download) if data is None else data)
         studies = [(point, study.for_data(data)) for point, study in self.studies]
         studies[0][1].check_model(data, execution)
         self.claim(out)

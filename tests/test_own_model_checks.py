@@ -119,6 +119,8 @@ def stored(tmp_path_factory):
     np.savez(root / "labels.npz", **{**good, "y_test": np.where(np.arange(10) == 3, 10, good["y_test"])})
     np.savez(root / "malformed.npz", **{k: v for k, v in good.items() if k != "y_test"})
     (root / "corrupt.npz").write_bytes(b"PK\x03\x04 a zip in name only")
+    np.savez(root / "small.npz", **{**good, "x_train": good["x_train"][:, :8, :8], "x_test": good["x_test"][:, :8, :8]})
+    np.savez(root / "half.npz", **good, x_eval_far=good["x_test"])
     base = ["--runs", "1", "--epochs", "1", "--out", str(root / "study")]
     assert cli.main([*base, "--model", f"{OWN}:Head", "--data", str(root / "good.npz")]) == 0
     return root, base
@@ -137,6 +139,9 @@ BAD = {  # the issue's bad inputs, each against the stored folder
     "another config": ["--model", f"{OWN}:Head", "--data", "good.npz", "--lr", "2e-3"],
     "graphs without CUDA": ["--model", f"{OWN}:Head", "--data", "good.npz", "--cuda-graphs", "on"],
     "analyze into a folder": ["analyze", "{study}", "--report", "{study}"],
+    "a built-in model the images do not fit": ["--model", "linear", "--data", "small.npz"],
+    "half an eval set": ["--model", f"{OWN}:Head", "--data", "half.npz"],
+    "an unknown test set": ["compare", "{study}", "{study}", "--test-set", "far"],
 }
 
 
@@ -147,7 +152,7 @@ def test_each_bad_input_is_one_line_and_exit_2_and_leaves_the_folder_as_it_was(s
     args = [str(root / a) if a.endswith(".npz") else a.format(study=root / "study") for a in bad]
     capsys.readouterr()
     try:
-        code = cli.main(args if args[0] == "analyze" else [*base, *args])
+        code = cli.main(args if args[0] in ("analyze", "compare") else [*base, *args])
     except SystemExit as e:  # argparse's own refusals
         code = e.code
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("fastvar: loading")]

@@ -1,6 +1,7 @@
 """Comparing folders: B minus A with Welch's and the paired test, and a sweep's points against its best."""
 import numpy as np
 
+from ..data import TEST_SET
 from ..errors import AnalysisError
 from ..store import folder_name, holds_runs, sweep_points
 from .load import is_sweep_folder, read_runs
@@ -16,9 +17,10 @@ def run_seeds_key(row):
     return (row["run_index"], *(row[c] for c in SEED_COLUMNS))
 
 
-def compare(folder_a, folder_b):
-    """B minus A in test accuracy: Welch's test, and the paired test over runs with the same seeds."""
-    return compare_rows(read_runs(folder_a)[1], read_runs(folder_b)[1])
+def compare(folder_a, folder_b, test_set=TEST_SET):
+    """B minus A in accuracy on `test_set` (the test set, or an eval set's name): Welch's test, and the
+    paired test over runs with the same seeds."""
+    return compare_rows(read_runs(folder_a, test_set)[1], read_runs(folder_b, test_set)[1])
 
 
 def compare_rows(rows_a, rows_b):
@@ -34,10 +36,12 @@ def compare_rows(rows_a, rows_b):
     return acc_a, acc_b, results
 
 
-def comparison_lines(folder_a, folder_b, acc_a, acc_b, results):
+def comparison_lines(folder_a, folder_b, acc_a, acc_b, results, test_set=TEST_SET):
+    on = "" if test_set == TEST_SET else f" on {test_set}"
+
     def describe(folder, acc):
         acc = np.asarray(acc) * 100
-        return f"{folder}: {len(acc)} runs, {acc.mean():.2f} % ± {acc.std(ddof=1):.2f}"
+        return f"{folder}: {len(acc)} runs, {acc.mean():.2f} % ± {acc.std(ddof=1):.2f}{on}"
     lines = [f"A  {describe(folder_a, acc_a)}", f"B  {describe(folder_b, acc_b)}"]
     for c in results:
         what = "Welch's t-test" if c.test == "welch" else f"paired t-test over {c.n} runs with the same seeds"

@@ -13,7 +13,7 @@ from ..precisions import PRECISIONS
 from ..recipes import Recipe
 from ..store import HOW_COLUMNS, weights_path
 from . import cka as cka_module
-from .load import read_runs, study_folders, test_labels
+from .load import eval_results, on_test_set, read_runs, study_folders, test_labels
 from .metrics import snapshot_ensembles, summarize, summarize_tokens
 from .stats import runs_per_arm, variance_components
 
@@ -30,6 +30,7 @@ class Analysis:
     metrics: dict
     components: list = field(default_factory=list)  # variance components, for a grid
     cka: dict = field(default_factory=dict)  # layer -> {"mean", "sd", "pairs"}, with --cka
+    eval_sets: dict = field(default_factory=dict)  # eval set -> its metrics, as `metrics` has the test set's
 
     @property
     def name(self):
@@ -45,7 +46,7 @@ class Analysis:
     def to_json(self):
         return {"folder": self.name, **self.metrics,
                 "components": [{"name": c.name, "variance": c.variance, "low": c.low, "high": c.high}
-                               for c in self.components], "cka": self.cka}
+                               for c in self.components], "cka": self.cka, "eval_sets": self.eval_sets}
 
 
 def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
@@ -66,7 +67,10 @@ def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
                         for name, by_value in mixed_settings(rows).items()}
     metrics["runs_per_arm"] = {f"{d:g}": runs_per_arm(metrics["acc_sd"], d / 100) if metrics["n"] > 1 else None
                                for d in DIFFERENCES_PP}
-    analysis = Analysis(Path(folder), store.config, rows, labels, metrics)
+    evals = eval_results(stores)
+    eval_sets = {name: summarize_study(on_test_set(rows, evals, folder, name), store.eval_labels()[name], seed)
+                 for name in evals}
+    analysis = Analysis(Path(folder), store.config, rows, labels, metrics, eval_sets=eval_sets)
     if store.config["experiment"] == "grid":
         analysis.components = grid_components(store.config["grid"], rows, folder)
     if with_cka and labels.ndim == 2:

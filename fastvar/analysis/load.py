@@ -1,26 +1,49 @@
-"""Reading results folders back: a study's stores and runs, its test labels, a sweep's folder as its
-points' folders, and every run of a folder as plain rows."""
+"""Reading results folders back: a study's stores and runs on any of its test sets, its test labels, a
+sweep's folder as its points' folders, and every run of a folder as plain rows."""
 from pathlib import Path
 
 import torch
 
-from ..data import load_dataset
+from ..data import TEST_SET, load_dataset
 from ..errors import AnalysisError, Param, StoreError
 from ..store import DEFINITION, Store, folder_name, holds_runs, shard_stores, sweep_points, weights_path
 
 
-def read_runs(folder):
+def read_runs(folder, test_set=TEST_SET):
     """A folder's stores (its runs.sqlite, or its shard files if not merged yet: one study either way)
-    and its runs; the first store holds the config and labels."""
+    and its runs, scored on `test_set` (the test set, or an eval set's name: on_test_set's); the first
+    store holds the config and labels."""
     stores = [] if (Path(folder) / "runs.sqlite").is_file() else shard_stores(folder)
     stores = stores or [Store(folder)]
     rows = {r["run_key"]: r for s in stores for r in s.runs()}
     if not rows:
         raise StoreError(f"{folder} holds no finished runs yet")
-    return stores, sorted(rows.values(), key=lambda r: r["run_index"])
+    rows = sorted(rows.values(), key=lambda r: r["run_index"])
+    return stores, rows if test_set == TEST_SET else on_test_set(rows, eval_results(stores), folder, test_set)
 
 
-def test_labels(store, rows, data_dir=None):
+def eval_results(stores):
+    """The stores' results on their eval sets: {name: {run_key: Store.evals()'s}}."""
+    found = {}
+    for store in stores:
+        for name, by_run in store.evals().items():
+            found.setdefault(name, {}).update(by_run)
+    return found
+
+
+def on_test_set(rows, evals, folder, name):
+    """`rows` with their test scores and outputs those on the eval set `name` (`evals`: eval_results');
+    what the folder keeps of the test set alone (per-epoch curves, the batch-mean loss) is None."""
+    if name not in evals:
+        raise AnalysisError(f"{folder} has no test set {name!r}; it holds {', '.join([TEST_SET, *evals])}")
+    alone = dict.fromkeys(("test_acc_curve", "test_loss_curve", "test_loss_batch_mean"))
+    return [{**row, **alone, **evals[name][row["run_key"]]} for row in rows]
+
+
+def test_labels(store, rows, data_dir=None, test_set=TEST_SET):
+    """The labels of `test_set` (the test set's, or an eval set's) the rows' outputs are scored against."""
+    if test_set != TEST_SET:
+        return store.eval_labels()[test_set]
     labels = store.labels()
     if labels is None:  # a folder from before the labels were stored: read them from the data
         labels = load_dataset(store.config.get("dataset", "cifar10"), data_dir,
@@ -59,13 +82,14 @@ def study_folders(folders):
     return out
 
 
-def results(folder):
+def results(folder, test_set=TEST_SET):
     """Every run of a study folder, or of every point of a sweep folder (with the point's values as
-    columns), as a list of dicts whatever is installed (`pandas.DataFrame(results(folder))` makes a frame)."""
+    columns), as a list of dicts whatever is installed (`pandas.DataFrame(results(folder))` makes a frame);
+    its test columns scored on `test_set` (an eval set's name, or the test set)."""
     folder = Path(folder)
     if holds_runs(folder):
-        rows = read_runs(folder)[1]
+        rows = read_runs(folder, test_set)[1]
     else:
         rows = [{**row, **point, "point": folder_name(point)} for point, path in sweep_points(folder)
-                if holds_runs(path) for row in read_runs(path)[1]]
+                if holds_runs(path) for row in read_runs(path, test_set)[1]]
     return rows

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
-from ..data import IGNORE
+from ..data import IGNORE, TEST_SET
 from ..sources import experiment_sources
 from ..store import flatten
 from .compute import DIFFERENCES_PP
@@ -24,13 +24,18 @@ def markdown_table(header, rows):
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
-def spread_table(analyses):
+def metrics_on(analysis, test_set=TEST_SET):
+    """An analysis's metrics on `test_set`: the test set's, or an eval set's."""
+    return analysis.metrics if test_set == TEST_SET else analysis.eval_sets[test_set]
+
+
+def spread_table(analyses, test_set=TEST_SET):
     header = ["folder", "runs", "acc. mean (%)", "acc. SD (pp)", "CE mean", "CE SD", "disagreement (%)",
               "Spearman ρ", "ens. gain (pp)", "binomial SD (pp)", "distribution SD (pp) [95 %]",
               "ensemble acc. (%)", "ECE"]
     rows = []
     for a in analyses:
-        m = a.metrics
+        m = metrics_on(a, test_set)
         distribution = (f"{fmt(m['distribution_sd'], 100)} [{fmt(m['distribution_sd_low'], 100)}, "
                         f"{fmt(m['distribution_sd_high'], 100)}]")
         rows.append([a.name, m["n"], fmt(m["acc_mean"], 100), f"{fmt(m['acc_sd'], 100)} ± {fmt(m['acc_sd_err'], 100)}",
@@ -40,7 +45,7 @@ def spread_table(analyses):
     return markdown_table(header, rows)
 
 
-def language_model_table(analyses):
+def language_model_table(analyses, test_set=TEST_SET):
     """Summers & Dinneen's language-model columns: per-token perplexity and its spread, how often runs
     predict another token, and what an ensemble of two runs gains."""
     header = ["folder", "runs", "test tokens", "token acc. (%)", "perplexity mean", "perplexity SD",
@@ -50,8 +55,39 @@ def language_model_table(analyses):
              f"{fmt(m['ppl_sd'], digits=3, style='g')} ± {fmt(m['ppl_sd_err'], digits=2, style='g')}",
              fmt(m["ce_sd"], digits=3, style="g"), fmt(m["disagreement"], 100),
              f"{fmt(m['ensemble_gain_ce'], digits=4)}, {fmt(m['ensemble_gain_ppl'], digits=3)}",
-             fmt(m["ensemble_ppl"], digits=3)] for a in analyses for m in [a.metrics]]
+             fmt(m["ensemble_ppl"], digits=3)] for a in analyses for m in [metrics_on(a, test_set)]]
     return markdown_table(header, rows)
+
+
+def test_sets_table(analyses):
+    """Jordan's split of the accuracy SD on every test set: what independent per-example coin flips
+    give (binomial) and what is left for the distribution of runs, with its share of the variance."""
+    rows = []
+    for a in analyses:
+        for name in (TEST_SET, *a.eval_sets):
+            m = metrics_on(a, name)
+            beyond = max(0.0, m["acc_sd"] ** 2 - m["binomial_sd"] ** 2) / m["acc_sd"] ** 2 if m["acc_sd"] else None
+            rows.append([a.name, name, m["n"], fmt(m["acc_mean"], 100), fmt(m["acc_sd"], 100), fmt(m["binomial_sd"], 100),
+                         f"{fmt(m['distribution_sd'], 100)} [{fmt(m['distribution_sd_low'], 100)}, "
+                         f"{fmt(m['distribution_sd_high'], 100)}]", fmt(beyond, 100, 0)])
+    return markdown_table(["folder", "test set", "runs", "acc. mean (%)", "acc. SD (pp)", "binomial SD (pp)",
+                           "distribution SD (pp) [95 %]", "variance beyond binomial (%)"], rows)
+
+
+def eval_set_tables(analyses):
+    """(title, table) for each eval set among the analyses', and the binomial split over every set."""
+    names = list(dict.fromkeys(name for a in analyses for name in a.eval_sets))
+    out = []
+    for name in names:
+        having = [a for a in analyses if name in a.eval_sets]
+        out.append((f"Spread on the eval set '{name}'", spread_table(having, name)))
+        language_models = [a for a in having if "ppl_mean" in a.eval_sets[name]]
+        if language_models:
+            out.append((f"Language models on the eval set '{name}'", language_model_table(language_models, name)))
+    if names:
+        out.append(("Binomial against distribution-wise SD of test accuracy on every test set",
+                    test_sets_table([a for a in analyses if a.eval_sets])))
+    return out
 
 
 def power_table(analyses):
@@ -107,14 +143,15 @@ def cka_table(analyses):
 
 def tables(analyses):
     """The tables of `analyze`, as (title, markdown) pairs; the optional ones only where they apply."""
-    out = [("Spread of test accuracy and cross-entropy", spread_table(analyses)),
-           ("Runs needed per arm (two-sided t-test, alpha 0.05, power 0.8, at the measured SD)",
-            power_table(analyses)),
-           ("Ensembles of disjoint groups of runs", ensemble_table(analyses))]
+    out = [("Spread of test accuracy and cross-entropy", spread_table(analyses))]
     language_models = [a for a in analyses if "ppl_mean" in a.metrics]
     if language_models:
-        out.insert(1, ("Language models: per-token perplexity, disagreement and ensembles",
-                       language_model_table(language_models)))
+        out.append(("Language models: per-token perplexity, disagreement and ensembles",
+                    language_model_table(language_models)))
+    out += eval_set_tables(analyses)
+    out += [("Runs needed per arm (two-sided t-test, alpha 0.05, power 0.8, at the measured SD)",
+             power_table(analyses)),
+            ("Ensembles of disjoint groups of runs", ensemble_table(analyses))]
     with_snapshots = [a for a in analyses if "snapshots" in a.metrics]
     if with_snapshots:
         out.append(("Snapshot ensembles (each run's cycles) next to single runs and ensembles of runs",
@@ -197,7 +234,8 @@ def what_was_trained(analyses):
             test = f"{a.rows[0]['n_test']:,} test sequences ({len(scored):,} target tokens)"
         else:
             test = f"{a.rows[0]['n_test']:,} test, {len(set(a.labels.tolist()))} classes"
-        data = f"{c.get('dataset', 'cifar10')}: {train} training, {test}"
+        sets = "".join(f"; eval set {name}" for name in a.eval_sets)
+        data = f"{c.get('dataset', 'cifar10')}: {train} training, {test}{sets}"
         how = sorted({f"{r['device']}, {r['strategy']}" for r in a.rows})
         rows.append([str(a.folder), f"{c['experiment']} (varies {varied})", f"{c['recipe']}: {'; '.join(numbers)}",
                      f"{h['model']}{width}", data, str(h["epochs"]), str(len(a.rows) + a.metrics["diverged"]),

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import batch_inputs, normalized
-from ..data import IGNORE
+from ..data import IGNORE, TEST_SET
 from ..sources import DataOrder, DropoutMasks, perturb_one_ulp
 from .graphs import GraphedStep
 from .optim import OPTIMIZERS
@@ -78,6 +78,8 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
     logits = latest[final] if final in latest else evaluate(replicas, data, recipe, augment_backend)
     results = [result(replica_outputs(logits, r), data.y_test, {name: c[r] for name, c in curves.items()})
                for r in range(replicas.size)]
+    add_eval_sets(results, {name: evaluate(replicas, data, recipe, augment_backend, name) for name in data.eval_sets},
+                  data)
     for r, row in enumerate(results):
         row["test_acc_curve"] = [acc[r].item() for acc, _ in test_scores] if eval_every_epoch else None
         row["test_loss_curve"] = [loss[r].item() for _, loss in test_scores] if eval_every_epoch else None
@@ -86,6 +88,15 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
     for r in keep_weights:
         results[r]["weights"] = {n: t.cpu() for n, t in replicas.state_dict(r).items()}
     return results
+
+
+def add_eval_sets(results, outputs, data):
+    """Each replica's test_result on each eval set (`outputs` by name, evaluate's), as its `evals`; a
+    replica whose outputs on one stopped being finite is marked diverged."""
+    for r, row in enumerate(results):
+        row["evals"] = {name: test_result(replica_outputs(o, r), data.eval_sets[name][1]) for name, o in outputs.items()}
+        if not all(torch.isfinite(as_tensor(replica_outputs(o, r))).all() for o in outputs.values()):
+            row["diverged"] = 1
 
 
 def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None, on_step=None, on_epoch=None,
@@ -190,18 +201,19 @@ class TokenOutputs(NamedTuple):
     argmax: torch.Tensor  # int32 most probable token
 
 
-def evaluate(replicas, data, recipe, augment_backend="auto"):
-    """Eval-mode test outputs of all replicas, one pass over the test set (`augment_backend` as
-    fastvar.augment.augment takes it, for the normalisation): logits M×n_test×classes, or for target
-    tokens their TokenOutputs, M×n_test×T."""
+def evaluate(replicas, data, recipe, augment_backend="auto", test_set=TEST_SET):
+    """Eval-mode outputs of all replicas, one pass over the test set or the eval set `test_set`
+    (`augment_backend` as fastvar.augment.augment takes it, for the normalisation): logits
+    M×n_test×classes, or for target tokens their TokenOutputs, M×n_test×T."""
     dtype = replicas.input_dtype()
-    n, device, tokens = len(data.y_test), data.x_test.device, data.token_targets
-    size = max(1, EVAL_TOKENS // data.y_test.shape[1]) if tokens else EVAL_BATCH
+    x, y = data.test_sets()[test_set]
+    n, device, tokens = len(y), x.device, data.token_targets
+    size = max(1, EVAL_TOKENS // y.shape[1]) if tokens else EVAL_BATCH
     chunks = []
     for start in range(0, n, size):
         indices = torch.arange(start, min(start + size, n), device=device)
-        logits = replicas.logits(normalized(data.x_test, indices, recipe, dtype, augment_backend))
-        chunks.append(token_outputs(logits, data.y_test[indices]) if tokens else logits)
+        logits = replicas.logits(normalized(x, indices, recipe, dtype, augment_backend))
+        chunks.append(token_outputs(logits, y[indices]) if tokens else logits)
     if tokens:
         return TokenOutputs(*(torch.cat(parts, dim=1) for parts in zip(*chunks)))
     return torch.cat(chunks, dim=1)
@@ -244,27 +256,27 @@ def result(outputs, labels, curves):
     """A replica's results, with its training `curves` (fit's, for this replica); `diverged` if its
     training loss or test outputs stopped being finite (its test losses are then stored as infinity:
     SQLite keeps no NaN)."""
-    if isinstance(outputs, TokenOutputs):
-        return token_result(outputs, labels, curves)
-    logits = outputs.float()
-    accuracy, loss = scores(logits, labels)
-    return {
-        "diverged": diverged(curves, logits),
-        "test_acc": accuracy.item(),
-        "test_loss": finite_or_inf(loss.item()),
-        "test_loss_batch_mean": finite_or_inf(batch_mean_loss(logits, labels).item()),
-        **curves,
-        "test_logits": logits.cpu(),
-    }
+    scored = test_result(outputs, labels)
+    tokens = isinstance(outputs, TokenOutputs)
+    batch_mean = None if tokens else finite_or_inf(batch_mean_loss(outputs.float(), labels).item())
+    return {"diverged": diverged(curves, as_tensor(outputs)), **scored, "test_loss_batch_mean": batch_mean, **curves}
 
 
-def token_result(outputs, labels, curves):
-    """result's, for a language model: per-token scores, its TokenOutputs kept, no logits."""
+def test_result(outputs, labels):
+    """A replica's scores and outputs on one test set, as stored (fastvar.store.EVAL_COLUMNS): its
+    logits, or a language model's TokenOutputs (and no logits)."""
     accuracy, loss = scores(outputs, labels)
-    return {"diverged": diverged(curves, outputs.target_logprob), "test_acc": accuracy.item(),
-            "test_loss": finite_or_inf(loss.item()), "test_loss_batch_mean": None,
-            **curves, "test_logits": torch.empty(len(labels), 0),
-            "test_token_logprob": outputs.target_logprob.cpu(), "test_token_argmax": outputs.argmax.cpu()}
+    if isinstance(outputs, TokenOutputs):
+        kept = {"test_logits": torch.empty(len(labels), 0), "test_token_logprob": outputs.target_logprob.cpu(),
+                "test_token_argmax": outputs.argmax.cpu()}
+    else:
+        kept = {"test_logits": outputs.float().cpu()}
+    return {"test_acc": accuracy.item(), "test_loss": finite_or_inf(loss.item()), "n_test": len(labels), **kept}
+
+
+def as_tensor(outputs):
+    """The outputs' floating-point tensor: logits, or the target tokens' log-probabilities."""
+    return outputs.target_logprob if isinstance(outputs, TokenOutputs) else outputs
 
 
 def diverged(curves, test_outputs):

@@ -13,6 +13,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from . import shift  # noqa: E402
 from .analysis.export import FORMATS, export  # noqa: E402
 from .analysis.plots import plot_study  # noqa: E402
 from .analysis.compare import compare, comparison_lines, sweep_sections, sweep_summary  # noqa: E402
@@ -315,9 +316,16 @@ def plan_line(study, execution, total, todo, out, data, swept=None):
     return (f"fastvar: training {todo} of {total} runs of {study.experiment} into {out} "
             f"({total - todo} there already): {named}, {model_name(recipe.model)}{width}, "
             f"{length} of {len(data.y_train):,} {'sequences' if data.kind == 'tokens' else 'examples'}, "
+            f"{scored_on(data, study)}"
             f"on {device}{threads}, "
             f"{execution.resolved_strategy(device)} strategy, M = {execution.batch_models}, "
             f"{study.resolved_precision(device)}")
+
+
+def scored_on(data, study):
+    """What the plan line says of the eval sets every run is scored on too, if any."""
+    names = [*data.eval_sets, *[shift.NAME] * study.eval_shift]  # the shifted set is added as the study starts
+    return f"scored on the test set and {', '.join(names)}, " if names else ""
 
 
 def projection_lines(todo, runs_per_hour, device_type, small=None):

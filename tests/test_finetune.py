@@ -136,7 +136,8 @@ def test_the_fine_tuning_example_runs(real_data_dir, tmp_path):
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
-    assert [line.split()[0] for line in lines] == ["fixed-init", "fixed-order", "all-random"]
+    assert [line.split()[:2] for line in lines] == [[e, s] for e in ("fixed-init", "fixed-order", "all-random")
+                                                   for s in ("test", "shift")]
     assert all("2 runs: accuracy" in line for line in lines)
 
 

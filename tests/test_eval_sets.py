@@ -199,6 +199,14 @@ def test_shards_merge_with_their_eval_sets(tmp_path):
     assert set(Store(out).eval_labels()) == {"night", "far"}
 
 
+def test_a_sweeps_points_are_scored_on_every_set(tmp_path):
+    sweep = fastvar.Sweep({"lr": [1e-3, 2e-3]}, runs_per_point=2, study={"model": "linear", "epochs": 1,
+                                                                          "eval_shift": True})
+    sweep.run(tmp_path / "sweep", data=two_set_data(), progress=False)
+    assert [list(a.eval_sets) for a in fastvar.analyze(tmp_path / "sweep")] == [["night", "far", "shift"]] * 2
+    assert sorted(r["lr"] for r in fastvar.results(tmp_path / "sweep", "shift")) == [1e-3, 1e-3, 2e-3, 2e-3]
+
+
 def test_the_command_line_adds_the_shifted_set_and_a_folder_without_it_refuses_it(tmp_path, capsys):
     (x, y), (xt, yt) = images(48, 0, size=32), images(12, 1, size=32)
     np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)

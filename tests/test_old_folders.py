@@ -37,6 +37,18 @@ def test_an_old_folder_opens_resumes_and_analyses(tmp_path):
     (analysis,) = fastvar.analyze(folder)
     assert analysis.metrics["n"] == 3 and 0 <= analysis.metrics["acc_mean"] <= 1
     assert Store(folder).schema() == SCHEMA  # resumed, its layout is today's
+    assert analysis.eval_sets == {} and Store(folder).evals() == {}  # one test set, as it was trained
+
+
+def test_an_old_folder_reads_as_one_test_set_without_being_touched(tmp_path):
+    folder = tmp_path / "old"
+    shutil.copytree(FIXTURE, folder)
+    before = (folder / "runs.sqlite").read_bytes()
+    (analysis,) = fastvar.analyze(folder)
+    assert analysis.eval_sets == {} and len(fastvar.results(folder, "test")) == 2
+    with pytest.raises(fastvar.AnalysisError, match="has no test set 'shift'; it holds test$"):
+        fastvar.results(folder, "shift")
+    assert (folder / "runs.sqlite").read_bytes() == before
 
 
 def test_a_folder_from_a_newer_fastvar_is_refused_and_left_alone(tmp_path):

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import fastvar
 from fastvar import cli, shift
 from fastvar.analysis.metrics import summarize
+from fastvar.analysis.plots import binomial_figure
 from fastvar.analysis.report import json_line
 from fastvar.data import load_arrays
 from fastvar.store import Store, merge
@@ -166,6 +167,9 @@ def test_each_eval_set_is_analysed_with_every_metric(tmp_path, capsys):
     assert "Spread on the eval set 'night'" in printed and "Spread on the eval set 'far'" in printed
     table = printed.split("on every test set")[1].split("\n\n")[1]
     assert [line.split("|")[2].strip() for line in table.splitlines()[2:]] == ["test", "night", "far"]
+    bars = [p for p in binomial_figure([analysis]).axes[0].patches if p.get_gid() == "binomial_sd"]
+    assert [b.get_height() for b in bars] == pytest.approx(
+        [m["binomial_sd"] * 100 for m in (analysis.metrics, analysis.eval_sets["night"], analysis.eval_sets["far"])])
 
 
 def test_compare_plot_and_export_take_a_test_set(tmp_path, capsys):

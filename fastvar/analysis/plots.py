@@ -5,6 +5,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from ..data import TEST_SET
+
 PLOTS = ("train_loss", "train_acc", "test_acc", "test_loss")
 # Axis labels of the settings a set of folders may differ in (the last part of the config's key)
 SETTING_LABELS = {"lr": "learning rate", "weight_decay": "weight decay", "label_smoothing": "label smoothing",
@@ -187,17 +189,20 @@ def per_example_figure(analyses):
 
 def binomial_figure(analyses):
     """Observed accuracy SD (± its bootstrap SD) beside the binomial SD (runs that flip an independent
-    coin per test example at the mean accuracy) and the distribution SD left over, with its 95 % interval."""
-    fig, ax = new_figure(figsize=(1.6 + 1.4 * len(analyses), 4))
-    x, width = np.arange(len(analyses)), 0.27
-    pp = lambda key: np.array([a.metrics[key] * 100 for a in analyses], dtype=float)  # noqa: E731
+    coin per test example at the mean accuracy) and the distribution SD left over, with its 95 % interval;
+    one group of bars per folder and test set (its eval sets after its test set)."""
+    groups = [(a.folder.name if name == TEST_SET else f"{a.folder.name}: {name}", metrics)
+              for a in analyses for name, metrics in ((TEST_SET, a.metrics), *a.eval_sets.items())]
+    fig, ax = new_figure(figsize=(1.6 + 1.4 * len(groups), 4))
+    x, width = np.arange(len(groups)), 0.27
+    pp = lambda key: np.array([m[key] * 100 for _, m in groups], dtype=float)  # noqa: E731
     observed, binomial, distribution = pp("acc_sd"), pp("binomial_sd"), pp("distribution_sd")
     ax.bar(x - width, observed, width, yerr=plus_minus(pp("acc_sd_err")), capsize=3, label="observed SD ± bootstrap SD",
            gid="acc_sd")
     ax.bar(x, binomial, width, label="binomial SD at the mean accuracy", gid="binomial_sd")
     ax.bar(x + width, distribution, width, capsize=3, gid="distribution_sd", label="distribution SD, 95 % interval",
            yerr=errors(distribution, pp("distribution_sd_low"), pp("distribution_sd_high")))
-    folder_axis(ax, analyses)
+    ax.set_xticks(x, [label for label, _ in groups], rotation=20, ha="right")
     ax.set_ylim(bottom=0)
     ax.set(ylabel="SD of test accuracy (pp)", title="Observed vs binomial SD")
     legend_beside(ax)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import fastvar
 from fastvar import cli, shift
+from fastvar.analysis.compute import planned_runs
 from fastvar.analysis.metrics import summarize
 from fastvar.analysis.plots import binomial_figure
 from fastvar.analysis.report import json_line
@@ -158,13 +159,18 @@ def test_each_eval_set_is_analysed_with_every_metric(tmp_path, capsys):
         rows = [evals[name][k] for k in sorted(evals[name])]
         expected = summarize([r["test_acc"] for r in rows], [r["test_loss"] for r in rows],
                              np.stack([r["test_logits"] for r in rows]), labels[name])
+        expected["runs_per_arm"] = planned_runs(expected)
         assert json.dumps(analysis.eval_sets[name], sort_keys=True) == json.dumps(expected, sort_keys=True)  # NaN too
         assert np.array_equal(labels[name], data.eval_sets[name][1].numpy())
     assert analysis.eval_sets["far"]["binomial_sd"] != analysis.metrics["binomial_sd"]
-    assert set(json.loads(json_line(analysis))["eval_sets"]) == {"night", "far"}
+    on_sets = json.loads(json_line(analysis))["eval_sets"]
+    assert set(on_sets) == {"night", "far"} and on_sets["far"]["runs_per_arm"]["0.5"] > 1
     assert cli.main(["analyze", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "Spread on the eval set 'night'" in printed and "Spread on the eval set 'far'" in printed
+    for title in ("Runs needed per arm", "Ensembles of disjoint groups"):  # a row per folder and test set
+        rows = printed.split(title)[1].split("\n\n")[1].splitlines()[2:]
+        assert [row.split("|")[1].strip() for row in rows] == [str(out), f"{out}: night", f"{out}: far"]
     table = printed.split("on every test set")[1].split("\n\n")[1]
     assert [line.split("|")[2].strip() for line in table.splitlines()[2:]] == ["test", "night", "far"]
     bars = [p for p in binomial_figure([analysis]).axes[0].patches if p.get_gid() == "binomial_sd"]

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..augment import normalized
-from ..data import IGNORE, balanced_subset, load_dataset
+from ..data import IGNORE, TEST_SET, balanced_subset, load_dataset
 from ..errors import AnalysisError, Param
 from ..precisions import PRECISIONS
 from ..recipes import Recipe
@@ -43,6 +43,10 @@ class Analysis:
             return predictions == targets
         return np.stack([r["test_logits"].argmax(-1) for r in self.rows]) == self.labels
 
+    def test_sets(self):
+        """(name, metrics) of every test set: the test set, then the eval sets."""
+        return [(TEST_SET, self.metrics), *self.eval_sets.items()]
+
     def to_json(self):
         return {"folder": self.name, **self.metrics,
                 "components": [{"name": c.name, "variance": c.variance, "low": c.low, "high": c.high}
@@ -65,11 +69,12 @@ def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
     metrics["diverged"] = diverged
     metrics["mixed"] = {name: {str(value): runs for value, runs in by_value.items()}
                         for name, by_value in mixed_settings(rows).items()}
-    metrics["runs_per_arm"] = {f"{d:g}": runs_per_arm(metrics["acc_sd"], d / 100) if metrics["n"] > 1 else None
-                               for d in DIFFERENCES_PP}
+    metrics["runs_per_arm"] = planned_runs(metrics)
     evals = eval_results(stores)
     eval_sets = {name: summarize_study(on_test_set(rows, evals, folder, name), store.eval_labels()[name], seed)
                  for name in evals}
+    for on_set in eval_sets.values():
+        on_set["runs_per_arm"] = planned_runs(on_set)
     analysis = Analysis(Path(folder), store.config, rows, labels, metrics, eval_sets=eval_sets)
     if store.config["experiment"] == "grid":
         analysis.components = grid_components(store.config["grid"], rows, folder)
@@ -79,6 +84,11 @@ def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
     if with_cka:
         analysis.cka = folder_cka(folder, store.config, rows, data_dir)
     return analysis
+
+
+def planned_runs(metrics):
+    """Runs per arm to detect each of DIFFERENCES_PP at the measured accuracy SD (None below 2 runs)."""
+    return {f"{d:g}": runs_per_arm(metrics["acc_sd"], d / 100) if metrics["n"] > 1 else None for d in DIFFERENCES_PP}
 
 
 def summarize_study(rows, labels, seed):

@@ -192,7 +192,7 @@ def binomial_figure(analyses):
     coin per test example at the mean accuracy) and the distribution SD left over, with its 95 % interval;
     one group of bars per folder and test set (its eval sets after its test set)."""
     groups = [(a.folder.name if name == TEST_SET else f"{a.folder.name}: {name}", metrics)
-              for a in analyses for name, metrics in ((TEST_SET, a.metrics), *a.eval_sets.items())]
+              for a in analyses for name, metrics in a.test_sets()]
     fig, ax = new_figure(figsize=(1.6 + 1.4 * len(groups), 4))
     x, width = np.arange(len(groups)), 0.27
     pp = lambda key: np.array([m[key] * 100 for _, m in groups], dtype=float)  # noqa: E731

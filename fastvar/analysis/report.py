@@ -64,8 +64,7 @@ def test_sets_table(analyses):
     give (binomial) and what is left for the distribution of runs, with its share of the variance."""
     rows = []
     for a in analyses:
-        for name in (TEST_SET, *a.eval_sets):
-            m = metrics_on(a, name)
+        for name, m in a.test_sets():
             beyond = max(0.0, m["acc_sd"] ** 2 - m["binomial_sd"] ** 2) / m["acc_sd"] ** 2 if m["acc_sd"] else None
             rows.append([a.name, name, m["n"], fmt(m["acc_mean"], 100), fmt(m["acc_sd"], 100), fmt(m["binomial_sd"], 100),
                          f"{fmt(m['distribution_sd'], 100)} [{fmt(m['distribution_sd_low'], 100)}, "
@@ -90,21 +89,27 @@ def eval_set_tables(analyses):
     return out
 
 
+def set_rows(analyses):
+    """(row label, metrics) of every folder's every test set: the folder for its test set, and
+    "folder: NAME" for each eval set after it."""
+    return [(a.name if name == TEST_SET else f"{a.name}: {name}", m) for a in analyses for name, m in a.test_sets()]
+
+
 def power_table(analyses):
     header = ["folder", "acc. SD (pp)"] + [f"runs per arm for {d:g} pp" for d in DIFFERENCES_PP]
-    return markdown_table(header, [[a.name, fmt(a.metrics["acc_sd"], 100)]
-                                   + [a.metrics["runs_per_arm"][f"{d:g}"] or "–" for d in DIFFERENCES_PP]
-                                   for a in analyses])
+    return markdown_table(header, [[label, fmt(m["acc_sd"], 100)] + [m["runs_per_arm"][f"{d:g}"] or "–"
+                                                                     for d in DIFFERENCES_PP]
+                                   for label, m in set_rows(analyses)])
 
 
 def ensemble_table(analyses):
     sizes = ("1", "2", "3", "5")
     header = ["folder"] + [f"{s} model{'s' if s != '1' else ''}: acc. (%), SD (pp), groups" for s in sizes]
     rows = []
-    for a in analyses:
-        cells = [a.name]
+    for label, m in set_rows(analyses):
+        cells = [label]
         for s in sizes:
-            e = a.metrics["ensembles"].get(s)
+            e = m["ensembles"].get(s)
             cells.append(f"{fmt(e['acc'], 100)}, {fmt(e['sd'], 100)}, {e['groups']}" if e else "–")
         rows.append(cells)
     return markdown_table(header, rows)

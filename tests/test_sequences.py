@@ -138,18 +138,66 @@ def test_a_loop_run_is_the_same_alone_and_in_a_batch(tmp_path):
         assert a["train_loss_curve"] == b["train_loss_curve"]
 
 
-def test_token_classification_and_an_nn_gru_under_the_loop(tmp_path, capsys):
+class LSTMLanguageModel(nn.Module):
+    """nn.LSTM of two layers over the sequence, a read-out at every position."""
+
+    def __init__(self, vocab=VOCAB, d=8):
+        super().__init__()
+        self.embed, self.lstm, self.head = nn.Embedding(vocab, d), nn.LSTM(d, d, 2, batch_first=True), nn.Linear(d, vocab)
+
+    def forward(self, tokens):
+        return self.head(self.lstm(self.embed(tokens))[0])
+
+
+class ItemReader(nn.Module):
+    """Reads a number on the host in its forward (.item()): no vmap, whatever the rule."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Embedding(VOCAB, 8), nn.Linear(8, 4)
+
+    def forward(self, tokens):
+        h = self.embed(tokens).mean(1)
+        return self.head(h / (1 + h.abs().max().item()))
+
+
+def test_token_classification_and_an_nn_gru_under_both_strategies(tmp_path):
+    """nn.GRU's fused op has no batching rule; under vmap it runs decomposed, as the loop's runs do."""
     rng = np.random.default_rng(1)
     x = rng.integers(0, VOCAB, (40, T))
     data = Dataset.from_arrays(x[:32], x[:32, -1] % 4, x[32:], x[32:, -1] % 4)
     assert data.kind == "tokens" and not data.token_targets and data.num_classes == 4
-    rows = fastvar.Study(model=GRUClassifier, runs=2, epochs=2, overrides={"batch_size": 8}).run(
-        tmp_path / "loop", data=data, execution=fastvar.Execution(strategy="loop"), progress=False).runs()
-    assert rows[0]["test_logits"].shape == (8, 4) and rows[0]["test_token_logprob"] is None
-    with pytest.raises(fastvar.ConfigError, match="vmap strategy.*gru.*strategy='loop'"):
-        fastvar.Study(model=GRUClassifier, runs=2).run(tmp_path / "vmap", data=data,
-                                                       execution=fastvar.Execution(strategy="vmap"))
+    rows = {strategy: fastvar.Study(model=GRUClassifier, runs=2, epochs=2, precision="float64",
+                                    overrides={"batch_size": 8}).run(
+        tmp_path / strategy, data=data, execution=fastvar.Execution(strategy=strategy, batch_models=2),
+        progress=False).runs() for strategy in ("loop", "vmap")}
+    assert rows["loop"][0]["test_logits"].shape == (8, 4) and rows["loop"][0]["test_token_logprob"] is None
+    for loop, vmapped in zip(rows["loop"], rows["vmap"]):
+        assert abs(loop["test_loss"] - vmapped["test_loss"]) < 1e-10
+        assert np.allclose(loop["train_loss_curve"], vmapped["train_loss_curve"], rtol=0, atol=1e-10)
+
+
+def test_an_nn_lstm_language_model_trains_as_plain_pytorch_does_under_vmap(tmp_path):
+    data = text_data()
+    study = fastvar.Study(model=LSTMLanguageModel, runs=2, epochs=EPOCHS, precision="float64",
+                          overrides={"batch_size": BATCH})
+    rows = study.run(tmp_path / "vmap", data=data, execution=fastvar.Execution(strategy="vmap", batch_models=2),
+                     progress=False).runs()
+    for row in rows:
+        expected = trained_by_hand(LSTMLanguageModel, data, run_seeds("all-random", row["run_index"]))
+        assert abs(row["test_loss"] - expected) < 1e-10, row["run_index"]
+
+
+def test_a_model_vmap_cannot_run_is_refused_under_vmap_and_trains_in_the_loop(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, VOCAB, (40, T))
+    data = Dataset.from_arrays(x[:32], x[:32, -1] % 4, x[32:], x[32:, -1] % 4)
+    with pytest.raises(fastvar.ConfigError, match="vmap strategy.*item.*strategy='loop'"):
+        fastvar.Study(model=ItemReader, runs=2).run(tmp_path / "vmap", data=data,
+                                                    execution=fastvar.Execution(strategy="vmap"))
     assert not (tmp_path / "vmap").exists()
+    fastvar.Study(model=ItemReader, runs=1, epochs=1).run(tmp_path / "loop", data=data,
+                                                         execution=fastvar.Execution(strategy="loop"), progress=False)
 
 
 def test_token_arrays_are_checked_one_line_each():

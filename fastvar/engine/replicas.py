@@ -74,6 +74,9 @@ class Replicas:
         # The built-in models' layers are known to take a channels-last input and, under vmap, one shared
         # evaluation batch; a user's may not (vmap's GroupNorm asks for a contiguity vmap cannot answer)
         self.known_layers = model_name(model) in BUILTIN_MODELS
+        # nn.GRU's and nn.LSTM's fused ops have no batching rule: under vmap they run decomposed
+        self.vmapped_forward = decomposed_forward if any(isinstance(m, torch.nn.RNNBase)
+                                                         for m in self.template.modules()) else forward
         self.channels_last = self.known_layers and channels_last_is_safe(self.template, device, compile)
         # Leaves share storage with the buffers, so the optimizer's in-place updates reach them. Each
         # replica gets leaves of its own: autograd through slices of one stacked leaf would build a
@@ -104,8 +107,9 @@ class Replicas:
                                        for r, b in enumerate(self.replica_buffers)], label_smoothing)
 
     def _vmap_grads(self, x, y, buffers, label_smoothing):
-        losses, logits = self._run(stacked_losses)(self.template, self.layout.views(*self.stacked_leaves), buffers,
-                                                   x, y, label_smoothing)
+        step = stacked_losses if self.vmapped_forward is forward else stacked_losses_decomposed
+        losses, logits = self._run(step)(self.template, self.layout.views(*self.stacked_leaves), buffers, x, y,
+                                         label_smoothing)
         # Replicas are independent, so d(sum of losses)/d(replica r) is replica r's own gradient.
         # materialised: in mixed precision a model of convolutions and linear layers only leaves the
         # float32 part empty and unused
@@ -146,7 +150,7 @@ class Replicas:
         params = self.layout.views(*self.forward_parts())
         if self.strategy == "vmap":  # x shared by all replicas, or as a batched view for a user's layers
             shared = self.known_layers
-            return vmap(forward, in_dims=(None, 0, 0, None if shared else 0))(
+            return vmap(self.vmapped_forward, in_dims=(None, 0, 0, None if shared else 0))(
                 self.template, params, self.read_buffers, x if shared else x.expand(self.size, *x.shape))
         return torch.stack([forward(self.template, {n: p[r] for n, p in params.items()},
                                     self.replica_buffers[r], x) for r in range(self.size)])
@@ -285,10 +289,22 @@ def forward(template, params, buffers, x):
     return functional_call(template, (params, buffers), (x,))
 
 
-def stacked_losses(template, params, buffers, x, y, label_smoothing):
+def decomposed_forward(template, params, buffers, x):
+    """forward inside a gradient transform that computes no gradient (its vjp is dropped): there,
+    composite ops without a batching rule of their own (nn.GRU's and nn.LSTM's fused ones) decompose
+    into ops that have one. Autograd outside still differentiates through it."""
+    return torch.func.vjp(lambda p: forward(template, p, buffers, x), params)[0]
+
+
+def stacked_losses(template, params, buffers, x, y, label_smoothing, replica_forward=forward):
     """The vmap strategy's forward: each replica's mean loss [M] and logits M×B×classes."""
-    logits = vmap(forward, in_dims=(None, 0, 0, 0))(template, params, buffers, x)
+    logits = vmap(replica_forward, in_dims=(None, 0, 0, 0))(template, params, buffers, x)
     return batched_cross_entropy(at_least_float32(logits), y, label_smoothing), logits
+
+
+def stacked_losses_decomposed(template, params, buffers, x, y, label_smoothing):
+    """stacked_losses through decomposed_forward (a function of its own: each is compiled once)."""
+    return stacked_losses(template, params, buffers, x, y, label_smoothing, decomposed_forward)
 
 
 def replica_loss(template, params, buffers, x, y, label_smoothing):
@@ -378,7 +394,7 @@ def check_replicable(model, strategy, num_classes, input_shape, deterministic_cu
             first, second = (replicas.train_step_grads(x, y, masks)[0] for _ in range(2))
     except Exception as e:  # whatever the model raised: one line naming it, before any run starts
         cause = first_line(e).replace("{}", "{ }")  # a template's placeholder is ours alone
-        if strategy == "vmap":  # an op without a batching rule (nn.GRU's, nn.LSTM's): the loop needs none
+        if strategy == "vmap":  # an op vmap cannot run (a host read, no batching rule): the loop needs none
             raise ConfigError(f"{name} cannot be trained as replicas (vmap strategy): {cause}; the loop strategy "
                               f"trains one replica at a time and needs no batching rule ({{}})",
                               Param("strategy", "loop")) from None

@@ -1,6 +1,8 @@
 """The built-in character-level language models: a small causal transformer and a small GRU. Both take
 B×T int64 tokens and give B×T×vocabulary logits, and are written from ops that vmap has rules for
-(attention as matrix products, the GRU as nn.GRUCell stepped through time: nn.GRU's fused op has none).
+(attention as matrix products, the GRU as nn.GRUCell stepped through time: nn.GRU's fused op has none,
+and runs under vmap only decomposed, fastvar.engine.replicas.decomposed_forward; the cell keeps the
+stored runs' numbers as they were).
 """
 import math
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import fastvar
 from fastvar import cli, shift
+from fastvar.analysis.compare import sweep_sections
 from fastvar.analysis.compute import planned_runs
 from fastvar.analysis.metrics import summarize
 from fastvar.analysis.plots import binomial_figure
@@ -215,6 +216,9 @@ def test_a_sweeps_points_are_scored_on_every_set(tmp_path):
     sweep.run(tmp_path / "sweep", data=two_set_data(), progress=False)
     assert [list(a.eval_sets) for a in fastvar.analyze(tmp_path / "sweep")] == [["night", "far", "shift"]] * 2
     assert sorted(r["lr"] for r in fastvar.results(tmp_path / "sweep", "shift")) == [1e-3, 1e-3, 2e-3, 2e-3]
+    titles = [title for title, _ in sweep_sections([tmp_path / "sweep"])]
+    assert titles == [f"Sweep {tmp_path / 'sweep'}: each point against the best{on}"
+                      for on in ("", " on the eval set 'night'", " on the eval set 'far'", " on the eval set 'shift'")]
 
 
 def test_the_command_line_adds_the_shifted_set_and_a_folder_without_it_refuses_it(tmp_path, capsys):

@@ -4,7 +4,7 @@ import numpy as np
 from ..data import TEST_SET
 from ..errors import AnalysisError
 from ..store import folder_name, holds_runs, sweep_points
-from .load import is_sweep_folder, read_runs
+from .load import eval_results, is_sweep_folder, read_runs
 from .report import fmt, markdown_table
 from .stats import paired, welch
 
@@ -52,10 +52,10 @@ def comparison_lines(folder_a, folder_b, acc_a, acc_b, results, test_set=TEST_SE
     return lines
 
 
-def sweep_summary(folder):
-    """Each point's mean ± SD of test accuracy, and its difference to the best point (paired over runs
-    with the same seeds) with a 95 % interval; and the points not distinguishable from the best."""
-    points = [(point, path, read_runs(path)[1]) for point, path in sweep_points(folder) if holds_runs(path)]
+def sweep_summary(folder, test_set=TEST_SET):
+    """Each point's mean ± SD of accuracy on `test_set`, and its difference to the best point (paired
+    over runs with the same seeds) with a 95 % interval; and the points not distinguishable from the best."""
+    points = [(point, path, read_runs(path, test_set)[1]) for point, path in sweep_points(folder) if holds_runs(path)]
     if not points:
         raise AnalysisError(f"{folder}: no point has finished runs yet")
     best_point, best_path, best_runs = max(points, key=lambda p: np.mean([r["test_acc"] for r in p[2]]))
@@ -81,6 +81,18 @@ def sweep_summary(folder):
 
 
 def sweep_sections(folders):
-    """For each sweep's folder among `folders`: (title, its points' table and verdict) for `analyze`."""
-    return [(f"Sweep {folder}: each point against the best", "\n\n".join(sweep_summary(folder)))
-            for folder in folders if is_sweep_folder(folder)]
+    """For each sweep's folder among `folders` and each of its test sets: (title, its points' table and
+    verdict) for `analyze`."""
+    sections = []
+    for folder in (f for f in folders if is_sweep_folder(f)):
+        for test_set in sweep_test_sets(folder):
+            on = "" if test_set == TEST_SET else f" on the eval set '{test_set}'"
+            sections.append((f"Sweep {folder}: each point against the best{on}",
+                             "\n\n".join(sweep_summary(folder, test_set))))
+    return sections
+
+
+def sweep_test_sets(folder):
+    """The test sets of a sweep's points (those of its first point with finished runs)."""
+    path = next((path for _, path in sweep_points(folder) if holds_runs(path)), None)
+    return [TEST_SET] if path is None else [TEST_SET, *eval_results(read_runs(path)[0])]

@@ -166,6 +166,9 @@ def add_study_arguments(parser):
                         help="keep the final weights of the first K runs in OUT/weights (for analyze --cka)")
     parser.add_argument("--eval-every-epoch", action="store_true",
                         help="store test accuracy and loss after every epoch (test_acc_curve, test_loss_curve)")
+    parser.add_argument("--token-logits", action="store_true",
+                        help="a language model's runs keep their whole test logits (n_test×T×vocabulary float16 "
+                             "each), for the metrics of whole distributions (ensemble accuracy, ECE, Spearman ρ)")
     parser.add_argument("--eval-shift", action="store_true",
                         help="score every run on a shifted copy of the test images too (noise, blur, low contrast; "
                              "fixed, no download), stored as the eval set 'shift'")
@@ -189,7 +192,8 @@ def study_arguments(args):
                 precision=args.precision, epoch_order=args.epoch_order, grid=args.grid, save_weights=args.save_weights,
                 eval_every_epoch=args.eval_every_epoch, snapshots=args.snapshots, vary=args.vary,
                 fixed_seed=args.fixed_seed, onset_epoch=args.onset_epoch, dropout=args.dropout,
-                dataset=args.dataset or "cifar10", overrides=recipe_overrides(args), eval_shift=args.eval_shift)
+                dataset=args.dataset or "cifar10", overrides=recipe_overrides(args), eval_shift=args.eval_shift,
+                token_logits=args.token_logits)
 
 
 def recipe_overrides(args):

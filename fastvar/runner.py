@@ -59,6 +59,7 @@ class TrainingPlan:
     width: int | None
     precision: str
     eval_every_epoch: bool
+    token_logits: bool
     onset_epoch: int
     fixed: RunSeeds  # the seeds a fixed source draws from (and every source before the onset)
     epoch_order: str
@@ -77,7 +78,7 @@ def plan_batch(chunk, size, strategy, device):
     padded = chunk + [chunk[-1]] * (size - len(chunk)) if strategy == "vmap" else chunk
     return TrainingPlan(
         recipe=resolved.recipe, width=resolved.width, precision=resolved.precision,
-        eval_every_epoch=lead.eval_every_epoch,
+        eval_every_epoch=lead.eval_every_epoch, token_logits=lead.token_logits,
         onset_epoch=lead.onset_epoch or 0, fixed=run_seeds(set(), 0, lead.seed, lead.fixed_seed),
         epoch_order=lead.epoch_order, seeds=[study.seeds(i) for study, _, i in padded],
         hyper=[study.resolve(device).recipe.per_replica() for study, _, _ in padded],
@@ -94,7 +95,7 @@ def train_chunk(chunk, data, execution, device, on_step, size):
                              compile=compile, conv=execution.conv, cuda_graphs=execution.resolved_cuda_graphs(device),
                              on_step=on_step, keep_weights=plan.keep, eval_every_epoch=plan.eval_every_epoch,
                              onset_epoch=plan.onset_epoch, fixed=plan.fixed, epoch_order=plan.epoch_order,
-                             hyper=plan.hyper)
+                             hyper=plan.hyper, token_logits=plan.token_logits)
     wall_s = (time.perf_counter() - started) / len(plan.seeds)
     for r in plan.keep:  # before the rows: a stored run with saved weights always has its file
         study, store, i = chunk[r]

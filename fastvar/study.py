@@ -41,6 +41,7 @@ class Study:
     grid: tuple[int, int] | None = None  # (init seeds, order seeds) of the `grid` experiment
     save_weights: int = 0  # keep the final weights of runs 0 .. save_weights-1 (for CKA)
     eval_every_epoch: bool = False  # test accuracy and loss after every epoch (changes no result)
+    token_logits: bool = False  # a language model keeps its whole test logits (changes no result)
     snapshots: int | None = None  # a cosine schedule restarted this many times, logits kept per cycle
     vary: tuple[str, ...] | None = None  # the sources to vary, instead of a preset
     fixed_seed: int = 0  # the constant that fixed sources draw from
@@ -211,7 +212,8 @@ class Study:
             shared = recipe.replace(**dict.fromkeys(PER_REPLICA, 0)).to_dict()  # what a batch cannot hold per replica
             self._on_device[key] = OnDevice(
                 recipe=recipe, precision=config["precision"], width=config["width"], config_hash=config_hash(config),
-                batch_settings={**config, "hyperparameters": shared, "eval_every_epoch": self.eval_every_epoch})
+                batch_settings={**config, "hyperparameters": shared, "eval_every_epoch": self.eval_every_epoch,
+                                "token_logits": self.token_logits})
         return self._on_device[key]
 
     def builtin_model(self):
@@ -267,6 +269,9 @@ class Study:
                               f"choose another {{}} or other data", Param("model"))
         if self.builtin_model() and data.kind != "tokens" and data.example_shape != (3, 32, 32):
             check_fits(recipe.model, self.resolved_width(), data)
+        if self.token_logits and not data.token_targets:
+            raise ConfigError(f"{{}} keeps a language model's whole logits; with {data.kind} and a label each, every "
+                              f"run keeps its logits anyway", Param("token_logits", True, flag="--token-logits"))
         if data.token_targets and self.snapshots:
             raise ConfigError("{} keeps each cycle's test logits, which a language model's study does not store",
                               Param("snapshots", self.snapshots))

@@ -17,6 +17,7 @@ from fastvar.data import IGNORE, Dataset
 from fastvar.errors import DataError
 from fastvar.sources import run_seeds
 from fastvar.store import Store
+from conftest import random_dataset
 
 VOCAB, T = 13, 10
 
@@ -124,6 +125,31 @@ def test_a_language_model_trains_as_plain_pytorch_does_with_both_strategies(fact
         scored = data.y_test != IGNORE
         hits = [(torch.tensor(r["test_token_argmax"]) == data.y_test)[scored].double().mean().item() for r in rows]
         assert [r["test_acc"] for r in rows] == pytest.approx(hits, abs=1e-12)  # token accuracy over scored tokens
+
+
+def test_a_language_model_keeps_its_whole_logits_where_asked(tmp_path):
+    data = text_data()
+    study = dict(model=TinyCausalTransformer, runs=3, epochs=1, overrides={"batch_size": BATCH})
+    out = tmp_path / "whole"
+    rows = fastvar.Study(**study, token_logits=True).run(out, data=data, progress=False).runs()
+    scored = data.y_test != IGNORE
+    for row in rows:  # the float16 logits agree with the outputs kept from the float32 ones
+        logits = torch.tensor(row["test_logits"]).view(len(data.y_test), T, -1).double()
+        assert logits.shape[-1] == data.vocabulary
+        log_p = F.log_softmax(logits, -1).gather(-1, data.y_test.clamp(min=0)[..., None])[..., 0]
+        assert torch.allclose(log_p[scored], torch.tensor(row["test_token_logprob"]).double()[scored], atol=2e-2)
+        agree = (logits.argmax(-1) == torch.tensor(row["test_token_argmax"]))[scored].double().mean()
+        assert agree > 0.98
+    m = fastvar.analyze(out)[0].metrics
+    assert all(np.isfinite(m[k]) for k in ("ensemble_acc", "ece", "spearman", "ensemble_gain", "ppl_mean"))
+    assert m["ensembles"]["1"]["groups"] == 3 and abs(m["ensembles"]["1"]["acc"] - m["acc_mean"]) < 0.02
+    plain = fastvar.Study(**study).run(tmp_path / "plain", data=data, progress=False).runs()
+    assert [r["test_loss"] for r in plain] == [r["test_loss"] for r in rows]  # keeping them changes no run
+    assert plain[0]["test_logits"].size == 0 and np.isnan(fastvar.analyze(tmp_path / "plain")[0].metrics["ece"])
+    images = random_dataset(16, 10)
+    with pytest.raises(fastvar.ConfigError, match="token_logits=True keeps a language model's whole logits"):
+        fastvar.Study(model="linear", runs=1, token_logits=True).run(tmp_path / "images", data=images)
+    assert not (tmp_path / "images").exists()
 
 
 def test_a_loop_run_is_the_same_alone_and_in_a_batch(tmp_path):
@@ -261,7 +287,7 @@ def test_token_metrics_equal_numpy_written_out():
 
 def test_the_readme_sequence_example_runs_as_written(tmp_path, monkeypatch, capsys):
     import re
-    from conftest import ROOT
+    from conftest import random_dataset, ROOT
     readme = (ROOT / "README.md").read_text()
     code = re.search(r"<!-- sequence-example -->\s*```python\n(.*?)```", readme, re.S).group(1)
     monkeypatch.chdir(tmp_path)

@@ -19,6 +19,8 @@ from .stats import runs_per_arm, variance_components
 
 
 DIFFERENCES_PP = (0.05, 0.1, 0.2, 0.5)  # accuracy differences the power table plans for
+# A language model's metrics that need its whole logits (kept with token_logits), over its scored tokens
+WHOLE_DISTRIBUTION_KEYS = ("ensemble_acc", "ece", "spearman", "ensemble_gain", "ensembles")
 
 
 @dataclass
@@ -100,7 +102,13 @@ def summarize_study(rows, labels, seed):
     logprob, targets = scored_tokens(rows, labels, "test_token_logprob")
     predictions, _ = scored_tokens(rows, labels, "test_token_argmax")
     vocabulary = int(max(labels.max(), predictions.max())) + 1
-    return summarize_tokens(acc, loss, logprob, predictions, targets, vocabulary, seed=seed)
+    metrics = summarize_tokens(acc, loss, logprob, predictions, targets, vocabulary, seed=seed)
+    if all(r["test_logits"].size for r in rows):  # whole logits kept (token_logits): what needs them too
+        scored = labels != IGNORE
+        logits = np.stack([r["test_logits"].reshape(*labels.shape, -1)[scored] for r in rows])
+        whole = summarize(acc, loss, logits, targets, seed=seed)
+        metrics.update({key: whole[key] for key in WHOLE_DISTRIBUTION_KEYS})
+    return metrics
 
 
 def scored_tokens(rows, labels, column):

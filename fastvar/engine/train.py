@@ -30,7 +30,7 @@ def make_optimizer(recipe, params, layout, **kwargs):
 
 def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype=None, compile=None, conv="auto",
                    on_step=None, keep_weights=(), eval_every_epoch=False, onset_epoch=0, fixed=None, hyper=None,
-                   epoch_order="fresh", cuda_graphs=False, cuda_path=None, graph_class=GraphedStep):
+                   epoch_order="fresh", cuda_graphs=False, cuda_path=None, graph_class=GraphedStep, token_logits=False):
     """Train one replica per entry of `seeds` (RunSeeds) on `data` (already on its device) by `recipe`
     (a fastvar.Recipe); with an `onset_epoch`, every replica uses the `fixed` RunSeeds' order and
     augmentation before it; `hyper`, one dict per replica as Recipe.per_replica gives, sets each replica's
@@ -46,6 +46,7 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
     `cuda_graphs`: replay each step as a CUDA graph (a `graph_class`, fastvar.engine.graphs.GraphedStep; its
     `ran_as_graph` becomes each row's `cuda_graph`); `cuda_path` as fit takes it.
     `on_step(fraction)` is called after each step with the fraction of this batch's training done.
+    `token_logits`: a language model's rows keep their whole test logits too (n_test×T×vocabulary).
     """
     replicas = Replicas(recipe.model, [s.init_seed for s in seeds], width=width, strategy=strategy,
                         dtype=dtype, device=data.x_train.device, dropout=recipe.dropout,
@@ -75,11 +76,14 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
                  on_step=on_step, on_epoch=on_epoch, epoch_order=epoch_order, cuda_path=cuda_path,
                  step_wrapper=wrap_step)
     final = recipe.epochs - 1  # evaluated already where every epoch is, or where the last cycle ends
-    logits = latest[final] if final in latest else evaluate(replicas, data, recipe, augment_backend)
+    keep = token_logits and data.token_targets
+    final_outputs = latest.get(final) if not keep else None  # an epoch's evaluation keeps no whole logits
+    logits = final_outputs if final_outputs is not None else evaluate(replicas, data, recipe, augment_backend,
+                                                                      token_logits=keep)
     results = [result(replica_outputs(logits, r), data.y_test, {name: c[r] for name, c in curves.items()})
                for r in range(replicas.size)]
-    add_eval_sets(results, {name: evaluate(replicas, data, recipe, augment_backend, name) for name in data.eval_sets},
-                  data)
+    add_eval_sets(results, {name: evaluate(replicas, data, recipe, augment_backend, name, keep)
+                            for name in data.eval_sets}, data)
     for r, row in enumerate(results):
         row["test_acc_curve"] = [acc[r].item() for acc, _ in test_scores] if eval_every_epoch else None
         row["test_loss_curve"] = [loss[r].item() for _, loss in test_scores] if eval_every_epoch else None
@@ -199,12 +203,14 @@ class TokenOutputs(NamedTuple):
     whole distributions needs, at a vocabulary's fraction of the logits' size."""
     target_logprob: torch.Tensor  # log-probability of the target token (0 where IGNORE), float32 or float64
     argmax: torch.Tensor  # int32 most probable token
+    logits: torch.Tensor | None = None  # ...×n×T×vocabulary, kept only where asked (token_logits)
 
 
-def evaluate(replicas, data, recipe, augment_backend="auto", test_set=TEST_SET):
+def evaluate(replicas, data, recipe, augment_backend="auto", test_set=TEST_SET, token_logits=False):
     """Eval-mode outputs of all replicas, one pass over the test set or the eval set `test_set`
     (`augment_backend` as fastvar.augment.augment takes it, for the normalisation): logits
-    M×n_test×classes, or for target tokens their TokenOutputs, M×n_test×T."""
+    M×n_test×classes, or for target tokens their TokenOutputs, M×n_test×T (with `token_logits`, the
+    whole logits too)."""
     dtype = replicas.input_dtype()
     x, y = data.test_sets()[test_set]
     n, device, tokens = len(y), x.device, data.token_targets
@@ -213,22 +219,24 @@ def evaluate(replicas, data, recipe, augment_backend="auto", test_set=TEST_SET):
     for start in range(0, n, size):
         indices = torch.arange(start, min(start + size, n), device=device)
         logits = replicas.logits(normalized(x, indices, recipe, dtype, augment_backend))
-        chunks.append(token_outputs(logits, y[indices]) if tokens else logits)
+        chunks.append(token_outputs(logits, y[indices], token_logits) if tokens else logits)
     if tokens:
-        return TokenOutputs(*(torch.cat(parts, dim=1) for parts in zip(*chunks)))
+        return TokenOutputs(*(None if parts[0] is None else torch.cat(parts, dim=1) for parts in zip(*chunks)))
     return torch.cat(chunks, dim=1)
 
 
-def token_outputs(logits, targets):
-    """TokenOutputs of logits ...×n×T×V against target tokens n×T."""
+def token_outputs(logits, targets, keep_logits=False):
+    """TokenOutputs of logits ...×n×T×V against target tokens n×T (the logits kept with `keep_logits`)."""
     log_p = F.log_softmax(at_least_float32(logits), dim=-1)
     index = targets.clamp(min=0).expand(log_p.shape[:-1]).unsqueeze(-1)
     target = log_p.gather(-1, index).squeeze(-1).masked_fill(targets == IGNORE, 0)
-    return TokenOutputs(target, logits.argmax(-1).int())
+    return TokenOutputs(target, logits.argmax(-1).int(), at_least_float32(logits) if keep_logits else None)
 
 
 def replica_outputs(outputs, r):
-    return TokenOutputs(*(t[r] for t in outputs)) if isinstance(outputs, TokenOutputs) else outputs[r]
+    if isinstance(outputs, TokenOutputs):
+        return TokenOutputs(*(None if t is None else t[r] for t in outputs))
+    return outputs[r]
 
 
 def scores(outputs, labels):
@@ -264,10 +272,11 @@ def result(outputs, labels, curves):
 
 def test_result(outputs, labels):
     """A replica's scores and outputs on one test set, as stored (fastvar.store.EVAL_COLUMNS): its
-    logits, or a language model's TokenOutputs (and no logits)."""
+    logits, or a language model's TokenOutputs (its logits only where kept, n×T×V)."""
     accuracy, loss = scores(outputs, labels)
     if isinstance(outputs, TokenOutputs):
-        kept = {"test_logits": torch.empty(len(labels), 0), "test_token_logprob": outputs.target_logprob.cpu(),
+        whole = torch.empty(len(labels), 0) if outputs.logits is None else outputs.logits.float().cpu()
+        kept = {"test_logits": whole, "test_token_logprob": outputs.target_logprob.cpu(),
                 "test_token_argmax": outputs.argmax.cpu()}
     else:
         kept = {"test_logits": outputs.float().cpu()}

@@ -125,14 +125,20 @@ class DropoutMasks:
         self.before_onset = onset_epoch and torch.Generator().manual_seed(fixed_dropout_seed)
         self.p, self.shape, self.onset_epoch = p, tuple(shape), onset_epoch
 
-    def draw(self, epoch, batch):
-        """M×batch×shape: 0 where dropped, 1/(1-p) where kept."""
+    def keep(self, epoch, batch):
+        """M×batch×shape booleans, on the CPU: True where an element is kept."""
         if epoch < self.onset_epoch:
-            keep = (torch.rand(batch, *self.shape, generator=self.before_onset) >= self.p).expand(len(self.own),
-                                                                                                  *[-1] * (1 + len(self.shape)))
-        else:
-            keep = torch.stack([torch.rand(batch, *self.shape, generator=g) >= self.p for g in self.own])
+            keep = torch.rand(batch, *self.shape, generator=self.before_onset) >= self.p
+            return keep.expand(len(self.own), *[-1] * (1 + len(self.shape)))
+        return torch.stack([torch.rand(batch, *self.shape, generator=g) >= self.p for g in self.own])
+
+    def scaled(self, keep):
+        """The masks of `keep` (on any device): 0 where dropped, 1/(1-p) where kept, in float64."""
         return keep.double() / (1 - self.p)
+
+    def draw(self, epoch, batch):
+        """M×batch×shape float64 masks, on the CPU."""
+        return self.scaled(self.keep(epoch, batch))
 
 
 def first_weight_name(params):

@@ -11,6 +11,8 @@ order and counters, made once per epoch, outside the graphed step) may differ.
 The CPU's own path keeps its host reads: its by-replica update (the C loops, fastvar.engine.optim_cpu)
 reads each replica's coefficients as Python numbers, which is free on a CPU and never runs on CUDA.
 """
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -136,6 +138,25 @@ def test_the_cuda_step_reads_nothing_on_the_host_and_repeats_its_ops(case):
     if options.get("onset_epoch") or "cycles" in changes.get("schedule", {}):
         assert len(results[0]["snapshot_logits"]) == 2
     assert all(r["cuda_graph"] == 1 for r in results)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a synchronisation exists only on CUDA")
+def test_no_step_of_a_dropout_study_waits_for_the_gpu():
+    """What a host-read trace cannot see: a copy from pageable host memory (each step's dropout masks
+    once were one) synchronises the stream. Counted by torch's sync debug mode over 3 steps and 9."""
+    def synchronisations(examples):
+        recipe = RECIPES["seed"].replace(epochs=1, batch_size=8, dropout=0.25)
+        data = random_dataset(examples, 10).to(torch.device("cuda"))
+        seeds = [run_seeds("all-random", i) for i in range(2)]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train_replicas(data, recipe, seeds, width=2, strategy="vmap", dtype=torch.float32)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+    assert synchronisations(72) == synchronisations(24)
 
 
 def test_a_step_that_reads_the_host_is_caught():

@@ -168,14 +168,16 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
             replicas.weights_changed()
         aug_seeds = own_aug if epoch >= onset_epoch else fixed_aug
         drop_seeds = own_drop if epoch >= onset_epoch else fixed_drop
-        order = torch.stack([o.epoch(n) for o in orders]).to(device)  # M×N
+        order = host_to_device(torch.stack([o.epoch(n) for o in orders]), device)  # M×N
         loss_sum = torch.zeros(replicas.size, dtype=torch.float64, device=device)
         batch_mean_sum = torch.zeros_like(loss_sum)
         correct = torch.zeros(replicas.size, dtype=torch.int64, device=device)
         for step, start in enumerate(range(0, n, batch)):  # the last, partial batch is kept
             indices = order[:, start:start + batch]
             x = batch_inputs(data.x_train, indices, aug_seeds, epoch, recipe, dtype, augment_backend)
-            dropout = None if masks is None else masks.draw(epoch, indices.shape[1]).to(device, dtype)
+            # the booleans cross to the device, where they are scaled as on the CPU
+            dropout = None if masks is None else masks.scaled(host_to_device(masks.keep(epoch, indices.shape[1]),
+                                                                             device)).to(dtype)
             y = data.y_train[indices]
             done = epoch * steps_per_epoch + step
             if replicas.dropout_seeds:  # outside the step: a graph replays reading the buffers as set
@@ -192,6 +194,14 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
         if on_epoch:
             on_epoch(epoch)
     return {name: [list(c) for c in zip(*by_epoch)] for name, by_epoch in curves.items()}
+
+
+def host_to_device(tensor, device):
+    """A tensor made on the host, on `device` without waiting for it: a CUDA copy from pinned memory
+    need not synchronise the stream, as one from pageable memory does on every call."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.contiguous().pin_memory().to(device, non_blocking=True)
 
 
 def resolved_cuda_path(cuda_path, device):

@@ -39,9 +39,10 @@ from pathlib import Path
 
 STEPS_PER_RUN = 3910  # the seed recipe: 10 epochs of 391 batches of 128
 FULL = {"width": 64, "batch": 128, "step_ms": (16, 64, 128), "m": 64, "copy_mib": 1024, "matmul": 8192,
-        "repeats": 10, "eval_images": 10_000, "study_images": 25_600, "study_runs": 16}
+        "repeats": 10, "eval_images": 10_000, "study_images": 25_600, "study_runs": 16, "conv_shapes": None}
 DRY = {"width": 4, "batch": 2, "step_ms": (2,), "m": 2, "copy_mib": 4, "matmul": 128, "repeats": 2,
-       "eval_images": 8, "study_images": 16, "study_runs": 2}
+       "eval_images": 8, "study_images": 16, "study_runs": 2,
+       "conv_shapes": 2}  # each form on two shapes (the smallest images): the interpreted implicit GEMM is slow
 SHARES = {"device": 0.01, "roofline": 0.03, "update": 0.04, "step": 0.35, "conv": 0.12, "graphs": 0.12,
           "augment_eval": 0.04, "deterministic": 0.06, "study": 0.2, "recommend": 0.03}  # of --minutes
 
@@ -273,7 +274,10 @@ FORMS = ("gemm", "grouped", "implicit", "vmap", "shared")
 
 def conv_section():
     m, rows = SIZES["m"], []
-    for (c_in, c_out, k, s, p, h), count in layer_groups().items():
+    shapes = list(layer_groups().items())
+    if SIZES["conv_shapes"]:  # a dry run: the smallest images' shapes
+        shapes = sorted(shapes, key=lambda shape: shape[0][5])[:SIZES["conv_shapes"]]
+    for (c_in, c_out, k, s, p, h), count in shapes:
         if time.monotonic() > SECTION_END[0]:
             rows.append({"layer": f"{k}x{k}/{s} {c_in}->{c_out} @{h}x{h}", "count": count,
                          "skipped": "past the section's deadline"})

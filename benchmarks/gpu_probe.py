@@ -275,6 +275,7 @@ FORMS = ("gemm", "grouped", "implicit", "vmap", "shared")
 def conv_section():
     m, rows = SIZES["m"], []
     shapes = list(layer_groups().items())
+    convs = sum(count for _, count in shapes)
     if SIZES["conv_shapes"]:  # a dry run: the smallest images' shapes
         shapes = sorted(shapes, key=lambda shape: shape[0][5])[:SIZES["conv_shapes"]]
     for (c_in, c_out, k, s, p, h), count in shapes:
@@ -304,7 +305,7 @@ def conv_section():
         save_partial(rows)
     totals = {f"{f}_total_ms": sum(r["count"] * r[f"{f}_ms"] for r in rows) for f in FORMS
               if all(isinstance(r.get(f"{f}_ms"), float) for r in rows)}
-    return rows + [totals]
+    return rows + [{**totals, "convs": convs, "convs_timed": sum(r["count"] for r in rows)}]
 
 
 def graphs_section():

@@ -55,9 +55,11 @@ def test_gpu_probe_dry_run_runs_every_section_and_writes_its_json(tmp_path):
     assert study["exit"] == 0 and study["rows_landed"] and study["graphed"] and study["loop_vmap_agree"]
     assert report["recommend"]["m"] == 2 and report["recommend"]["cuda_graphs"] is False
     *layers, totals = report["conv"]
-    assert sum(r["count"] for r in layers) == 20
+    assert totals["convs"] == 20 and len(layers) == 2  # every conv grouped by shape; a dry run times two shapes
+    assert totals["convs_timed"] == sum(r["count"] for r in layers) < 20
     assert all(r["fastest"] in ("gemm", "grouped", "implicit", "vmap") for r in layers)
-    assert set(totals) == {f"{form}_total_ms" for form in ("gemm", "grouped", "implicit", "vmap", "shared")}
+    assert set(totals) == {f"{form}_total_ms" for form in ("gemm", "grouped", "implicit", "vmap", "shared")} | \
+        {"convs", "convs_timed"}
     assert report["graphs"]["eager_ms"] > 0
 
 

@@ -272,9 +272,9 @@ class Study:
         if self.token_logits and not data.token_targets:
             raise ConfigError(f"{{}} keeps a language model's whole logits; with {data.kind} and a label each, every "
                               f"run keeps its logits anyway", Param("token_logits", True, flag="--token-logits"))
-        if data.token_targets and self.snapshots:
-            raise ConfigError("{} keeps each cycle's test logits, which a language model's study does not store",
-                              Param("snapshots", self.snapshots))
+        if data.token_targets and self.snapshots and not self.token_logits:
+            raise ConfigError("{} keeps each cycle's test logits, which a language model's runs keep only with {}",
+                              Param("snapshots", self.snapshots), Param("token_logits", True, flag="--token-logits"))
         if not self.builtin_model():
             device = execution.resolved_device()
             fixed_kernels_on_cuda = device.type == "cuda" and "kernels" not in self.varied()

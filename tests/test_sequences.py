@@ -152,6 +152,21 @@ def test_a_language_model_keeps_its_whole_logits_where_asked(tmp_path):
     assert not (tmp_path / "images").exists()
 
 
+def test_a_language_models_snapshots_need_and_keep_its_whole_logits(tmp_path):
+    data = text_data()
+    study = dict(model=TinyCausalTransformer, runs=2, epochs=2, snapshots=2, overrides={"batch_size": BATCH})
+    with pytest.raises(fastvar.ConfigError, match="snapshots=2 keeps each cycle's test logits.*token_logits=True"):
+        fastvar.Study(**study).run(tmp_path / "refused", data=data)
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "snapshots"
+    rows = fastvar.Study(**study, token_logits=True).run(out, data=data, progress=False).runs()
+    cycles = Store(out).snapshots()
+    assert {k: v.shape for k, v in cycles.items()} == {r["run_key"]: (2, 12, T * data.vocabulary) for r in rows}
+    assert all(np.array_equal(cycles[r["run_key"]][-1], r["test_logits"]) for r in rows)  # the last cycle's, kept
+    m = fastvar.analyze(out)[0].metrics
+    assert m["snapshots"]["cycles"] == 2 and m["snapshots"]["runs"] == 2 and 0 <= m["snapshots"]["acc"] <= 1
+
+
 def test_a_loop_run_is_the_same_alone_and_in_a_batch(tmp_path):
     data = text_data()
     runs = {}

@@ -66,8 +66,7 @@ def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
     metrics = summarize_study(rows, labels, seed)
     snapshots = {k: v for s in stores for k, v in s.snapshots().items()}
     if snapshots:
-        metrics["snapshots"] = snapshot_ensembles(
-            np.stack([snapshots[r["run_key"]] for r in rows if r["run_key"] in snapshots]), labels, seed)
+        metrics["snapshots"] = snapshot_ensembles(*snapshot_arrays(rows, snapshots, labels), seed)
     metrics["diverged"] = diverged
     metrics["mixed"] = {name: {str(value): runs for value, runs in by_value.items()}
                         for name, by_value in mixed_settings(rows).items()}
@@ -86,6 +85,16 @@ def analyze_folder(folder, *, data_dir=None, with_cka=False, seed=0):
     if with_cka:
         analysis.cka = folder_cka(folder, store.config, rows, data_dir)
     return analysis
+
+
+def snapshot_arrays(rows, snapshots, labels):
+    """The runs' snapshot logits, runs × cycles × examples × classes, and their labels: a language
+    model's over its scored test tokens (its logits kept whole, n × T·vocabulary each)."""
+    stacked = np.stack([snapshots[r["run_key"]] for r in rows if r["run_key"] in snapshots])
+    if labels.ndim == 1:
+        return stacked, labels
+    scored = labels != IGNORE
+    return stacked.reshape(*stacked.shape[:2], *labels.shape, -1)[:, :, scored], labels[scored]
 
 
 def planned_runs(metrics):

@@ -56,16 +56,17 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
     cuda_path = resolved_cuda_path(cuda_path, data.x_train.device)
     augment_backend = "triton" if cuda_path else "auto"
     snapshot_at = recipe.snapshot_epochs()
+    keep = token_logits and data.token_targets  # a language model's whole logits, kept
 
     def on_epoch(epoch):
         if eval_every_epoch or epoch in snapshot_at:
-            logits = evaluate(replicas, data, recipe, augment_backend)
+            logits = evaluate(replicas, data, recipe, augment_backend, token_logits=keep and epoch in snapshot_at)
             latest.clear()  # only the latest evaluation can serve again, as the final one
             latest[epoch] = logits
             if eval_every_epoch:
                 test_scores.append(scores(logits, data.y_test))
             if epoch in snapshot_at:
-                snapshots.append(logits.cpu())
+                snapshots.append((logits.logits if isinstance(logits, TokenOutputs) else logits).cpu())
     graphed = []
 
     def wrap_step(step):  # kept, to read whether its steps ran as a graph
@@ -76,10 +77,9 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
                  on_step=on_step, on_epoch=on_epoch, epoch_order=epoch_order, cuda_path=cuda_path,
                  step_wrapper=wrap_step)
     final = recipe.epochs - 1  # evaluated already where every epoch is, or where the last cycle ends
-    keep = token_logits and data.token_targets
-    final_outputs = latest.get(final) if not keep else None  # an epoch's evaluation keeps no whole logits
-    logits = final_outputs if final_outputs is not None else evaluate(replicas, data, recipe, augment_backend,
-                                                                      token_logits=keep)
+    cached = latest.get(final)  # whole logits only where kept at a cycle's end
+    usable = cached is not None and not (keep and cached.logits is None)
+    logits = cached if usable else evaluate(replicas, data, recipe, augment_backend, token_logits=keep)
     results = [result(replica_outputs(logits, r), data.y_test, {name: c[r] for name, c in curves.items()})
                for r in range(replicas.size)]
     add_eval_sets(results, {name: evaluate(replicas, data, recipe, augment_backend, name, keep)

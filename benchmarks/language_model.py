@@ -1,8 +1,9 @@
-"""Training tokens per second of the built-in character transformer (the `char` recipe), side by
-side in one process: fastvar's vmap and loop strategies against a plain PyTorch loop that trains the
-same runs one at a time (torch.optim.AdamW, plain indexing, no fastvar code but the model).
+"""Training tokens per second of a character-level language model (the `char` recipe's transformer by
+default; `--model char-gru`, or `nn-gru`: an nn.GRU model, whose fused op vmap runs decomposed), side
+by side in one process: fastvar's vmap and loop strategies against a plain PyTorch loop that trains
+the same runs one at a time (torch.optim.AdamW, plain indexing, no fastvar code but the model).
 
-    python benchmarks/language_model.py --runs 4 --windows 512 --repeats 3
+    python benchmarks/language_model.py --runs 4 --windows 512 --repeats 3 [--model nn-gru]
 
 Each contender trains `runs` runs for one epoch of `windows` 64-character windows of pydoc-chars;
 the contenders take turns, `repeats` times, after one untimed warm-up each, and the best time of
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastvar.data import load_dataset  # noqa: E402
@@ -25,6 +27,23 @@ from fastvar.engine.train import fit  # noqa: E402
 from fastvar.models import build_model  # noqa: E402
 from fastvar.recipes import RECIPES  # noqa: E402
 from fastvar.sources import run_seeds  # noqa: E402
+
+
+class FusedGRU(nn.Module):
+    """A language model a researcher writes with nn.GRU (its fused op): embedding, one layer, read-out."""
+
+    def __init__(self, vocabulary, width):
+        super().__init__()
+        self.embed, self.gru, self.out = nn.Embedding(vocabulary, width), nn.GRU(width, width, batch_first=True), \
+            nn.Linear(width, vocabulary)
+
+    def forward(self, tokens):
+        return self.out(self.gru(self.embed(tokens))[0])
+
+
+def model_of(name, vocabulary, width):
+    """What the recipe trains: a built-in name, or for nn-gru a factory of FusedGRU."""
+    return (lambda: FusedGRU(vocabulary, width)) if name == "nn-gru" else name
 
 
 def plain_loop(data, recipe, seeds, width):
@@ -57,9 +76,10 @@ def main():
     parser.add_argument("--windows", type=int, default=512)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="char-transformer", choices=("char-transformer", "char-gru", "nn-gru"))
     args = parser.parse_args()
     data = load_dataset("pydoc-chars", train_subset=args.windows, test_subset=1)
-    recipe = RECIPES["char"].replace(epochs=1)
+    recipe = RECIPES["char"].replace(epochs=1, model=model_of(args.model, data.vocabulary, args.width))
     seeds = [run_seeds("all-random", i) for i in range(args.runs)]
     contenders = {"plain loop": plain_loop, "fastvar loop": fastvar_fit("loop"), "fastvar vmap": fastvar_fit("vmap")}
     best = {}
@@ -72,12 +92,12 @@ def main():
                 best[name] = min(best.get(name, elapsed), elapsed)
     tokens = args.runs * args.windows * data.x_train.shape[1]
     rates = {name: tokens / seconds for name, seconds in best.items()}
-    print(f"{args.runs} runs × {args.windows} windows of {data.x_train.shape[1]} characters, char-transformer at width "
+    print(f"{args.runs} runs × {args.windows} windows of {data.x_train.shape[1]} characters, {args.model} at width "
           f"{args.width}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print("| contender | tokens/s | × plain loop |\n|---|---|---|")
     for name, rate in rates.items():
         print(f"| {name} | {rate:,.0f} | {rate / rates['plain loop']:.2f} |")
-    print(json.dumps({"runs": args.runs, "windows": args.windows, "width": args.width,
+    print(json.dumps({"model": args.model, "runs": args.runs, "windows": args.windows, "width": args.width,
                       "tokens_per_s": rates, "ratio_to_plain": {k: v / rates["plain loop"] for k, v in rates.items()}}))
 
 

@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -72,11 +74,13 @@ def test_update_benchmark_emits_its_json():
     assert abs(summary["speedup"] - summary["dense_ms"] / summary["live_ms"]) < 0.01 * summary["speedup"]
 
 
-def test_language_model_benchmark_emits_its_json():
+@pytest.mark.parametrize("model", ["char-transformer", "nn-gru"])
+def test_language_model_benchmark_emits_its_json(model):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "language_model.py"), "--runs", "2",
-                             "--windows", "16", "--width", "8", "--repeats", "1"], capture_output=True, text=True,
-                            check=True)
+                             "--windows", "16", "--width", "8", "--repeats", "1", "--model", model],
+                            capture_output=True, text=True, check=True)
     summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["model"] == model
     assert set(summary["tokens_per_s"]) == {"plain loop", "fastvar loop", "fastvar vmap"}
     assert summary["ratio_to_plain"]["plain loop"] == 1 and all(v > 0 for v in summary["tokens_per_s"].values())
     assert "| fastvar vmap |" in result.stdout

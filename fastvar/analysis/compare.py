@@ -4,7 +4,7 @@ import numpy as np
 from ..data import TEST_SET
 from ..errors import AnalysisError
 from ..store import folder_name, holds_runs, sweep_points
-from .load import eval_results, is_sweep_folder, read_runs
+from .load import eval_results, is_sweep_folder, on_test_set, read_runs
 from .report import fmt, markdown_table
 from .stats import paired, welch
 
@@ -55,15 +55,20 @@ def comparison_lines(folder_a, folder_b, acc_a, acc_b, results, test_set=TEST_SE
 def sweep_summary(folder, test_set=TEST_SET):
     """Each point's mean ± SD of accuracy on `test_set`, and its difference to the best point (paired
     over runs with the same seeds) with a 95 % interval; and the points not distinguishable from the best."""
-    points = [(point, path, read_runs(path, test_set)[1]) for point, path in sweep_points(folder) if holds_runs(path)]
+    return points_summary(folder, [(point, read_runs(path, test_set)[1]) for point, path in sweep_points(folder)
+                                   if holds_runs(path)])
+
+
+def points_summary(folder, points):
+    """sweep_summary's table and verdict, from each point with finished runs and its rows on one test set."""
     if not points:
         raise AnalysisError(f"{folder}: no point has finished runs yet")
-    best_point, best_path, best_runs = max(points, key=lambda p: np.mean([r["test_acc"] for r in p[2]]))
+    best_point, best_runs = max(points, key=lambda p: np.mean([r["test_acc"] for r in p[1]]))
     rows, tied = [], []
-    for point, path, runs in points:
+    for point, runs in points:
         acc = np.asarray([r["test_acc"] for r in runs]) * 100
         cells = [folder_name(point), len(acc), f"{acc.mean():.2f} ± {fmt(acc.std(ddof=1) if len(acc) > 1 else None)}"]
-        if path == best_path:
+        if point is best_point:
             rows.append(cells + ["best", "–"])
             continue
         test = compare_rows(best_runs, runs)[2][-1] if len(acc) > 1 else None
@@ -82,17 +87,15 @@ def sweep_summary(folder, test_set=TEST_SET):
 
 def sweep_sections(folders):
     """For each sweep's folder among `folders` and each of its test sets: (title, its points' table and
-    verdict) for `analyze`."""
+    verdict) for `analyze`. Each point's runs and eval sets are read once."""
     sections = []
     for folder in (f for f in folders if is_sweep_folder(f)):
-        for test_set in sweep_test_sets(folder):
+        read = [(point, rows, eval_results(stores))
+                for point, path in sweep_points(folder) if holds_runs(path) for stores, rows in [read_runs(path)]]
+        for test_set in [TEST_SET, *(read[0][2] if read else ())]:  # the first point's eval sets, in order
             on = "" if test_set == TEST_SET else f" on the eval set '{test_set}'"
+            points = [(point, rows if test_set == TEST_SET else on_test_set(rows, evals, folder, test_set))
+                      for point, rows, evals in read]
             sections.append((f"Sweep {folder}: each point against the best{on}",
-                             "\n\n".join(sweep_summary(folder, test_set))))
+                             "\n\n".join(points_summary(folder, points))))
     return sections
-
-
-def sweep_test_sets(folder):
-    """The test sets of a sweep's points (those of its first point with finished runs)."""
-    path = next((path for _, path in sweep_points(folder) if holds_runs(path)), None)
-    return [TEST_SET] if path is None else [TEST_SET, *eval_results(read_runs(path)[0])]

@@ -49,6 +49,11 @@ class Analysis:
         """(name, metrics) of every test set: the test set, then the eval sets."""
         return [(TEST_SET, self.metrics), *self.eval_sets.items()]
 
+    def labelled_test_sets(self, label):
+        """test_sets(), each named for a table row or a plot's bar: `label` (the folder) for the test set,
+        "label: NAME" for an eval set."""
+        return [(label if name == TEST_SET else f"{label}: {name}", m) for name, m in self.test_sets()]
+
     def to_json(self):
         return {"folder": self.name, **self.metrics,
                 "components": [{"name": c.name, "variance": c.variance, "low": c.low, "high": c.high}

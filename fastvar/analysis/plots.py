@@ -5,8 +5,6 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from ..data import TEST_SET
-
 PLOTS = ("train_loss", "train_acc", "test_acc", "test_loss")
 # Axis labels of the settings a set of folders may differ in (the last part of the config's key)
 SETTING_LABELS = {"lr": "learning rate", "weight_decay": "weight decay", "label_smoothing": "label smoothing",
@@ -191,8 +189,7 @@ def binomial_figure(analyses):
     """Observed accuracy SD (± its bootstrap SD) beside the binomial SD (runs that flip an independent
     coin per test example at the mean accuracy) and the distribution SD left over, with its 95 % interval;
     one group of bars per folder and test set (its eval sets after its test set)."""
-    groups = [(a.folder.name if name == TEST_SET else f"{a.folder.name}: {name}", metrics)
-              for a in analyses for name, metrics in a.test_sets()]
+    groups = [group for a in analyses for group in a.labelled_test_sets(a.folder.name)]
     fig, ax = new_figure(figsize=(1.6 + 1.4 * len(groups), 4))
     x, width = np.arange(len(groups)), 0.27
     pp = lambda key: np.array([m[key] * 100 for _, m in groups], dtype=float)  # noqa: E731

@@ -90,9 +90,8 @@ def eval_set_tables(analyses):
 
 
 def set_rows(analyses):
-    """(row label, metrics) of every folder's every test set: the folder for its test set, and
-    "folder: NAME" for each eval set after it."""
-    return [(a.name if name == TEST_SET else f"{a.name}: {name}", m) for a in analyses for name, m in a.test_sets()]
+    """(row label, metrics) of every folder's every test set (Analysis.labelled_test_sets)."""
+    return [row for a in analyses for row in a.labelled_test_sets(a.name)]
 
 
 def power_table(analyses):

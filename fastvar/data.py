@@ -144,8 +144,7 @@ class Dataset:
                 f"{kind}, {classes})")
 
     def to(self, device):
-        return Dataset(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)), name=self.name,
-                       vocab_size=self.vocab_size,
+        return replace(self, **{k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")},
                        eval_sets={n: (x.to(device), y.to(device)) for n, (x, y) in self.eval_sets.items()})
 
 
@@ -267,10 +266,11 @@ def load_arrays(path):
     vocab_size = arrays.pop("vocab_size", None)  # a language model's vocabulary, where the file gives one
     names = sorted({k.split("_", 2)[2] for k in arrays if k.startswith(("x_eval_", "y_eval_"))})
     for name in names:
-        if f"x_eval_{name}" not in arrays or f"y_eval_{name}" not in arrays:
-            given, missing = sorted(k for k in (f"x_eval_{name}", f"y_eval_{name}") if k in arrays), \
-                sorted(k for k in (f"x_eval_{name}", f"y_eval_{name}") if k not in arrays)
-            raise DataError(f"{path} holds {given[0]} but no {missing[0]}: an eval set needs both")
+        pair = (f"x_eval_{name}", f"y_eval_{name}")  # one of them is there: the name came from it
+        missing = [k for k in pair if k not in arrays]
+        if missing:
+            raise DataError(f"{path} holds {(set(pair) - set(missing)).pop()} but no {missing[0]}: an eval set "
+                            f"needs both")
     eval_sets = {name: (arrays.pop(f"x_eval_{name}"), arrays.pop(f"y_eval_{name}")) for name in names}
     return Dataset.from_arrays(**arrays, vocab_size=None if vocab_size is None else int(vocab_size),
                                eval_sets=eval_sets)

@@ -75,8 +75,7 @@ class Replicas:
         # evaluation batch; a user's may not (vmap's GroupNorm asks for a contiguity vmap cannot answer)
         self.known_layers = model_name(model) in BUILTIN_MODELS
         # nn.GRU's and nn.LSTM's fused ops have no batching rule: under vmap they run decomposed
-        self.vmapped_forward = decomposed_forward if any(isinstance(m, torch.nn.RNNBase)
-                                                         for m in self.template.modules()) else forward
+        self.decomposed = any(isinstance(m, torch.nn.RNNBase) for m in self.template.modules())
         self.channels_last = self.known_layers and channels_last_is_safe(self.template, device, compile)
         # Leaves share storage with the buffers, so the optimizer's in-place updates reach them. Each
         # replica gets leaves of its own: autograd through slices of one stacked leaf would build a
@@ -107,7 +106,7 @@ class Replicas:
                                        for r, b in enumerate(self.replica_buffers)], label_smoothing)
 
     def _vmap_grads(self, x, y, buffers, label_smoothing):
-        step = stacked_losses if self.vmapped_forward is forward else stacked_losses_decomposed
+        step = stacked_losses_decomposed if self.decomposed else stacked_losses
         losses, logits = self._run(step)(self.template, self.layout.views(*self.stacked_leaves), buffers, x, y,
                                          label_smoothing)
         # Replicas are independent, so d(sum of losses)/d(replica r) is replica r's own gradient.
@@ -150,7 +149,8 @@ class Replicas:
         params = self.layout.views(*self.forward_parts())
         if self.strategy == "vmap":  # x shared by all replicas, or as a batched view for a user's layers
             shared = self.known_layers
-            return vmap(self.vmapped_forward, in_dims=(None, 0, 0, None if shared else 0))(
+            replica_forward = decomposed_forward if self.decomposed else forward
+            return vmap(replica_forward, in_dims=(None, 0, 0, None if shared else 0))(
                 self.template, params, self.read_buffers, x if shared else x.expand(self.size, *x.shape))
         return torch.stack([forward(self.template, {n: p[r] for n, p in params.items()},
                                     self.replica_buffers[r], x) for r in range(self.size)])

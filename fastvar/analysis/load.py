@@ -40,10 +40,8 @@ def on_test_set(rows, evals, folder, name):
     return [{**row, **alone, **evals[name][row["run_key"]]} for row in rows]
 
 
-def test_labels(store, rows, data_dir=None, test_set=TEST_SET):
-    """The labels of `test_set` (the test set's, or an eval set's) the rows' outputs are scored against."""
-    if test_set != TEST_SET:
-        return store.eval_labels()[test_set]
+def test_labels(store, rows, data_dir=None):
+    """The test labels the rows' outputs are scored against (an eval set's: Store.eval_labels)."""
     labels = store.labels()
     if labels is None:  # a folder from before the labels were stored: read them from the data
         labels = load_dataset(store.config.get("dataset", "cifar10"), data_dir,

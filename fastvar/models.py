@@ -315,8 +315,21 @@ def architecture_digest(model):
 
 
 def has_own_dropout(model):
-    """Whether `model` (as model_spec takes it) has an nn.Dropout with p > 0 (built on the meta device)."""
-    return any(type(m) is nn.Dropout and m.p > 0 for m in built_on_meta(model).modules())
+    """Whether `model` (as model_spec takes it) drops out anywhere (built on the meta device): a dropout
+    layer of any kind with p > 0, nn.MultiheadAttention's dropout, or a Hugging Face config's dropout
+    setting above 0 (its attention dropout is functional: no layer shows it)."""
+    return any(drops_out(m) for m in built_on_meta(model).modules())
+
+
+def drops_out(module):
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    if isinstance(module, nn.MultiheadAttention):
+        return module.dropout > 0
+    config = getattr(module, "config", None)
+    settings = vars(config) if hasattr(config, "__dict__") else {}
+    return any(("dropout" in name or "pdrop" in name) and isinstance(value, float) and value > 0
+               for name, value in settings.items())
 
 
 def built_on_meta(model):

@@ -15,7 +15,7 @@ import torch
 
 from .canonical import declared_defaults, without_defaults
 from .data import DATASETS, load_dataset
-from .engine.replicas import check_replicable
+from .engine.dry_step import check_replicable
 from .errors import ConfigError, Param, check_choices, first_line
 from .execution import Execution
 from .models import BUILTIN_MODELS, LANGUAGE_MODELS, architecture_digest, has_own_dropout, model_name, model_spec
@@ -257,7 +257,7 @@ class Study:
 
     def check_model(self, data, execution):
         """Before any run: a recipe that augments needs images, and a model of the user's own is tried on
-        `data`'s shapes (fastvar.engine.replicas.check_replicable)."""
+        `data`'s shapes (fastvar.engine.dry_step.check_replicable)."""
         recipe = self.resolved_recipe()
         augment = recipe.augment.to_dict()
         if data.kind != "images" and augment:

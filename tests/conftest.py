@@ -27,6 +27,14 @@ def needs_triton():
     return triton
 
 
+def logits_of(output):
+    """What a user reads of a model's output in plain PyTorch: a tensor as it is, a tuple's first
+    element, else `.logits` (a Hugging Face ModelOutput)."""
+    if isinstance(output, tuple):
+        return output[0]
+    return output if isinstance(output, torch.Tensor) else output.logits
+
+
 def random_arrays(n_train, n_test, seed=0):
     """CIFAR-shaped random images with every class present: for mechanics, not accuracy."""
     rng = np.random.default_rng(seed)

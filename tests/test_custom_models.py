@@ -17,7 +17,7 @@ from fastvar.models import MODELS, register_model
 from fastvar.engine.replicas import Replicas
 from fastvar.sources import run_seeds
 from fastvar.store import Store, weights_path
-from conftest import ROOT, random_dataset
+from conftest import ROOT, logits_of, random_dataset
 
 
 class GroupNormResNet(nn.Module):
@@ -84,7 +84,7 @@ EPOCHS, BATCH = 2, 16  # 3 steps an epoch, the last one partial
 
 def trained_by_hand(factory, data, seeds):
     """The definition of a run, in plain PyTorch: the model built under its init seed, epoch e's order
-    the e-th randperm of its order generator, the last partial batch kept, inputs normalised in float32
+    the e-th randperm of its order generator, the last partial batch kept, images normalised in float32
     and then cast, the mean cross-entropy of each batch, torch.optim.Adam (the seed recipe)."""
     torch.manual_seed(seeds.init_seed)
     model = factory().double()
@@ -94,8 +94,11 @@ def trained_by_hand(factory, data, seeds):
     for _ in range(EPOCHS):
         for batch in torch.randperm(n, generator=order).split(BATCH):
             x = data.x_train[batch]
-            x = x.double() if x.is_floating_point() else ((x.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5).double()
-            loss = F.cross_entropy(model(x), data.y_train[batch])
+            if x.is_floating_point():
+                x = x.double()
+            elif x.dim() == 4:  # uint8 images; tokens go in as they are
+                x = ((x.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5).double()
+            loss = F.cross_entropy(logits_of(model(x)), data.y_train[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -235,13 +238,25 @@ def test_the_readme_custom_model_example_runs_as_written(tmp_path, monkeypatch, 
     assert float(capsys.readouterr().out.strip()) >= 0
 
 
-class WithAlphaDropout(nn.Module):  # nn.Dropout draws from the run's dropout seed; this from the global generator
-    def __init__(self):
+class StochasticDepth(nn.Module):
+    """A residual branch skipped at random (stochastic depth), drawn with torch.rand: nothing fastvar can seed."""
+
+    def __init__(self, drop_prob=0.2):
         super().__init__()
-        self.body, self.drop, self.head = nn.Linear(20, 8), nn.AlphaDropout(0.5), nn.Linear(8, 3)
+        self.drop_prob, self.branch = drop_prob, nn.Linear(8, 8)
 
     def forward(self, x):
-        return self.head(self.drop(self.body(x)))
+        keep = (torch.rand(x.shape[0], 1) >= self.drop_prob).to(x.dtype) if self.training else 1.0
+        return x + keep * self.branch(x)
+
+
+class WithStochasticDepth(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.block, self.head = nn.Linear(20, 8), StochasticDepth(), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.block(self.body(x)))
 
 
 class NoisyForward(LayerNormMLP):
@@ -255,10 +270,11 @@ class DataDependent(LayerNormMLP):
 
 
 @pytest.mark.parametrize("factory, strategy, message", [
-    (WithAlphaDropout, "loop", "draws its own randomness in drop"),
-    (NoisyForward, "loop", "gives another loss for the same weights"),
+    (WithStochasticDepth, "loop", "draws randomness of its own in block (rand), from the global generator, so a run "
+                                  "would not be defined by its seeds; turn it off (its settings: drop_prob=0.2)"),
+    (NoisyForward, "vmap", "draws randomness of its own in its forward (randn_like)"),
     (DataDependent, "vmap", "cannot be trained as replicas (vmap strategy)"),
-], ids=["nn.AlphaDropout", "randomness-in-forward", "item-under-vmap"])
+], ids=["stochastic-depth", "randomness-in-forward", "item-under-vmap"])
 def test_what_cannot_be_replicated_is_found_before_any_run(factory, strategy, message, tmp_path):
     study = fastvar.Study(model=factory, runs=2, epochs=1)
     with pytest.raises(fastvar.ConfigError, match=re.escape(message)) as raised:

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from fastvar.engine.determinism import THROWS_ON_CUDA, ThrowingOps
-from fastvar.engine.replicas import Replicas, check_replicable
+from fastvar.engine.dry_step import check_replicable
+from fastvar.engine.replicas import Replicas
 from fastvar.errors import ConfigError
 from fastvar.models import BUILTIN_MODELS, LANGUAGE_MODELS, GlobalMaxPool, model_spec
 

@@ -19,16 +19,19 @@ def tap_reach(size, out_size, k, s, p, d):
 
 def conv_sizes(structure, input_shape):
     """{Conv2d module name: ((H, W) of its input, (Ho, Wo) of its output)} for one example of
-    `input_shape`, by a forward on the meta device (no arithmetic); convolutions not run are left out."""
+    `input_shape`, by a forward on the meta device (no arithmetic); convolutions not run, or run at
+    two sizes (one module applied twice), are left out."""
     if any(p.device.type != "meta" for p in structure.parameters()):
         structure = copy.deepcopy(structure).to("meta")
     names = {m: n for n, m in structure.named_modules() if isinstance(m, torch.nn.Conv2d)}
     if not names:
         return {}
-    sizes = {}
+    sizes, reused = {}, set()
 
-    def record(module, inputs, out):
-        sizes.setdefault(names[module], (tuple(inputs[0].shape[-2:]), tuple(out.shape[-2:])))
+    def record(module, inputs, out):  # a module applied at two sizes has no one size: left out
+        size = (tuple(inputs[0].shape[-2:]), tuple(out.shape[-2:]))
+        if sizes.setdefault(names[module], size) != size:
+            reused.add(names[module])
     hooks = [m.register_forward_hook(record) for m in names]
     training = structure.training
     dtype = next(structure.parameters()).dtype
@@ -38,7 +41,7 @@ def conv_sizes(structure, input_shape):
         structure.train(training)
         for hook in hooks:
             hook.remove()
-    return sizes
+    return {name: size for name, size in sizes.items() if name not in reused}
 
 
 def live_taps(structure, input_shape):

@@ -13,18 +13,19 @@ rule runs below them) and vmap's BatchNorm takes one dtype only.
 backward included (AOTAutograd).
 """
 import functools
+import inspect
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from ..data import IGNORE
-from ..errors import ConfigError, Param, first_line
+from ..errors import ConfigError
 from ..models import BUILTIN_MODELS, build_model, classifier_name, model_name
-from .determinism import ThrowingOps, describe
-from .dropout import dropout_buffers, seed_dropout
+from .dropout import SEEDS, FunctionalDropout, calls_functional_dropout, dropout_buffers, seed_dropout
 from .flat import FlatLayout
 from .live import live_taps
+from .tied import retie, tied_names
 from .vmap_layers import GemmConv2d, GroupedConv2d, ImplicitConv2d, at_least_float32, small_convs, use_vmap_layers
 
 STRATEGIES = ("loop", "vmap")
@@ -48,8 +49,8 @@ class Replicas:
                                  num_classes, tuple(input_shape), live_only)
         models = [build_model(model, init_seed=s, width=width, dtype=dtype, dropout=dropout, num_classes=num_classes)
                   for s in init_seeds]
-        for replica in models:
-            seed_dropout(replica)  # its own nn.Dropout layers draw from the run's dropout seed
+        for replica in models:  # its own dropout, module or functional, draws from the run's dropout seed
+            seed_dropout(replica, functional=hasattr(self.template, SEEDS))
         params, buffers = stack_module_state(models)
         # Parameters the factory froze (requires_grad=False) are read as buffers are: never updated
         frozen = {n: p.detach() for n, p in params.items() if not p.requires_grad}
@@ -191,7 +192,9 @@ class Replicas:
                   for n, p in self.params.items()}
         kept = set(self.buffers) - set(self.dropout_seeds) - set(self.dropout_steps)  # the model's own buffers
         state = {**params, **{n: self.buffers[n][r] for n in self.buffers if n in kept}}
-        return {n: t.clone(memory_format=torch.contiguous_format) for n, t in state.items()}
+        state = {n: t.clone(memory_format=torch.contiguous_format) for n, t in state.items()}
+        # a shared tensor under each of its names, as the model's own state_dict has it (saved once)
+        return {**state, **{alias: state[name] for alias, name in tied_names(self.template).items()}}
 
 
 def split_live(template, params):
@@ -235,15 +238,19 @@ def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_class
     the others that form):
     the layers of fastvar.engine.vmap_layers to swap in; `live_only`: the GEMM ones read their live taps only."""
     structure = build_model(model, init_seed=0, width=width, dtype=dtype, dropout=dropout, num_classes=num_classes)
-    seed_dropout(structure)
-    structure = structure.to("meta")
+    own = model_name(model) not in BUILTIN_MODELS  # a user's: its forward may call dropout functionally
+    seed_dropout(structure, functional=own and calls_functional_dropout(structure, input_shape))
+    aliases = tied_names(structure)
+    structure = retie(structure.to("meta"), aliases)  # .to gives each module a tensor of its own
+    tied = set(aliases) | set(aliases.values())
     small = small_convs(structure, input_shape)
     convs = {"all": set(structure.modules()), "small": small, "none": set()}.get(gemm_rule, small)
     rest = set(structure.modules()) - small if gemm_rule in REPLICA_CONVS else set()
     structure = use_vmap_layers(structure, elementary_norm, convs, rest, REPLICA_CONVS.get(gemm_rule))
     for name, taps in live_taps(structure, input_shape).items() if live_only else ():  # GEMM ones can leave taps out
         module = structure.get_submodule(name)
-        if isinstance(module, GemmConv2d) and module.weight.requires_grad:  # a frozen one is read whole
+        # a frozen weight is read whole, and so is a shared one (each use may reach other taps)
+        if isinstance(module, GemmConv2d) and module.weight.requires_grad and f"{name}.weight" not in tied:
             module.live_taps = taps
     return structure
 
@@ -251,8 +258,10 @@ def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_class
 def memory_orders(template):
     """{parameter name: memory order} for the layers that declare the order of their weight's
     dimensions in memory (WEIGHT_MEMORY_ORDER, outermost first) in which they use it without copying."""
+    tied = tied_names(template)  # a shared weight is read as its first name's layer reads it
     return {f"{name}.weight": module.WEIGHT_MEMORY_ORDER for name, module in template.named_modules()
-            if hasattr(module, "WEIGHT_MEMORY_ORDER") and getattr(module, "live_taps", None) is None}
+            if hasattr(module, "WEIGHT_MEMORY_ORDER") and getattr(module, "live_taps", None) is None
+            and f"{name}.weight" not in tied and f"{name}.weight" not in tied.values()}
 
 
 def conv_rule(conv, strategy, device):
@@ -273,10 +282,12 @@ LOWERED = (torch.nn.Conv2d, torch.nn.Linear, torch.nn.Embedding, torch.nn.RNNCel
 
 def lowered_parameters(template):
     """The names of the parameters mixed precision computes with in low precision: those of convs,
-    linears, embeddings (so what follows one reads the low dtype) and recurrent cells."""
-    return frozenset(f"{prefix}.{name}" if prefix else name for prefix, module in template.named_modules()
-                     if isinstance(module, LOWERED)
-                     for name, _ in module.named_parameters(recurse=False))
+    linears, embeddings (so what follows one reads the low dtype) and recurrent cells; a shared one
+    by its first name."""
+    tied = tied_names(template)
+    names = (f"{prefix}.{name}" if prefix else name for prefix, module in template.named_modules()
+             if isinstance(module, LOWERED) for name, _ in module.named_parameters(recurse=False))
+    return frozenset(tied.get(name, name) for name in names)
 
 
 @functools.cache
@@ -286,7 +297,38 @@ def compiled(fn, mode):
 
 
 def forward(template, params, buffers, x):
-    return functional_call(template, (params, buffers), (x,))
+    """The model's logits for x, as `params` and `buffers` set it; its functional dropout seeded."""
+    if not hasattr(template, SEEDS):
+        return logits_of(functional_call(template, (params, buffers), (x,), forward_options(template)))
+    with FunctionalDropout(template):
+        return logits_of(functional_call(template, (params, buffers), (x,), forward_options(template)))
+
+
+def logits_of(output):
+    """What fastvar reads of a forward's output: a tensor as it is; of an object with `.logits` (a
+    Hugging Face ModelOutput), a dict or a tuple, its logits or first element (a cache returned beside
+    them is dropped)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if getattr(output, "logits", None) is not None:
+        return output.logits
+    if isinstance(output, dict) and output.get("logits") is not None:
+        return output["logits"]
+    if isinstance(output, (tuple, list)) and output:
+        return logits_of(output[0])
+    raise ConfigError(f"the model's forward returned {type(output).__name__}; fastvar reads a tensor of logits, "
+                      f"an object with .logits, or a tuple whose first element is the logits")
+
+
+@functools.cache
+def forward_options(template):
+    """Keyword arguments the model's forward is called with: use_cache=False where it takes one (a
+    Hugging Face model would otherwise build a cache each step, which vmap cannot return)."""
+    try:
+        parameters = inspect.signature(template.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"use_cache": False} if "use_cache" in parameters else {}
 
 
 def decomposed_forward(template, params, buffers, x):
@@ -311,10 +353,15 @@ def replica_loss(template, params, buffers, x, y, label_smoothing):
     """The loop strategy's forward of one replica: its mean loss (over its targets: examples, or target
     tokens) and logits B×classes (B×T×vocabulary)."""
     logits = forward(template, params, buffers, x)
+    return loss_of(logits, y, label_smoothing), logits
+
+
+def loss_of(logits, y, label_smoothing=0.0):
+    """One replica's mean cross-entropy of its logits against labels y (B), or target tokens (B×T)."""
     if y.dim() == 1:
-        return F.cross_entropy(at_least_float32(logits), y, label_smoothing=label_smoothing), logits
+        return F.cross_entropy(at_least_float32(logits), y, label_smoothing=label_smoothing)
     return F.cross_entropy(at_least_float32(logits).flatten(0, 1), y.flatten(), ignore_index=IGNORE,
-                           label_smoothing=label_smoothing), logits
+                           label_smoothing=label_smoothing)
 
 
 def channels_last_is_safe(model, device, compiled):
@@ -351,67 +398,3 @@ def batched_cross_entropy(logits, y, label_smoothing=None):
 def correct_counts(logits, y):
     """Where each prediction hits its target (an IGNORE target never is hit)."""
     return logits.detach().argmax(-1) == y
-
-
-RANDOM_LAYERS = (torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout)  # nn.Dropout: seeded
-
-
-def unseeded_randomness(model):
-    """Where `model` would draw from the global generator: its channel and alpha dropout layers, and the
-    attention dropout inside nn.MultiheadAttention (a functional dropout_p)."""
-    found = [f"{path} (p {m.p})" for path, m in model.named_modules() if isinstance(m, RANDOM_LAYERS) and m.p > 0]
-    return found + [f"{path} (attention dropout {m.dropout} inside nn.MultiheadAttention)"
-                    for path, m in model.named_modules() if isinstance(m, torch.nn.MultiheadAttention) and m.dropout > 0]
-
-
-def check_replicable(model, strategy, num_classes, input_shape, deterministic_cuda=False, dropout=None,
-                     vocabulary=None, target_shape=(), compute_dtype=None):
-    """Find, before a study starts, what would make `model` (a user's own) fail as replicas or make a
-    run depend on more than its seeds: a layer that draws its own randomness, or a dry step of two
-    replicas on two random examples (tokens below `vocabulary` where given; targets of `target_shape`
-    each, () for a label; with the study's `dropout` and mixed precision's `compute_dtype`) that fails, gives other than one
-    output per class (per target), or, repeated, gives another loss; with
-    `deterministic_cuda` (a CUDA study with its kernels fixed), an op of the step or the evaluation
-    that throws there under deterministic algorithms (fastvar.engine.determinism). Raises ConfigError."""
-    name = model_name(model)
-    probe = build_model(model, init_seed=0, num_classes=num_classes)
-    drawing = unseeded_randomness(probe)
-    if drawing:
-        raise ConfigError(f"{name} draws its own randomness in {', '.join(drawing)}, from the global generator, so "
-                          f"a run would not be defined by its seeds; set it to 0 there: fastvar seeds every nn.Dropout "
-                          f"from the run's dropout seed, and adds one before the classifier ({{}})",
-                          Param("dropout", flag="--dropout P"))
-    try:
-        replicas = Replicas(model, [0, 1], strategy=strategy, num_classes=num_classes, input_shape=input_shape,
-                            dropout=dropout, compute_dtype=compute_dtype)
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn(2, 2, *input_shape, generator=generator).to(replicas.input_dtype()) if vocabulary is None \
-            else torch.randint(0, vocabulary, (2, 2, *input_shape), generator=generator)
-        y = torch.zeros(2, 2, *target_shape, dtype=torch.int64)
-        masks = torch.ones(2, 2, *replicas.classifier_input(x[0][:1])) if dropout else None
-        with ThrowingOps() as throwing:
-            logits = replicas.logits(x[0])
-            first, second = (replicas.train_step_grads(x, y, masks)[0] for _ in range(2))
-    except Exception as e:  # whatever the model raised: one line naming it, before any run starts
-        cause = first_line(e).replace("{}", "{ }")  # a template's placeholder is ours alone
-        if strategy == "vmap":  # an op vmap cannot run (a host read, no batching rule): the loop needs none
-            raise ConfigError(f"{name} cannot be trained as replicas (vmap strategy): {cause}; the loop strategy "
-                              f"trains one replica at a time and needs no batching rule ({{}})",
-                              Param("strategy", "loop")) from None
-        raise ConfigError(f"{name} cannot be trained as replicas ({strategy} strategy): {cause}") from None
-    if tuple(logits.shape[2:]) != (*target_shape, num_classes):
-        if target_shape:
-            raise ConfigError(f"{name} gives outputs of shape {tuple(logits.shape[2:])} for a sequence of "
-                              f"{target_shape[0]} target tokens; a language model gives T×{num_classes} logits "
-                              f"(one per token of the vocabulary) for a sequence of T")
-        outputs = logits.shape[-1] if logits.dim() == 3 else tuple(logits.shape[2:])
-        raise ConfigError(f"{name} gives {outputs} outputs an example for {num_classes} classes; its last layer "
-                          f"needs one output per class")
-    if deterministic_cuda and throwing.found:
-        raise ConfigError(f"{name} runs {describe(throwing.found)}, which throws on CUDA under deterministic "
-                          f"algorithms, as a study with fixed kernels sets them; vary the kernels (an experiment "
-                          f"that varies them, such as all-random, or {{}}) or use another op",
-                          Param("vary", ("kernels",), flag="--vary kernels"))
-    if not torch.equal(first, second):
-        raise ConfigError(f"{name} gives another loss for the same weights and batch: its forward draws "
-                          f"randomness of its own, so a run would not be defined by its seeds")

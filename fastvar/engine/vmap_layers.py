@@ -172,17 +172,30 @@ class MixedGroupNorm(torch.nn.GroupNorm):
         return F.group_norm(at_least_float32(x), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
 
 
+class PaddedEmbedding(torch.nn.Embedding):
+    """nn.Embedding with a padding_idx, its padding row's gradient zeroed by the forward itself: under
+    vmap, torch's embedding backward zeroes that row for the first replica only (torch 2.13; every
+    other replica's padding row trains, as a tied read-out's gradient then shows)."""
+
+    def forward(self, x):
+        out = F.embedding(x, self.weight, None, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse)
+        if self.padding_idx is None:
+            return out
+        return torch.where((x == self.padding_idx).unsqueeze(-1), out.detach(), out)
+
+
 MIXED_NORMS = {torch.nn.BatchNorm2d: ElementaryBatchNorm2d, torch.nn.LayerNorm: MixedLayerNorm,
                torch.nn.GroupNorm: MixedGroupNorm}
+VMAP_SAFE = {**MIXED_NORMS, torch.nn.Embedding: PaddedEmbedding}
 
 
 def use_vmap_layers(structure, elementary_norm, gemm_convs, replica_convs=(), replica_class=None):
-    """Swap in place every BatchNorm2d, LayerNorm and GroupNorm (with `elementary_norm`) and the Conv2d modules in
-    `gemm_convs`, then in `replica_convs` (as `replica_class`; those gemm_convertible) for their
-    written-out twins."""
+    """Swap in place every BatchNorm2d, LayerNorm, GroupNorm and Embedding (with `elementary_norm`: under
+    vmap or mixed precision) and the Conv2d modules in `gemm_convs`, then in `replica_convs` (as
+    `replica_class`; those gemm_convertible) for their written-out twins."""
     for module in structure.modules():
-        if elementary_norm and type(module) in MIXED_NORMS:
-            module.__class__ = MIXED_NORMS[type(module)]
+        if elementary_norm and type(module) in VMAP_SAFE:
+            module.__class__ = VMAP_SAFE[type(module)]
         elif module in gemm_convs and gemm_convertible(module):
             module.__class__ = GemmConv2d
         elif module in replica_convs and gemm_convertible(module):

@@ -1,0 +1,124 @@
+"""Conformance against a model library none of us wrote: Hugging Face `transformers` architectures built
+from small configs (no weights), passed to fastvar as they are (a factory returning the model; its
+ModelOutput read as its logits). Text and images, decoder and encoder, tied and untied read-outs,
+BatchNorm, each with its default dropout on.
+
+- dropout off: both strategies equal plain PyTorch rebuilt from the stored seeds (float64, 1e-10);
+- dropout on (the configs' defaults, attention dropout through F.scaled_dot_product_attention
+  included): the loop equals vmap (float64, 1e-10), a run alone equals it in a batch, and the
+  dropout seed alone moves a run."""
+import numpy as np
+import pytest
+import torch
+
+import fastvar
+from fastvar.data import Dataset
+from fastvar.sources import run_seeds
+import test_custom_models as own_models
+import test_sequences as sequences
+from test_custom_models import image_data
+from test_sequences import BATCH, T, VOCAB, text_data
+
+transformers = pytest.importorskip("transformers")
+EPOCHS = 2
+
+
+def gpt2(dropout=0.1):  # decoder, read-out tied to the token embedding
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=VOCAB, n_positions=T, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0,
+        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout))
+
+
+def bert_masked_lm(dropout=0.1):  # encoder, decoder tied to the embedding
+    return transformers.BertForMaskedLM(transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=T, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout))
+
+
+def llama(dropout=0.1):  # decoder, untied, grouped-query attention, rotary positions, RMSNorm
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=T, attention_dropout=dropout, bos_token_id=0,
+        eos_token_id=0, pad_token_id=0))
+
+
+def distilbert_classifier(dropout=0.1):  # encoder, a label a sequence
+    return transformers.DistilBertForSequenceClassification(transformers.DistilBertConfig(
+        vocab_size=VOCAB, dim=16, n_layers=2, n_heads=2, hidden_dim=32, max_position_embeddings=T, num_labels=4,
+        dropout=dropout, attention_dropout=dropout, seq_classif_dropout=dropout, pad_token_id=0))
+
+
+def vit(dropout=0.1):  # images, patches, attention
+    return transformers.ViTForImageClassification(transformers.ViTConfig(
+        image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, num_labels=10, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout))
+
+
+def resnet(dropout=None):  # images, BatchNorm (no dropout in this architecture)
+    return transformers.ResNetForImageClassification(transformers.ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=10))
+
+
+def labelled_sequences():
+    """Token windows with a label each (4 classes: the first token's residue)."""
+    text = text_data()
+    x = torch.cat([text.x_train, text.x_test]).numpy()
+    y = x[:, 0] % 4
+    return Dataset.from_arrays(x[:40], y[:40], x[40:], y[40:])
+
+
+ARCHITECTURES = {  # name: (factory taking a dropout probability, data, whether its targets are tokens)
+    "gpt2-tied": (gpt2, text_data, True),
+    "bert-mlm-tied": (bert_masked_lm, text_data, True),
+    "llama": (llama, text_data, True),
+    "distilbert-classifier": (distilbert_classifier, labelled_sequences, False),
+    "vit": (vit, lambda: image_data((8, 8, 3), 10), False),
+    "resnet-batchnorm": (resnet, lambda: image_data((8, 8, 3), 10), False),
+}
+
+
+def named(factory, dropout):
+    """A module-level-looking factory of no arguments (a study records its name)."""
+    def build():
+        return factory(dropout)
+    build.__qualname__ = f"{factory.__name__}_{'off' if not dropout else 'on'}"
+    return build
+
+
+def study(factory, experiment="all-random"):
+    return fastvar.Study(experiment=experiment, model=factory, runs=2, epochs=EPOCHS, precision="float64",
+                         save_weights=2, overrides={"batch_size": BATCH})
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_a_transformers_model_trains_as_plain_pytorch_does(name, tmp_path):
+    make, make_data, tokens = ARCHITECTURES[name]
+    factory, data = named(make, 0.0), make_data()
+    for strategy in ("loop", "vmap"):
+        out = tmp_path / strategy
+        rows = study(factory).run(out, data=data, execution=fastvar.Execution(batch_models=2, strategy=strategy),
+                                  progress=False).runs()
+        for row in rows:
+            seeds = run_seeds("all-random", row["run_index"])
+            if tokens:
+                assert abs(row["test_loss"] - sequences.trained_by_hand(factory, data, seeds)) < 1e-10, (strategy, row)
+            else:
+                kept = fastvar.weights(out, row["run_index"])
+                for key, value in own_models.trained_by_hand(factory, data, seeds).items():
+                    assert torch.allclose(kept[key].double(), value.double(), rtol=0, atol=1e-10), (strategy, key)
+
+
+@pytest.mark.parametrize("name", [n for n in ARCHITECTURES if n != "resnet-batchnorm"])
+def test_a_transformers_models_default_dropout_is_seeded(name, tmp_path):
+    make, make_data, _ = ARCHITECTURES[name]
+    factory, data = named(make, 0.1), make_data()
+    rows = {}
+    for label, strategy, m in (("loop", "loop", 2), ("vmap", "vmap", 2), ("alone", "loop", 1)):
+        rows[label] = study(factory, "vary-dropout").run(
+            tmp_path / label, data=data, execution=fastvar.Execution(batch_models=m, strategy=strategy),
+            progress=False).runs()
+    assert [r["test_loss"] for r in rows["vmap"]] == pytest.approx([r["test_loss"] for r in rows["loop"]], abs=1e-10)
+    assert [r["train_loss_curve"] for r in rows["alone"]] == [r["train_loss_curve"] for r in rows["loop"]]
+    assert rows["loop"][0]["train_loss_curve"] != rows["loop"][1]["train_loss_curve"]
+    assert rows["loop"][0]["init_seed"] == rows["loop"][1]["init_seed"] and rows["loop"][0]["dropout_seed"] is not None
+    assert np.isfinite([r["test_loss"] for r in rows["loop"]]).all()

@@ -126,6 +126,9 @@ def add_study_arguments(parser):
     parser.add_argument("--epochs", type=int, help="default: the recipe's")
     for name, kind in (("lr", float), ("batch-size", int), ("weight-decay", float), ("label-smoothing", float)):
         parser.add_argument(f"--{name}", type=kind, help="default: the recipe's")
+    parser.add_argument("--clip-grad-norm", type=float, metavar="N",
+                        help="scale each run's gradient to at most this 2-norm each step, as "
+                             "torch.nn.utils.clip_grad_norm_ does (default: the recipe's, none)")
     parser.add_argument("--model", metavar="NAME", help=f"default: the recipe's; one of {', '.join(MODELS)}, or an "
                                                          "import path package.module:factory (a callable that "
                                                          "returns an nn.Module)")
@@ -319,11 +322,19 @@ def plan_line(study, execution, total, todo, out, data, swept=None):
     named = f"the {study.recipe_name()} recipe" + (f" with {', '.join(changed)}" if changed else "")
     return (f"fastvar: training {todo} of {total} runs of {study.experiment} into {out} "
             f"({total - todo} there already): {named}, {model_name(recipe.model)}{width}, "
-            f"{length} of {len(data.y_train):,} {'sequences' if data.kind == 'tokens' else 'examples'}, "
+            f"{length} of {len(data.y_train):,} {'sequences' if data.kind == 'tokens' else 'examples'} "
+            f"({data_identity(data)}), "
             f"{scored_on(data, study)}"
             f"on {device}{threads}, "
             f"{execution.resolved_strategy(device)} strategy, M = {execution.batch_models}, "
             f"{study.resolved_precision(device)}")
+
+
+def data_identity(data):
+    """What the plan line names of the data: the dataset (or the arrays' digest) and its subsets."""
+    subsets = [f"{split} subset {size:,}" for split, size in (("train", data.train_subset), ("test", data.test_subset))
+               if size is not None]
+    return ", ".join([data.name, *subsets])
 
 
 def scored_on(data, study):

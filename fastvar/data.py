@@ -55,15 +55,20 @@ class Dataset:
     name: str = "cifar10"  # what a study's config records of its data: a dataset's name, or arrays-<digest>
     vocab_size: int | None = None  # tokens: the vocabulary (None: one past the largest token)
     eval_sets: dict = field(default_factory=dict)  # name -> (x, y), as x_test and y_test
+    train_subset: int | None = None  # a built-in dataset's subsets as load_dataset took them (None: all)
+    test_subset: int | None = None
+    pad_id: int | None = None  # tokens: the padding token (a model that takes attention_mask gets it)
 
     @classmethod
-    def from_arrays(cls, x_train, y_train, x_test, y_test, vocab_size=None, eval_sets=None):
+    def from_arrays(cls, x_train, y_train, x_test, y_test, vocab_size=None, eval_sets=None, pad_id=None):
         """A dataset of the user's own (numpy or torch arrays), checked: uint8 images N×H×W×C of any
         size and channel count, floating-point features N×D, or integer tokens N×T (below `vocab_size`
         where given); integer labels from 0, any number of classes, or for tokens N×T target tokens
         (IGNORE, -100, where a position has none). `eval_sets`: {name: (x, y)}, further test sets of
-        the test set's kind, each run is scored on too. Its name is a digest of the arrays, so a folder
-        trained on other data refuses it."""
+        the test set's kind, each run is scored on too. `pad_id`: the token that pads token sequences,
+        where a model that takes `attention_mask` gets (tokens != pad_id) and no padded position (nor a
+        padding target) counts in the loss or the metrics. Its name is a digest of the arrays (and
+        pad_id), so a folder trained on other data refuses it."""
         given = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
         for set_name, pair in (eval_sets or {}).items():
             check_eval_set(set_name, pair)
@@ -80,8 +85,12 @@ class Dataset:
             digest.update(arrays[key].numpy().tobytes())
         if vocab_size is not None:
             digest.update(f"vocab_size{vocab_size}".encode())
+        if pad_id is not None:
+            arrays = padded(arrays, pad_id, tokens)
+            digest.update(f"pad_id{pad_id}".encode())
         sets = {n: (arrays.pop(f"x_eval_{n}"), arrays.pop(f"y_eval_{n}")) for n in (eval_sets or {})}
-        return cls(**arrays, name=f"arrays-{digest.hexdigest()[:16]}", vocab_size=vocab_size, eval_sets=sets)
+        return cls(**arrays, name=f"arrays-{digest.hexdigest()[:16]}", vocab_size=vocab_size, eval_sets=sets,
+                   pad_id=pad_id)
 
     @property
     def kind(self):
@@ -241,7 +250,7 @@ def load_dataset(name="cifar10", data_dir=None, *, download=False, train_subset=
             arrays[f"x_{split}"], arrays[f"y_{split}"] = arrays[f"x_{split}"][:size], arrays[f"y_{split}"][:size]
         return Dataset(*(torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in ("x_train", "y_train", "x_test",
                                                                                        "y_test")),
-                       name=name, vocab_size=text.VOCABULARY)
+                       name=name, vocab_size=text.VOCABULARY, train_subset=train_subset, test_subset=test_subset)
     root = Path(data_dir) if data_dir else default_data_dir()
     if name == "mnist":  # fastvar fetches CIFAR-10 only
         arrays = read_mnist(root)
@@ -252,18 +261,32 @@ def load_dataset(name="cifar10", data_dir=None, *, download=False, train_subset=
     check_arrays(arrays, root, name)
     x_train, y_train = balanced_subset(arrays["x_train"], arrays["y_train"], train_subset, "train")
     x_test, y_test = balanced_subset(arrays["x_test"], arrays["y_test"], test_subset, "test")
-    return Dataset(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (x_train, y_train, x_test, y_test)), name=name)
+    return Dataset(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (x_train, y_train, x_test, y_test)), name=name,
+                   train_subset=train_subset, test_subset=test_subset)
+
+
+def padded(arrays, pad_id, tokens):
+    """Token arrays whose targets at padded positions (and padding targets) are IGNORE: they count for
+    nothing. Refused for data other than tokens."""
+    if not tokens:
+        raise DataError(f"pad_id={pad_id} marks padding in token sequences; these data are not tokens")
+    out = dict(arrays)
+    for key in [k for k in arrays if k.startswith("y") and arrays[k].dim() == 2]:
+        x = arrays["x" + key[1:]]
+        out[key] = arrays[key].masked_fill((x == pad_id) | (arrays[key] == pad_id), IGNORE)
+    return out
 
 
 def load_arrays(path):
-    """A user's data from an npz holding x_train, y_train, x_test, y_test, optionally vocab_size and eval
-    sets as x_eval_NAME, y_eval_NAME (Dataset.from_arrays)."""
+    """A user's data from an npz holding x_train, y_train, x_test, y_test, optionally vocab_size, pad_id
+    and eval sets as x_eval_NAME, y_eval_NAME (Dataset.from_arrays)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no file {path}; {{}} takes an npz with x_train, y_train, x_test, y_test",
                         Param("path", flag="--data"))
-    arrays = read_npz(path, "write it again with numpy.savez", optional=("vocab_size", "x_eval_", "y_eval_"))
+    arrays = read_npz(path, "write it again with numpy.savez", optional=("vocab_size", "pad_id", "x_eval_", "y_eval_"))
     vocab_size = arrays.pop("vocab_size", None)  # a language model's vocabulary, where the file gives one
+    pad_id = arrays.pop("pad_id", None)
     names = sorted({k.split("_", 2)[2] for k in arrays if k.startswith(("x_eval_", "y_eval_"))})
     for name in names:
         pair = (f"x_eval_{name}", f"y_eval_{name}")  # one of them is there: the name came from it
@@ -273,7 +296,7 @@ def load_arrays(path):
                             f"needs both")
     eval_sets = {name: (arrays.pop(f"x_eval_{name}"), arrays.pop(f"y_eval_{name}")) for name in names}
     return Dataset.from_arrays(**arrays, vocab_size=None if vocab_size is None else int(vocab_size),
-                               eval_sets=eval_sets)
+                               eval_sets=eval_sets, pad_id=None if pad_id is None else int(pad_id))
 
 
 def read_arrays(root):

@@ -20,10 +20,10 @@ from .models import model_name
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 # The hyperparameters a study or a sweep point may replace, each with its allowed range [low, high);
-# a batch of replicas holds the first three per replica (as vectors: Recipe.per_replica).
+# a batch of replicas holds all but batch_size per replica (as vectors: Recipe.per_replica).
 SETTABLE = {"lr": (1e-12, math.inf), "weight_decay": (0, math.inf), "label_smoothing": (0, 1),
-            "batch_size": (1, math.inf)}
-PER_REPLICA = ("lr", "weight_decay", "label_smoothing")
+            "clip_grad_norm": (0, math.inf), "batch_size": (1, math.inf)}
+PER_REPLICA = ("lr", "weight_decay", "label_smoothing", "clip_grad_norm")
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,8 @@ class Augment:
 class Recipe:
     """Everything a run is trained with but its seeds. `mean` and `std` are per channel on the [0, 1]
     pixel scale (one value serves every channel); `lr_scale_1d` scales the learning rate of biases
-    and normalisation parameters."""
+    and normalisation parameters; `clip_grad_norm`: each step's gradient scaled to at most this 2-norm,
+    as torch.nn.utils.clip_grad_norm_ scales it (None or 0: not clipped)."""
     model: str | Callable = "resnet18"
     epochs: int = 10
     batch_size: int = 128
@@ -136,6 +137,7 @@ class Recipe:
     lr_scale_1d: float | None = None
     dropout: float | None = None
     label_smoothing: float = 0.0
+    clip_grad_norm: float | None = None
 
     def replace(self, **changes):
         """A new recipe with `changes`; lr, weight_decay and the optimizer's other settings by name too."""
@@ -150,7 +152,7 @@ class Recipe:
     def per_replica(self):
         """The hyperparameters a batch holds per replica (PER_REPLICA), this recipe's values."""
         values = {"lr": self.optimizer.lr, "weight_decay": self.optimizer.weight_decay,
-                  "label_smoothing": self.label_smoothing}
+                  "label_smoothing": self.label_smoothing, "clip_grad_norm": self.clip_grad_norm}
         return {name: values[name] for name in PER_REPLICA}
 
     def snapshot_epochs(self):
@@ -162,7 +164,8 @@ class Recipe:
         d = {"model": model_name(self.model), "epochs": self.epochs, "batch_size": self.batch_size,
              "optimizer": self.optimizer.to_dict(), "schedule": self.schedule.to_dict(),
              "augment": self.augment.to_dict(), "mean": list(self.mean), "std": list(self.std)}
-        optional = {"lr_scale_1d": self.lr_scale_1d, "dropout": self.dropout, "label_smoothing": self.label_smoothing}
+        optional = {"lr_scale_1d": self.lr_scale_1d, "dropout": self.dropout, "label_smoothing": self.label_smoothing,
+                    "clip_grad_norm": self.clip_grad_norm}
         return {**d, **without_defaults(optional, declared_defaults(Recipe))}
 
     @classmethod
@@ -171,7 +174,8 @@ class Recipe:
         def typed(kinds, settings):
             kind = next(k for k in kinds if k.name == settings["name"])
             return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k != "name"})
-        optional = {k: recorded[k] for k in ("lr_scale_1d", "dropout", "label_smoothing") if k in recorded}
+        optional = {k: recorded[k] for k in ("lr_scale_1d", "dropout", "label_smoothing", "clip_grad_norm")
+                    if k in recorded}
         return cls(model=recorded["model"], epochs=recorded["epochs"], batch_size=recorded["batch_size"],
                    optimizer=typed((Adam, SGD), recorded["optimizer"]),
                    schedule=typed((Constant, LinearDecay, Cosine), recorded["schedule"]),

@@ -52,6 +52,7 @@ COLUMNS = {
     "train_loss_batch_mean_curve": "TEXT", "test_loss_batch_mean": "REAL",
     # a language model's test outputs per position, n_test×T (its test_logits are empty)
     "test_token_logprob": "BLOB", "test_token_argmax": "BLOB",
+    "clip_grad_norm": "REAL",  # a hyperparameter a sweep may vary (NULL: not clipped)
 }
 # A run's results on each further test set (an eval set), in `evals` keyed by run and set: the
 # runs table's columns of the same names, for that set.

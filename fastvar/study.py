@@ -234,9 +234,22 @@ class Study:
         return "bf16-mixed" if device.type == "cuda" else "float32"
 
     def for_data(self, data):
-        """This study as it trains on `data`: a user's own arrays name the dataset by their digest,
-        which is then part of the config."""
-        return replace(self, dataset=data.name) if data.name.startswith("arrays-") else self
+        """This study as it trains on `data`, whose identity is then part of the config (one folder, one
+        data set): a user's own arrays by their digest; a built-in dataset by its name and the subsets it
+        was loaded with (its archive is checked, its subsets a fixed rule), so that a folder refuses
+        another. A subset the study names that the data are not is one line."""
+        if data.name.startswith("arrays-"):
+            return replace(self, dataset=data.name)
+        changes = {"dataset": data.name} if data.name != self.dataset else {}
+        for name in ("train_subset", "test_subset"):
+            wanted, loaded = getattr(self, name), getattr(data, name)
+            if wanted is not None and wanted != loaded:
+                given = "the whole set" if loaded is None else f"a subset of {loaded:,}"
+                raise ConfigError(f"{{}} asks for {wanted:,} examples, but the data given are {given}; load them "
+                                  f"with {name}={wanted} or leave it out", Param(name, wanted))
+            if loaded is not None and wanted is None:
+                changes[name] = loaded
+        return replace(self, **changes) if changes else self
 
     def load_data(self, data_dir=None, download=False):
         return load_dataset(self.dataset, data_dir, download=download, train_subset=self.train_subset,
@@ -282,7 +295,7 @@ class Study:
                              data.example_shape, deterministic_cuda=fixed_kernels_on_cuda, dropout=recipe.dropout,
                              vocabulary=data.vocabulary if data.kind == "tokens" else None,
                              target_shape=tuple(data.y_train.shape[1:]),
-                             compute_dtype=COMPUTE_DTYPE.get(self.resolved_precision(device)))
+                             compute_dtype=COMPUTE_DTYPE.get(self.resolved_precision(device)), pad_id=data.pad_id)
 
     def unfinished(self, store, execution):
         """The runs of this process (its shard's) that `store` does not hold yet, in run order."""

@@ -25,7 +25,7 @@ from .study import Study
 
 STUDY_FIELDS = ("epochs", "width")  # set on the Study itself; the rest replace recipe values
 SETTINGS = (*SETTABLE, *STUDY_FIELDS)
-ALIASES = {"wd": "weight_decay", "ls": "label_smoothing"}
+ALIASES = {"wd": "weight_decay", "ls": "label_smoothing", "clip": "clip_grad_norm"}
 # How a sweep runs, which older sweep folders recorded beside what it measures: never part of a definition
 HOW = tuple(f.name for f in fields(Execution))
 

@@ -88,7 +88,7 @@ CASES = {
                                        {"schedule": Cosine(cycles=2), "dropout": 0.25, "weight_decay": 0.0},
                                        None, {"onset_epoch": 1, "smoothing": True}),
     "own-model-adamw": ("seed", {"optimizer": Adam(lr=1e-3, weight_decay=0.05, decoupled=True)},
-                        OwnNet, {"eval_every_epoch": True}),
+                        OwnNet, {"eval_every_epoch": True, "clip": True}),
 }
 
 
@@ -97,9 +97,10 @@ def trace_study(recipe_name, changes, model, options):
     capture (fit's train_step, which GraphedStep wraps on CUDA; here a stand-in class that records it)."""
     recipe = RECIPES[recipe_name].replace(**changes, epochs=2, batch_size=8, **{"model": model} if model else {})
     seeds = [run_seeds("all-random", i) for i in range(2)]
-    hyper = None
-    if options.get("smoothing"):  # each replica its own label smoothing, a vector on the device
-        hyper = [recipe.replace(label_smoothing=e).per_replica() for e in (0.0, 0.1)]
+    # each replica its own label smoothing or gradient-norm clip, a vector on the device
+    own = {"smoothing": ("label_smoothing", (0.0, 0.1)), "clip": ("clip_grad_norm", (0.0, 0.5))}
+    per_replica = [{name: values[r] for key, (name, values) in own.items() if options.get(key)} for r in range(2)]
+    hyper = [recipe.replace(**changes).per_replica() for changes in per_replica] if any(per_replica) else None
     log, captured = OpLog(), []
 
     class RecordedStep:  # what GraphedStep would capture, call by call

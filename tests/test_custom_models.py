@@ -82,10 +82,12 @@ CASES = {  # name: (factory, data)
 EPOCHS, BATCH = 2, 16  # 3 steps an epoch, the last one partial
 
 
-def trained_by_hand(factory, data, seeds):
+def trained_by_hand(factory, data, seeds, clip_grad_norm=None, pad_id=None):
     """The definition of a run, in plain PyTorch: the model built under its init seed, epoch e's order
     the e-th randperm of its order generator, the last partial batch kept, images normalised in float32
-    and then cast, the mean cross-entropy of each batch, torch.optim.Adam (the seed recipe)."""
+    and then cast, the mean cross-entropy of each batch, torch.optim.Adam (the seed recipe), each
+    gradient clipped by torch.nn.utils.clip_grad_norm_ where `clip_grad_norm` is given; with `pad_id`, token
+    inputs come with attention_mask = (tokens != pad_id)."""
     torch.manual_seed(seeds.init_seed)
     model = factory().double()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -98,9 +100,12 @@ def trained_by_hand(factory, data, seeds):
                 x = x.double()
             elif x.dim() == 4:  # uint8 images; tokens go in as they are
                 x = ((x.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5).double()
-            loss = F.cross_entropy(logits_of(model(x)), data.y_train[batch])
+            mask = {} if pad_id is None else {"attention_mask": (x != pad_id).long()}
+            loss = F.cross_entropy(logits_of(model(x, **mask)), data.y_train[batch])
             optimizer.zero_grad()
             loss.backward()
+            if clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
             optimizer.step()
     return model.state_dict()
 

@@ -88,23 +88,26 @@ def text_data(n_train=40, n_test=12, seed=0, ignore_first=True):
 EPOCHS, BATCH = 2, 16  # 3 steps an epoch, the last one partial
 
 
-def trained_by_hand(factory, data, seeds):
+def trained_by_hand(factory, data, seeds, pad_id=None):
     """A run in plain PyTorch: built under its init seed, epoch e's order the e-th randperm of its order
-    generator, the mean cross-entropy over each batch's target tokens, torch.optim.Adam; its test loss."""
+    generator, the mean cross-entropy over each batch's target tokens, torch.optim.Adam; its test loss.
+    With `pad_id`, the model is given attention_mask = (tokens != pad_id), as a Hugging Face user gives it."""
+    def masked(x):
+        return {} if pad_id is None else {"attention_mask": (x != pad_id).long()}
     torch.manual_seed(seeds.init_seed)
     model = factory().double()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     order = torch.Generator().manual_seed(seeds.order_seed)
     for _ in range(EPOCHS):
         for batch in torch.randperm(len(data.y_train), generator=order).split(BATCH):
-            logits = logits_of(model(data.x_train[batch]))
+            logits = logits_of(model(data.x_train[batch], **masked(data.x_train[batch])))
             loss = F.cross_entropy(logits.flatten(0, 1), data.y_train[batch].flatten(), ignore_index=IGNORE)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
     model.eval()
     with torch.no_grad():
-        logits = logits_of(model(data.x_test))
+        logits = logits_of(model(data.x_test, **masked(data.x_test)))
     return F.cross_entropy(logits.flatten(0, 1), data.y_test.flatten(), ignore_index=IGNORE).item()
 
 

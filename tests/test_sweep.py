@@ -29,7 +29,7 @@ def recipe_with(name, value):
 
 @pytest.mark.parametrize("strategy", ["loop", "vmap"])
 @pytest.mark.parametrize("name,values", [("lr", [0.01, 0.05, 0.2]), ("weight_decay", [0.0, 1e-3, 5e-2]),
-                                         ("label_smoothing", [0.0, 0.1, 0.4])])
+                                         ("label_smoothing", [0.0, 0.1, 0.4]), ("clip_grad_norm", [0.0, 0.05, 0.5])])
 def test_replicas_with_their_own_hyperparameters_train_as_lone_runs(strategy, name, values):
     data = random_dataset(80, 10)  # 5 steps of 16
     seeds = [run_seeds("all-random", i) for i in range(3)]

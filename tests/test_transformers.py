@@ -122,3 +122,44 @@ def test_a_transformers_models_default_dropout_is_seeded(name, tmp_path):
     assert rows["loop"][0]["train_loss_curve"] != rows["loop"][1]["train_loss_curve"]
     assert rows["loop"][0]["init_seed"] == rows["loop"][1]["init_seed"] and rows["loop"][0]["dropout_seed"] is not None
     assert np.isfinite([r["test_loss"] for r in rows["loop"]]).all()
+
+
+def padded_sequences(labelled):
+    """Token windows cut to random lengths and padded at the end with token 0 (pad_id=0): a label each,
+    or next-token targets (a padded position, and a padding target, count for nothing)."""
+    text = text_data()
+    x = torch.cat([text.x_train, text.x_test]).numpy() % (VOCAB - 1) + 1  # 0 is the padding
+    lengths = np.random.default_rng(3).integers(4, T + 1, len(x))
+    x = np.where(np.arange(T) < lengths[:, None], x, 0)
+    y = x[:, 0] % 4 if labelled else np.roll(x, -1, axis=1)
+    return Dataset.from_arrays(x[:40], y[:40], x[40:], y[40:], pad_id=0)
+
+
+@pytest.mark.parametrize("name", ["distilbert-classifier", "bert-mlm-tied"])
+def test_padded_tokens_reach_the_model_as_its_attention_mask(name, tmp_path):
+    """With pad_id, a forward that takes attention_mask gets (tokens != pad_id), as a user passes it,
+    and padded positions are no target: the loop equals plain PyTorch given the mask (float64). Under
+    vmap, transformers' mask code asks on the host whether any position is padded, which vmap cannot
+    batch: one line, naming the loop strategy."""
+    make, _, tokens = ARCHITECTURES[name]
+    factory, data = named(make, 0.0), padded_sequences(labelled=not tokens)
+    if tokens:
+        assert ((data.y_train == -100) == ((data.x_train == 0) | (torch.roll(data.x_train, -1, 1) == 0))).all()
+    with pytest.raises(fastvar.ConfigError, match="cannot be trained as replicas .vmap strategy.*data-dependent "
+                                                  "control flow.*strategy='loop'") as caught:
+        study(factory).run(tmp_path / "vmap", data=data, execution=fastvar.Execution(strategy="vmap"))
+    assert "\n" not in str(caught.value) and not (tmp_path / "vmap").exists()
+    for strategy in ("loop",):
+        out = tmp_path / strategy
+        rows = study(factory).run(out, data=data, execution=fastvar.Execution(batch_models=2, strategy=strategy),
+                                  progress=False).runs()
+        for row in rows:
+            seeds = run_seeds("all-random", row["run_index"])
+            if tokens:
+                expected = sequences.trained_by_hand(factory, data, seeds, pad_id=0)
+                assert abs(row["test_loss"] - expected) < 1e-10, strategy
+                assert abs(row["test_loss"] - sequences.trained_by_hand(factory, data, seeds)) > 1e-6  # the mask matters
+            else:
+                kept = fastvar.weights(out, row["run_index"])
+                for key, value in own_models.trained_by_hand(factory, data, seeds, pad_id=0).items():
+                    assert torch.allclose(kept[key].double(), value.double(), rtol=0, atol=1e-10), (strategy, key)

@@ -8,6 +8,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 PLOTS = ("train_loss", "train_acc", "test_acc", "test_loss")
 # Axis labels of the settings a set of folders may differ in (the last part of the config's key)
 SETTING_LABELS = {"lr": "learning rate", "weight_decay": "weight decay", "label_smoothing": "label smoothing",
+                  "clip_grad_norm": "gradient-norm clip",
                   "batch_size": "batch size (examples)", "epochs": "epochs", "width": "width (model's own unit)"}
 
 

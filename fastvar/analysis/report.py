@@ -226,7 +226,7 @@ def what_was_trained(analyses):
         optimizer = h["optimizer"]
         numbers = [f"{optimizer['name']} lr {optimizer['lr']:g}", f"batch {h['batch_size']}"]
         extras = (("weight_decay", optimizer.get("weight_decay", 0)), ("label_smoothing", h.get("label_smoothing", 0)),
-                  ("dropout", h.get("dropout") or 0))
+                  ("dropout", h.get("dropout") or 0), ("clip_grad_norm", h.get("clip_grad_norm") or 0))
         numbers += [f"{name.replace('_', ' ')} {value:g}" for name, value in extras if value]
         numbers += [f"{h['schedule']['name']} schedule"] + [f"augment {', '.join(h['augment'])}"] * bool(h["augment"])
         absent = {s for s, has in (("aug", h["augment"]), ("dropout", h.get("dropout"))) if not has}  # the recipe lacks

@@ -19,7 +19,7 @@ from ..errors import ConfigError, Param, first_line
 from ..models import build_model, model_name
 from .determinism import ThrowingOps, describe
 from .dropout import SEEDS, FunctionalDropout, seed_dropout
-from .replicas import Replicas, logits_of, loss_of
+from .replicas import Replicas, forward_options, logits_of, loss_of
 from .tied import tied_names
 
 # |replica - model| <= TOLERANCE * (1 + max |model|): reordered float32 sums differ by ~1e-6 of the
@@ -28,22 +28,25 @@ TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 5e-2}
 
 
 def check_replicable(model, strategy, num_classes, input_shape, deterministic_cuda=False, dropout=None,
-                     vocabulary=None, target_shape=(), compute_dtype=None):
+                     vocabulary=None, target_shape=(), compute_dtype=None, pad_id=None):
     """Find, before a study starts, what would make `model` (a user's own) fail as replicas, compute
     other than the model does, or make a run depend on more than its seeds: the dry step above, on
     two random examples (tokens below `vocabulary` where given; targets of `target_shape` each, () for
     a label; with the study's `dropout` and mixed precision's `compute_dtype`); with
     `deterministic_cuda` (a CUDA study with its kernels fixed), an op of the step or the evaluation
-    that throws there under deterministic algorithms (fastvar.engine.determinism). Raises ConfigError."""
+    that throws there under deterministic algorithms (fastvar.engine.determinism); `pad_id`, the
+    data's padding token (the dry batch pads its last position). Raises ConfigError."""
     name = model_name(model)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 2, *input_shape, generator=generator) if vocabulary is None \
         else torch.randint(0, vocabulary, (2, 2, *input_shape), generator=generator)
+    if pad_id is not None:
+        x[..., -1] = pad_id
     y = torch.zeros(2, 2, *target_shape, dtype=torch.int64)
-    own_randomness(model, name, x[0], num_classes, dropout)
+    own_randomness(model, name, x[0], num_classes, dropout, pad_id)
     try:
         replicas = Replicas(model, [0, 1], strategy=strategy, num_classes=num_classes, input_shape=input_shape,
-                            dropout=dropout, compute_dtype=compute_dtype)
+                            dropout=dropout, compute_dtype=compute_dtype, pad_id=pad_id)
         x = x if vocabulary is not None else x.to(replicas.input_dtype())
         masks = torch.ones(2, 2, *replicas.classifier_input(x[0][:1])) if dropout else None
         with ThrowingOps() as throwing:
@@ -64,7 +67,7 @@ def check_replicable(model, strategy, num_classes, input_shape, deterministic_cu
                           f"algorithms, as a study with fixed kernels sets them; vary the kernels (an experiment "
                           f"that varies them, such as all-random, or {{}}) or use another op",
                           Param("vary", ("kernels",), flag="--vary kernels"))
-    check_same_as_model(replicas, model, name, x, y, masks, logits, first, num_classes, dropout, compute_dtype)
+    check_same_as_model(replicas, model, name, x, y, masks, logits, first, num_classes, dropout, compute_dtype, pad_id)
     if not torch.equal(first, second):
         raise ConfigError(f"{name}'s replicas give another loss for the same weights and batch, though the model "
                           f"alone does not; please report it, with the model")
@@ -90,15 +93,16 @@ def seeded_model(model, init_seed, num_classes, dropout):
     return built
 
 
-def call(module, x):
-    """The module's logits for x, its functional dropout seeded as the replicas' is."""
+def call(module, x, pad_id=None):
+    """The module's logits for x, called as the replicas call it, its functional dropout seeded as theirs is."""
+    options = forward_options(module, x, pad_id)
     if not hasattr(module, SEEDS):
-        return logits_of(module(x))
+        return logits_of(module(x, **options))
     with FunctionalDropout(module):
-        return logits_of(module(x))
+        return logits_of(module(x, **options))
 
 
-def own_randomness(model, name, x, num_classes, dropout):
+def own_randomness(model, name, x, num_classes, dropout, pad_id):
     """Refuse a model whose own training forward, called on `x` from several states of the global
     generator, differs: naming the module and the op that drew (the first seen)."""
     try:
@@ -111,7 +115,7 @@ def own_randomness(model, name, x, num_classes, dropout):
             for seed in (1, 2, 3):
                 torch.manual_seed(seed)
                 with RandomOps(module) as drawn:
-                    outputs.append(call(module, x))
+                    outputs.append(call(module, x, pad_id))
     except Exception:
         return  # the replicas' dry step names what fails
     if all(torch.equal(outputs[0], other) for other in outputs[1:]):
@@ -161,20 +165,21 @@ class RandomOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def check_same_as_model(replicas, model, name, x, y, masks, logits, first, num_classes, dropout, compute_dtype):
+def check_same_as_model(replicas, model, name, x, y, masks, logits, first, num_classes, dropout, compute_dtype,
+                        pad_id):
     """Each replica's eval logits and first training loss against the model the factory builds from its
     init seed, in the same order (eval, then a training forward)."""
     tolerance = TOLERANCE[compute_dtype or replicas.master.dtype]
     for r in range(replicas.size):
         reference = seeded_model(model, r, num_classes, dropout)
         with torch.no_grad():
-            expected = call(reference.eval(), x[0].to(replicas.master.dtype) if x.is_floating_point() else x[0])
+            expected = call(reference.eval(), x[0].to(replicas.master.dtype) if x.is_floating_point() else x[0], pad_id)
             differs = not close(logits[r], expected, tolerance)
             if not differs:
                 if dropout:
                     next(m for m in reference.modules() if hasattr(m, "dropout_mask")).dropout_mask = masks[r]
                 xr = x[r].to(replicas.master.dtype) if x.is_floating_point() else x[r]
-                loss = loss_of(call(reference.train(), xr), y[r])
+                loss = loss_of(call(reference.train(), xr, pad_id), y[r])
                 differs = not close(first[r], loss, tolerance)
         if differs:
             raise ConfigError(f"{name}'s replicas do not compute what the model computes: replica {r} "

@@ -31,22 +31,24 @@ from .vmap_layers import GemmConv2d, GroupedConv2d, ImplicitConv2d, at_least_flo
 STRATEGIES = ("loop", "vmap")
 REPLICA_CONVS = {"grouped": GroupedConv2d, "implicit": ImplicitConv2d}
 CONVS = ("auto", "gemm", "native", "grouped", "implicit")
+PAD_ID = "fastvar_pad_id"  # the template's attribute: the data's padding token, or None
 
 
 class Replicas:
     def __init__(self, model, init_seeds, *, width=None, strategy="loop", dtype=torch.float32, device="cpu",
                  dropout=None, compute_dtype=None, compile=None, conv="auto", num_classes=10,
-                 input_shape=(3, 32, 32), live_only=True):
+                 input_shape=(3, 32, 32), live_only=True, pad_id=None):
         """`model` as fastvar.models.model_spec takes it; `input_shape` (C, H, W, or D for features)
         of one example, for the shapes that pick the GEMM convolutions and their live taps.
-        `live_only=False` keeps every tap in the step (the reference the live form equals bit for bit)."""
+        `live_only=False` keeps every tap in the step (the reference the live form equals bit for bit).
+        `pad_id`: the data's padding token, where the model's forward takes an attention_mask."""
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
         device = torch.device(device)
         # Written-out BatchNorm where vmap needs it or mixed precision does (vmap_layers says why)
         elementary_norm = strategy == "vmap" or compute_dtype is not None
         self.template = template(model, width, dtype, dropout, elementary_norm, conv_rule(conv, strategy, device),
-                                 num_classes, tuple(input_shape), live_only)
+                                 num_classes, tuple(input_shape), live_only, pad_id)
         models = [build_model(model, init_seed=s, width=width, dtype=dtype, dropout=dropout, num_classes=num_classes)
                   for s in init_seeds]
         for replica in models:  # its own dropout, module or functional, draws from the run's dropout seed
@@ -231,12 +233,14 @@ def flat_stack(layout, stacked, m, dtype, device):
 
 
 @functools.cache
-def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_classes, input_shape, live_only=True):
+def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_classes, input_shape, live_only=True,
+             pad_id=None):
     """The model's structure without state (parameters and buffers come from the stacks), one per
     configuration in a process: compiled steps are keyed by it, so later batches reuse them.
     `elementary_norm`, `gemm_rule` ("all", "small", "none"; "grouped", "implicit": the small ones GEMM,
     the others that form):
-    the layers of fastvar.engine.vmap_layers to swap in; `live_only`: the GEMM ones read their live taps only."""
+    the layers of fastvar.engine.vmap_layers to swap in; `live_only`: the GEMM ones read their live taps only;
+    `pad_id`: what the forward's attention mask is made from (PAD_ID, a plain attribute)."""
     structure = build_model(model, init_seed=0, width=width, dtype=dtype, dropout=dropout, num_classes=num_classes)
     own = model_name(model) not in BUILTIN_MODELS  # a user's: its forward may call dropout functionally
     seed_dropout(structure, functional=own and calls_functional_dropout(structure, input_shape))
@@ -247,6 +251,7 @@ def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_class
     convs = {"all": set(structure.modules()), "small": small, "none": set()}.get(gemm_rule, small)
     rest = set(structure.modules()) - small if gemm_rule in REPLICA_CONVS else set()
     structure = use_vmap_layers(structure, elementary_norm, convs, rest, REPLICA_CONVS.get(gemm_rule))
+    setattr(structure, PAD_ID, pad_id)
     for name, taps in live_taps(structure, input_shape).items() if live_only else ():  # GEMM ones can leave taps out
         module = structure.get_submodule(name)
         # a frozen weight is read whole, and so is a shared one (each use may reach other taps)
@@ -298,10 +303,11 @@ def compiled(fn, mode):
 
 def forward(template, params, buffers, x):
     """The model's logits for x, as `params` and `buffers` set it; its functional dropout seeded."""
+    options = forward_options(template, x, getattr(template, PAD_ID, None))
     if not hasattr(template, SEEDS):
-        return logits_of(functional_call(template, (params, buffers), (x,), forward_options(template)))
+        return logits_of(functional_call(template, (params, buffers), (x,), options))
     with FunctionalDropout(template):
-        return logits_of(functional_call(template, (params, buffers), (x,), forward_options(template)))
+        return logits_of(functional_call(template, (params, buffers), (x,), options))
 
 
 def logits_of(output):
@@ -320,15 +326,23 @@ def logits_of(output):
                       f"an object with .logits, or a tuple whose first element is the logits")
 
 
+def forward_options(module, x, pad_id=None):
+    """Keyword arguments the model's forward is called with on tokens x: use_cache=False where it takes
+    one (a Hugging Face model would otherwise build a cache each step, which vmap cannot return), and
+    attention_mask (x != pad_id) where it takes one and the data pad."""
+    takes = forward_parameters(module)
+    options = {"use_cache": False} if "use_cache" in takes else {}
+    if pad_id is not None and "attention_mask" in takes:
+        options["attention_mask"] = (x != pad_id).long()
+    return options
+
+
 @functools.cache
-def forward_options(template):
-    """Keyword arguments the model's forward is called with: use_cache=False where it takes one (a
-    Hugging Face model would otherwise build a cache each step, which vmap cannot return)."""
+def forward_parameters(module):
     try:
-        parameters = inspect.signature(template.forward).parameters
+        return frozenset(inspect.signature(module.forward).parameters)
     except (TypeError, ValueError):
-        return {}
-    return {"use_cache": False} if "use_cache" in parameters else {}
+        return frozenset()
 
 
 def decomposed_forward(template, params, buffers, x):

@@ -51,7 +51,7 @@ def train_replicas(data, recipe, seeds, *, width, strategy, dtype, compute_dtype
     replicas = Replicas(recipe.model, [s.init_seed for s in seeds], width=width, strategy=strategy,
                         dtype=dtype, device=data.x_train.device, dropout=recipe.dropout,
                         compute_dtype=compute_dtype, compile=compile, conv=conv, num_classes=data.num_classes,
-                        input_shape=data.example_shape)
+                        input_shape=data.example_shape, pad_id=data.pad_id)
     test_scores, snapshots, latest = [], [], {}  # evaluation draws no randomness: it changes no result
     cuda_path = resolved_cuda_path(cuda_path, data.x_train.device)
     augment_backend = "triton" if cuda_path else "auto"
@@ -112,16 +112,17 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
 
     Before `onset_epoch`, order and augmentation come from the `fixed` seeds; the one-ulp perturbation
     of the replicas with a perturb seed lands at its start (0: right after init). `hyper`: each
-    replica's learning rate, weight decay and label smoothing (default: the recipe's for all).
+    replica's learning rate, weight decay, label smoothing and gradient-norm clip (default: the recipe's for all).
     `on_epoch(epoch)` is called after each epoch; `step_wrapper(step)` → what runs each training step
     in its place (fastvar.engine.graphs.GraphedStep: a CUDA graph).
     `cuda_path` (default: on CUDA): the kernels CUDA runs, on any device (the stacked update and the
     augmentation in Triton; on a CPU under TRITON_INTERPRET=1), so that a CPU can check CUDA's step."""
     device = data.x_train.device
     hyper = hyper or [recipe.per_replica()] * replicas.size
-    vectors = {k: torch.tensor([h[k] for h in hyper], dtype=torch.float64) for k in hyper[0]}
-    smoothing = vectors.pop("label_smoothing")
+    vectors = {k: torch.tensor([h[k] or 0.0 for h in hyper], dtype=torch.float64) for k in hyper[0]}  # None: 0, off
+    smoothing, clip = vectors.pop("label_smoothing"), vectors.pop("clip_grad_norm")
     smoothing = smoothing.to(device) if smoothing.any() else None
+    clip = clip.to(device) if clip.any() else None
     # Replica by replica for the loop strategy (a lone run's operations) and on any uncompiled CPU
     # run (the C loops of fastvar.engine.optim_cpu); both orders give the same bits.
     cuda_path = resolved_cuda_path(cuda_path, device)
@@ -142,7 +143,7 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
 
     def train_step(x, y, dropout):  # no host reads: a CUDA graph can replay it
         losses, hits, grads = replicas.train_step_grads(x, y, dropout, smoothing)
-        optimizer.step(grads)
+        optimizer.step(grads if clip is None else clipped(grads, clip))
         if decay_only:
             decay_only.step(dead_grad)
         return losses, hits
@@ -194,6 +195,18 @@ def fit(replicas, data, recipe, seeds, *, onset_epoch=0, fixed=None, hyper=None,
         if on_epoch:
             on_epoch(epoch)
     return {name: [list(c) for c in zip(*by_epoch)] for name, by_epoch in curves.items()}
+
+
+def clipped(grads, max_norm):
+    """Each replica's gradient (stacked parts M×P) scaled as torch.nn.utils.clip_grad_norm_ scales a
+    model's: by max_norm / (its 2-norm + 1e-6) where that is below 1; a replica whose max_norm is 0 is
+    left as it is. The norm is the flat buffer's per replica (its alignment gaps hold zeros), on the
+    device: no host read."""
+    squares = [g.to(torch.promote_types(g.dtype, torch.float32)).square().sum(1) for g in grads]
+    norm = torch.stack(squares).sum(0).sqrt()
+    bound = max_norm.to(norm.dtype)
+    scale = torch.where(bound > 0, (bound / (norm + 1e-6)).clamp(max=1), torch.ones_like(norm))
+    return tuple(g * scale[:, None].to(g.dtype) for g in grads)
 
 
 def host_to_device(tensor, device):

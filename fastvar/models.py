@@ -334,11 +334,16 @@ def drops_out(module):
 
 def built_on_meta(model):
     """The model's structure, built on the meta device (no memory, no arithmetic). A factory that loads
-    weights loads nothing there; torch's warning that it does not is not the user's concern."""
+    weights loads nothing there; torch's warning that it does not is not the user's concern. One that
+    refuses the meta device (transformers' from_pretrained) is built as it is."""
     spec = model_spec(model)
-    with torch.device("meta"), torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*meta parameter.*")
-        return spec.build(spec.width, 10)
+        try:
+            with torch.device("meta"):
+                return spec.build(spec.width, 10)
+        except RuntimeError:  # a factory that must load real weights (from_pretrained refuses meta): built
+            return spec.build(spec.width, 10)
 
 
 def classifier_name(model):
@@ -356,6 +361,15 @@ def feature_layers(model, spec):
         return spec.feature_layers
     head = classifier_name(model)
     return {name: name for name, _ in model.named_children() if name != head}
+
+
+def set_training(module, mode=True):
+    """`module` and everything in it in training (or eval) mode, without calling an overridden `train`:
+    a Hugging Face model loaded with from_pretrained re-prepares its kernels for its device there,
+    which the meta device of the replicas' structure refuses. Returns `module`."""
+    for m in module.modules():
+        m.training = mode
+    return module
 
 
 def build_model(model, *, init_seed, width=None, num_classes=10, dtype=torch.float32, dropout=None):

@@ -267,3 +267,39 @@ def test_functional_dropout_is_found_only_where_a_model_calls_it():
     seeded = replicas_module.template(FunctionalDropouts, None, torch.float32, None, False, "small", 3, (24,))
     assert not hasattr(plain, dropout_module.SEEDS) and hasattr(seeded, dropout_module.SEEDS)
     assert math.isclose(dropout_module.ALPHA, 1.0507009873554805 * 1.6732632423543772)
+
+
+@pytest.mark.parametrize("padding_idx", [0, 3, None])
+def test_the_padded_embedding_under_vmap_equals_nn_embedding_per_replica(padding_idx):
+    """PaddedEmbedding's gradient under vmap against nn.Embedding(padding_idx) replica by replica, on
+    fresh random weights and tokens (float64). torch's own vmap rule zeroes the padding row's
+    gradient for the first replica only (torch 2.13): what this layer exists for."""
+    from torch.func import functional_call, vmap
+    from fastvar.engine.vmap_layers import PaddedEmbedding
+    g = torch.Generator().manual_seed(1)
+    weights = torch.randn(3, 7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    tokens = torch.randint(0, 7, (3, 4, 6), generator=g)
+    upstream = torch.randn(3, 4, 6, 5, generator=g, dtype=torch.float64)
+    layer = nn.Embedding(7, 5, padding_idx=padding_idx).double()
+    layer.__class__ = PaddedEmbedding
+    out = vmap(lambda w, t: functional_call(layer, {"weight": w}, (t,)))(weights, tokens)
+    (grad,) = torch.autograd.grad((out * upstream).sum(), weights)
+    for r in range(3):
+        plain = nn.Embedding(7, 5, padding_idx=padding_idx).double()
+        with torch.no_grad():
+            plain.weight.copy_(weights[r])
+        value = plain(tokens[r])
+        (expected,) = torch.autograd.grad((value * upstream[r]).sum(), plain.weight)
+        assert torch.equal(out[r], value.detach()) and torch.allclose(grad[r], expected, rtol=0, atol=1e-12)
+
+
+def test_the_readme_transformers_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    import re
+    from conftest import ROOT
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"<!-- transformers-example -->\s*```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    rows = fastvar.results(tmp_path / "results" / "tiny-gpt2")
+    assert len(rows) == 4 and len({r["dropout_seed"] for r in rows}) == 4
+    assert float(capsys.readouterr().out.strip().splitlines()[-1]) > 0

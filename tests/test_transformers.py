@@ -163,3 +163,32 @@ def test_padded_tokens_reach_the_model_as_its_attention_mask(name, tmp_path):
                 kept = fastvar.weights(out, row["run_index"])
                 for key, value in own_models.trained_by_hand(factory, data, seeds, pad_id=0).items():
                     assert torch.allclose(kept[key].double(), value.double(), rtol=0, atol=1e-10), (strategy, key)
+
+
+def test_the_fine_tuning_example_trains_a_from_pretrained_encoder_partly_frozen(tmp_path, monkeypatch, capsys):
+    """examples/fine_tune_transformer.py at 2 runs and 1 epoch: its three experiments, each varying what
+    it names; the factory's encoder is the saved checkpoint's, bit for bit, and its frozen embeddings
+    stay so after training."""
+    import runpy
+    from conftest import ROOT
+    out = tmp_path / "ft"
+    monkeypatch.setattr("sys.argv", ["fine_tune_transformer.py", str(out), "2", str(tmp_path / "ckpt"), "1"])
+    example = runpy.run_path(str(ROOT / "examples" / "fine_tune_transformer.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert [line.split()[0] for line in printed.splitlines()[-3:]] == list(example["EXPERIMENTS"])
+    init = fastvar.results(out / "vary-init")
+    order = fastvar.results(out / "vary-order")
+    assert len({r["init_seed"] for r in init}) == 2 and len({r["order_seed"] for r in init}) == 1
+    assert len({r["order_seed"] for r in order}) == 2 and len({r["init_seed"] for r in order}) == 1
+    checkpoint = transformers.BertModel.from_pretrained(tmp_path / "ckpt").state_dict()
+    built = example["fine_tuned"]().state_dict()
+    assert all(torch.equal(built[f"bert.{k}"], v) for k, v in checkpoint.items() if f"bert.{k}" in built)
+    study = fastvar.Study(experiment="vary-order", model=example["fine_tuned"], runs=1, epochs=1, save_weights=1,
+                          overrides={"batch_size": 64})
+    data = example["windows_by_spaces"](300)
+    study.run(tmp_path / "kept", data=data, progress=False)
+    kept = fastvar.weights(tmp_path / "kept", 0)
+    frozen = [k for k in checkpoint if k.startswith("embeddings.")]
+    assert frozen and all(torch.equal(kept[f"bert.{k}"], checkpoint[k]) for k in frozen)
+    assert not torch.equal(kept["bert.encoder.layer.0.attention.self.query.weight"],
+                           checkpoint["encoder.layer.0.attention.self.query.weight"])

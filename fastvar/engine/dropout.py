@@ -19,6 +19,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..augment.reference import draw
+from ..models import set_training
 
 THRESHOLD_BITS = 32  # draws are uniform 32-bit integers
 FUNCTIONAL_LAYERS = 1 << 20  # the layer numbers of functional calls: never an nn.Dropout's
@@ -210,7 +211,7 @@ def calls_functional_dropout(model, input_shape):
     `input_shape` (zeros, as floats or, failing that, as tokens). A forward that fails either way
     counts as calling one (the mode then seeds whatever it meets)."""
     training = model.training
-    model.train()
+    set_training(model)
     try:
         floats = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         for dtype in (floats, torch.int64):
@@ -223,4 +224,4 @@ def calls_functional_dropout(model, input_shape):
                 continue
         return True
     finally:
-        model.train(training)
+        set_training(model, training)

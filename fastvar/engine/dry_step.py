@@ -16,7 +16,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..errors import ConfigError, Param, first_line
-from ..models import build_model, model_name
+from ..models import build_model, model_name, set_training
 from .determinism import ThrowingOps, describe
 from .dropout import SEEDS, FunctionalDropout, seed_dropout
 from .replicas import Replicas, forward_options, logits_of, loss_of
@@ -106,7 +106,7 @@ def own_randomness(model, name, x, num_classes, dropout, pad_id):
     """Refuse a model whose own training forward, called on `x` from several states of the global
     generator, differs: naming the module and the op that drew (the first seen)."""
     try:
-        module = seeded_model(model, 0, num_classes, dropout).train()
+        module = set_training(seeded_model(model, 0, num_classes, dropout))
         if dropout:
             head = next(m for m in module.modules() if hasattr(m, "dropout_mask"))
             head.dropout_mask = torch.ones(())
@@ -173,13 +173,13 @@ def check_same_as_model(replicas, model, name, x, y, masks, logits, first, num_c
     for r in range(replicas.size):
         reference = seeded_model(model, r, num_classes, dropout)
         with torch.no_grad():
-            expected = call(reference.eval(), x[0].to(replicas.master.dtype) if x.is_floating_point() else x[0], pad_id)
+            expected = call(set_training(reference, False), x[0].to(replicas.master.dtype) if x.is_floating_point() else x[0], pad_id)
             differs = not close(logits[r], expected, tolerance)
             if not differs:
                 if dropout:
                     next(m for m in reference.modules() if hasattr(m, "dropout_mask")).dropout_mask = masks[r]
                 xr = x[r].to(replicas.master.dtype) if x.is_floating_point() else x[r]
-                loss = loss_of(call(reference.train(), xr, pad_id), y[r])
+                loss = loss_of(call(set_training(reference), xr, pad_id), y[r])
                 differs = not close(first[r], loss, tolerance)
         if differs:
             raise ConfigError(f"{name}'s replicas do not compute what the model computes: replica {r} "

@@ -11,6 +11,8 @@ import copy
 
 import torch
 
+from ..models import set_training
+
 
 def tap_reach(size, out_size, k, s, p, d):
     """The taps (along one axis) that read some input index in [0, size) for some output index."""
@@ -36,9 +38,9 @@ def conv_sizes(structure, input_shape):
     training = structure.training
     dtype = next(structure.parameters()).dtype
     try:
-        structure.eval()(torch.empty(1, *input_shape, device="meta", dtype=dtype))
+        set_training(structure, False)(torch.empty(1, *input_shape, device="meta", dtype=dtype))
     finally:
-        structure.train(training)
+        set_training(structure, training)
         for hook in hooks:
             hook.remove()
     return {name: size for name, size in sizes.items() if name not in reused}

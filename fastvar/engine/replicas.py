@@ -21,7 +21,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ..data import IGNORE
 from ..errors import ConfigError
-from ..models import BUILTIN_MODELS, build_model, classifier_name, model_name
+from ..models import BUILTIN_MODELS, build_model, classifier_name, model_name, set_training
 from .dropout import SEEDS, FunctionalDropout, calls_functional_dropout, dropout_buffers, seed_dropout
 from .flat import FlatLayout
 from .live import live_taps
@@ -100,7 +100,7 @@ class Replicas:
         """x M×B×3×H×W, y M×B (dropout masks M×B×features for a model with dropout; label smoothing
         one value per replica, or None) → per-replica mean loss [M], correct count [M], and the
         gradient as stacked parts that match `forward_parts`."""
-        self.template.train()
+        set_training(self.template)
         x = x if self.channels_last else x.contiguous()
         extra = {} if dropout_masks is None else {f"{self.classifier}.dropout_mask": dropout_masks}
         if self.strategy == "vmap":
@@ -147,7 +147,7 @@ class Replicas:
     @torch.no_grad()
     def logits(self, x):
         """Eval-mode logits of every replica on one shared batch x (B×C×H×W, or B×D) → M×B×classes."""
-        self.template.eval()
+        set_training(self.template, False)
         x = x if self.channels_last else x.contiguous()
         params = self.layout.views(*self.forward_parts())
         if self.strategy == "vmap":  # x shared by all replicas, or as a batched view for a user's layers
@@ -176,7 +176,7 @@ class Replicas:
             seen.setdefault("shape", inputs[0].shape[1:])
         hook = self.template.get_submodule(self.classifier).register_forward_pre_hook(record)
         try:
-            self.template.eval()
+            set_training(self.template, False)
             params = self.layout.views(*self.forward_parts())
             forward(self.template, {n: p[0] for n, p in params.items()}, self.replica_buffers[0], x)
         finally:

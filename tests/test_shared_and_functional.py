@@ -303,3 +303,70 @@ def test_the_readme_transformers_example_runs_as_written(tmp_path, monkeypatch, 
     rows = fastvar.results(tmp_path / "results" / "tiny-gpt2")
     assert len(rows) == 4 and len({r["dropout_seed"] for r in rows}) == 4
     assert float(capsys.readouterr().out.strip().splitlines()[-1]) > 0
+
+
+class SharedConvTwice(nn.Module):
+    """One nn.Conv2d applied at 8×8 and again at 2×2 (a GEMM convolution with dead taps at the small
+    size), and a read-out tied to a frozen embedding-like table."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.pool, self.head = nn.AvgPool2d(4), nn.Linear(4, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(torch.relu(self.stem(x))))
+        return self.head(torch.relu(self.conv(self.pool(h))).mean((2, 3)))
+
+
+def test_a_conv_applied_at_two_sizes_trains_as_plain_pytorch(tmp_path):
+    """Its live taps differ by size, so it is read whole: loop and vmap equal plain PyTorch (float64)."""
+    import test_custom_models as own
+    data = own.image_data((8, 8, 1), 5)
+    for strategy in ("loop", "vmap"):
+        study = fastvar.Study(model=SharedConvTwice, runs=2, epochs=own.EPOCHS, precision="float64", save_weights=2,
+                              overrides={"batch_size": own.BATCH})
+        out = tmp_path / strategy
+        study.run(out, data=data, execution=fastvar.Execution(batch_models=2, strategy=strategy), progress=False)
+        for i in range(2):
+            expected = own.trained_by_hand(SharedConvTwice, data, run_seeds("all-random", i))
+            kept = fastvar.weights(out, i)
+            assert all(torch.allclose(kept[k], v, rtol=0, atol=1e-10) for k, v in expected.items()), (strategy, i)
+
+
+class FrozenTiedGPT(TiedGPT):
+    def __init__(self):
+        super().__init__()
+        self.wte.weight.requires_grad_(False)  # the tied table frozen: both its uses read it as loaded
+
+
+def test_a_tied_weight_under_mixed_precision_frozen_and_in_snapshots(tmp_path):
+    """bf16-mixed under both strategies (the dry step's tolerance for bfloat16 compute), a frozen tied
+    table kept bit for bit, and snapshots of a tied model: each trains, none diverges."""
+    data = text_data()
+    for strategy in ("loop", "vmap"):
+        rows = {precision: fastvar.Study(model=TiedGPT, runs=2, epochs=1, precision=precision,
+                                         overrides={"batch_size": BATCH}).run(
+            tmp_path / f"{precision}-{strategy}", data=data, execution=fastvar.Execution(strategy=strategy),
+            progress=False).runs() for precision in ("bf16-mixed", "float32")}
+        for low, full in zip(rows["bf16-mixed"], rows["float32"]):  # bfloat16 compute: within its rounding
+            assert low["diverged"] == 0 and low["train_loss_curve"][0] == pytest.approx(full["train_loss_curve"][0],
+                                                                                        rel=1e-2)
+    study = fastvar.Study(model=FrozenTiedGPT, runs=2, epochs=1, save_weights=1, overrides={"batch_size": BATCH})
+    out = study.run(tmp_path / "frozen", data=data, execution=fastvar.Execution(strategy="vmap"), progress=False)
+    kept = fastvar.weights(out.folder, 0)
+    torch.manual_seed(run_seeds("all-random", 0).init_seed)
+    assert torch.equal(kept["wte.weight"], FrozenTiedGPT().wte.weight) and kept["head.weight"] is kept["wte.weight"]
+    snapshots = fastvar.Study(model=TiedGPT, runs=2, epochs=2, snapshots=2, token_logits=True,
+                              overrides={"batch_size": BATCH}).run(tmp_path / "snap", data=data, progress=False)
+    assert fastvar.analyze(snapshots.folder)[0].metrics["snapshots"]["cycles"] == 2
+
+
+def test_the_loop_replicas_compute_the_models_logits_bit_for_bit():
+    """Where the same kernels run (the loop strategy, no layer rewritten) the dry step's comparison is exact."""
+    x = torch.randint(0, VOCAB, (4, T), generator=torch.Generator().manual_seed(2))
+    replicas = Replicas(TiedGPT, [5, 6], strategy="loop", num_classes=VOCAB, input_shape=(T,))
+    logits = replicas.logits(x)
+    for r, seed in enumerate((5, 6)):
+        torch.manual_seed(seed)
+        assert torch.equal(logits[r], TiedGPT().eval()(x).detach())

@@ -7,7 +7,9 @@ set_openmp_wait()  # before torch loads (the imports below): the runtime reads i
 import argparse  # noqa: E402
 import os  # noqa: E402
 import shlex  # noqa: E402
+import sqlite3  # noqa: E402
 import sys  # noqa: E402
+from contextlib import closing  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -284,6 +286,21 @@ def train(args):
     return 0
 
 
+def stored_runs(out):
+    """What an interrupted study or sweep left in `out`, in words: how many finished runs it holds."""
+    count = sum(stored_in(path) for path in Path(out).glob("**/runs*.sqlite")) if Path(out).is_dir() else 0
+    return "no finished run is stored" if not count else f"{count} finished run{'s' * (count != 1)} stored"
+
+
+def stored_in(path):
+    """How many runs a results file (a folder's, or a shard's) holds, read-only; 0 if none can be read."""
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
 def run_with_progress(target, lead, execution, total, out, args, small=None):
     """Train a Study or a Sweep (`target`, whose first study is `lead`) into `out` as `execution` says,
     with a progress bar of `total` runs; return what its run returns, or None after Ctrl-C (its finished
@@ -303,7 +320,7 @@ def run_with_progress(target, lead, execution, total, out, args, small=None):
     finally:
         bar.close()
     if result is None:
-        print(f"interrupted: finished runs are kept in {out}; the same command carries on", file=sys.stderr)
+        print(f"interrupted: {stored_runs(out)} in {out}; the same command carries on", file=sys.stderr)
     return result
 
 
@@ -326,8 +343,15 @@ def plan_line(study, execution, total, todo, out, data, swept=None):
             f"({data_identity(data)}), "
             f"{scored_on(data, study)}"
             f"on {device}{threads}, "
-            f"{execution.resolved_strategy(device)} strategy, M = {execution.batch_models}, "
+            f"{strategy_words(execution, device)}, "
             f"{study.resolved_precision(device)}")
+
+
+def strategy_words(execution, device):
+    """The plan line's words for the strategy: vmap's M, or the loop's one run at a time."""
+    if execution.resolved_strategy(device) == "vmap":
+        return f"vmap strategy, M = {execution.batch_models}"
+    return "loop strategy (one run at a time, each stored as it finishes)"
 
 
 def data_identity(data):

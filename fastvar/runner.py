@@ -16,14 +16,17 @@ from .store import weights_path
 
 
 def train_runs(entries, data, execution, progress=None):
-    """Train (study, store, run index) entries as `execution` says, its `batch_models` per batched step.
-    The studies of one call may differ only in the hyperparameters a batch can hold per replica (a
-    sweep's points)."""
+    """Train (study, store, run index) entries as `execution` says: under vmap its `batch_models` per
+    batched step; under the loop strategy one run after another, each stored as it finishes (a loop run
+    is the same bits alone as in a batch, so a batch would only hold finished runs back until its last
+    one: Ctrl-C then lost them all). The studies of one call may differ only in the hyperparameters a
+    batch can hold per replica (a sweep's points)."""
     if not entries:
         return
     if progress:
         progress(0, len(entries))  # training starts
-    lead, device, size = entries[0][0], execution.resolved_device(), execution.batch_models
+    lead, device = entries[0][0], execution.resolved_device()
+    size = execution.batch_models if execution.resolved_strategy(device) == "vmap" else 1
     data = data.to(device)
     with kernel_mode("kernels" in lead.varied(), device):
         for start in range(0, len(entries), size):

@@ -50,7 +50,7 @@ def test_diverged_runs_are_stored_and_left_out_of_the_analysis(synthetic_dir, tm
 
 
 def test_out_of_memory_splits_the_batch_and_keeps_the_results(synthetic_dir, tmp_path, monkeypatch, capsys):
-    kwargs, execution = dict(runs=4, width=4, epochs=1), Execution(batch_models=4, strategy="loop")
+    kwargs, execution = dict(runs=4, width=4, epochs=1), Execution(batch_models=4, strategy="vmap")
     Study(**kwargs).run(tmp_path / "whole", execution=execution, data_dir=synthetic_dir)
     real, calls = study_module.train_replicas, []
 
@@ -171,3 +171,30 @@ def error_lines(stderr):
     lines = stderr.strip().splitlines()
     assert all(line.startswith(STATUS) for line in lines[:-1]), lines
     return [line for line in lines if not line.startswith(STATUS)]
+
+
+def test_ctrl_c_under_the_loop_keeps_each_finished_run_and_says_how_many(synthetic_dir, tmp_path, monkeypatch, capsys):
+    """The loop strategy at the default M = 16 trains one run at a time, each stored as it finishes:
+    Ctrl-C during the third run keeps two, the closing line says so, and the same command then adds
+    the rest, the same bits as an uninterrupted study."""
+    args = ["--model", "linear", "--runs", "4", "--epochs", "1", "--strategy", "loop", "--data-dir",
+            str(synthetic_dir), "--no-download"]
+    assert cli.main([*args, "--out", str(tmp_path / "whole")]) == 0
+    real, calls = study_module.train_replicas, []
+
+    def interrupted_in_the_third(data, recipe, seeds, **rest):
+        calls.append(len(seeds))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(data, recipe, seeds, **rest)
+    monkeypatch.setattr(study_module, "train_replicas", interrupted_in_the_third)
+    out = tmp_path / "cut"
+    capsys.readouterr()
+    assert cli.main([*args, "--out", str(out)]) == 130
+    assert calls == [1, 1, 1] and len(Store(out).runs()) == 2
+    assert f"interrupted: 2 finished runs stored in {out}; the same command carries on" in capsys.readouterr().err
+    monkeypatch.setattr(study_module, "train_replicas", real)
+    assert cli.main([*args, "--out", str(out)]) == 0
+    for a, b in zip(Store(tmp_path / "whole").runs(), Store(out).runs()):
+        assert a["run_index"] == b["run_index"] and np.array_equal(a["test_logits"], b["test_logits"])
+    assert cli.stored_runs(tmp_path / "nothing-here") == "no finished run is stored"

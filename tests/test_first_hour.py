@@ -76,7 +76,8 @@ def test_the_start_names_what_will_run(synthetic_dir, tmp_path, capsys):
     assert f"fastvar: loading CIFAR-10 from {synthetic_dir} ..." in err
     assert (f"fastvar: training 2 of 2 runs of all-random into {tmp_path / 'study'} (0 there already): the seed "
             f"recipe, resnet18 at width 4, 1 epoch of 320 examples (cifar10), on cpu with "
-            f"{torch.get_num_threads()} threads, loop strategy, M = 2, float32") in err
+            f"{torch.get_num_threads()} threads, loop strategy (one run at a time, each stored as it finishes), "
+            f"float32") in err
 
 
 def test_a_projection_beyond_a_day_on_a_cpu_shows_a_study_sized_for_it():

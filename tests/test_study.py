@@ -95,7 +95,7 @@ def test_study_api_trains_the_last_loop_batch_unpadded_and_stores_the_seeds(synt
     study = Study(experiment="fixed-init", runs=3, epochs=1, width=4)
     rows = study.run(tmp_path / "api", execution=Execution(batch_models=2), data_dir=synthetic_dir).runs()
     assert [r["run_index"] for r in rows] == [0, 1, 2]
-    assert [r["batch_models"] for r in rows] == [2, 2, 1]  # the loop pads nothing
+    assert [r["batch_models"] for r in rows] == [1, 1, 1]  # the loop trains one run at a time, pads nothing
     for r in rows:
         seeds = run_seeds("fixed-init", r["run_index"])
         assert (r["init_seed"], r["order_seed"]) == (seeds.init_seed, seeds.order_seed)
@@ -159,7 +159,7 @@ def test_studies_that_differ_in_more_than_per_replica_hyperparameters_cannot_sha
     data = fastvar.Dataset.from_arrays(**random_arrays(16, 10))
     short, long = (fastvar.Study(width=2, epochs=epochs, runs=1) for epochs in (1, 2))
     with pytest.raises(ValueError, match="cannot share a batch"):
-        train_runs([(short, None, 0), (long, None, 1)], data, fastvar.Execution(batch_models=2))
+        train_runs([(short, None, 0), (long, None, 1)], data, fastvar.Execution(batch_models=2, strategy="vmap"))
 
 
 def test_a_study_resolves_once_per_device_and_its_rows_read_that(monkeypatch):

@@ -1,30 +1,33 @@
 """Deterministic mode, per model (issue 21, part 3): no built-in model's training step or evaluation
 runs an op that throws on CUDA under torch.use_deterministic_algorithms(True), which a study with its
 kernels fixed sets there; a model of the user's own that does is refused before any run."""
-import re
-
 import pytest
 import torch
 from torch import nn
 
-from fastvar.engine.determinism import THROWS_ON_CUDA, ThrowingOps
+from fastvar.engine.determinism import FORMERLY, THROWS_ON_CUDA, ThrowingOps, by_op, documented_entries
 from fastvar.engine.dry_step import check_replicable
 from fastvar.engine.replicas import Replicas
 from fastvar.errors import ConfigError
 from fastvar.models import BUILTIN_MODELS, LANGUAGE_MODELS, GlobalMaxPool, model_spec
 
 
-def documented_throwing_entries():
-    """The entries of torch's own list of ops that throw under deterministic algorithms."""
-    doc = torch.use_deterministic_algorithms.__doc__
-    section = doc[doc.index("operations will throw a"):doc.index("In addition")]
-    return set(re.findall(r":(?:class|func):`([^`]+)`", section)) - {"RuntimeError"}
-
-
 def test_the_map_covers_torchs_list_entry_for_entry():
-    documented = documented_throwing_entries()
+    """Every entry the installed torch lists is mapped; the map's others are those an older torch listed."""
+    documented = documented_entries()
     assert "torch.nn.AdaptiveMaxPool2d" in documented and len(documented) > 20  # the parse found the list
-    assert documented == set(THROWS_ON_CUDA)
+    assert documented <= set(THROWS_ON_CUDA) and set(THROWS_ON_CUDA) - documented <= FORMERLY
+    traced = by_op()  # the tracer looks for this torch's list: each of its ops, and no other entry's
+    assert all(op in traced for entry in documented for op in THROWS_ON_CUDA[entry])
+    assert {entry for entry, _ in traced.values()} <= documented
+
+
+def test_max_pool_3d_is_refused_where_this_torch_lists_it():
+    x = torch.randn(1, 1, 4, 4, 4, requires_grad=True)
+    with ThrowingOps() as throwing:
+        nn.MaxPool3d(2)(x).sum().backward()
+    listed = "torch.nn.MaxPool3d" in documented_entries()
+    assert throwing.found == ({"max_pool3d_with_indices_backward": "torch.nn.MaxPool3d"} if listed else {})
 
 
 def test_the_tracer_finds_adaptive_max_pooling_and_a_float_cumsum():

@@ -2,10 +2,16 @@
 kernels fixed sets there (fastvar.sources.kernel_mode), found by tracing a model's step on any device.
 
 torch documents them by module or function (that function's docstring, "will throw a RuntimeError");
-a dispatch mode sees ATen ops. THROWS_ON_CUDA maps each documented entry to the ATen ops it runs as,
-with a test of the op's arguments where the documentation names a condition; a test holds the map
-against torch's own list, entry for entry, so a torch that adds one fails it rather than slipping by.
+a dispatch mode sees ATen ops. THROWS_ON_CUDA maps each entry any supported torch documents to the ATen
+ops it runs as, with a test of the op's arguments where the documentation names a condition; the
+tracer looks for the entries the installed torch documents (its docstring, read once). A test holds
+the map against torch's own list, entry for entry, so a torch that adds one fails it rather than
+slipping by; an entry a newer torch no longer lists (it gained a deterministic kernel) is in FORMERLY.
 """
+import functools
+import re
+
+import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 
@@ -49,8 +55,25 @@ THROWS_ON_CUDA = {
     "torch.Tensor.scatter_reduce": {"scatter_reduce": lambda args, kwargs: (args[3] if len(args) > 3
                                                                             else kwargs.get("reduce")) == "prod"},
     "torch.Tensor.resize_": {},  # with a quantized tensor only
+    "torch.nn.MaxPool3d": {"max_pool3d_with_indices_backward": always},  # torch 2.11 lists it; 2.13 does not
 }
-BY_OP = {op: (entry, condition) for entry, ops in THROWS_ON_CUDA.items() for op, condition in ops.items()}
+FORMERLY = frozenset({"torch.nn.MaxPool3d"})  # entries the oldest supported torch lists and a newer one dropped
+
+
+def documented_entries():
+    """The entries of the installed torch's own list of ops that throw under deterministic algorithms."""
+    doc = torch.use_deterministic_algorithms.__doc__ or ""
+    start, end = doc.find("operations will throw a"), doc.find("In addition")
+    return set(re.findall(r":(?:class|func):`([^`]+)`", doc[start:end])) - {"RuntimeError"} if 0 <= start < end else set()
+
+
+@functools.cache
+def by_op():
+    """{ATen op: (entry, condition)} for the entries this torch documents (every entry where its list
+    cannot be read: a refusal too many, never one too few)."""
+    documented = documented_entries() or set(THROWS_ON_CUDA)
+    return {op: (entry, condition) for entry, ops in THROWS_ON_CUDA.items() if entry in documented
+            for op, condition in ops.items()}
 
 
 class ThrowingOps(TorchDispatchMode):
@@ -62,9 +85,9 @@ class ThrowingOps(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        name = func.overloadpacket.__name__
-        if name in BY_OP and BY_OP[name][1](args, kwargs):
-            self.found.setdefault(name, BY_OP[name][0])
+        name, known = func.overloadpacket.__name__, by_op()
+        if name in known and known[name][1](args, kwargs):
+            self.found.setdefault(name, known[name][0])
         return func(*args, **kwargs)
 
 

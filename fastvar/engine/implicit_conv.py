@@ -14,9 +14,33 @@ are IEEE's, not TF32's (bfloat16 inputs accumulate in float32):
 `stacked_conv2d` is the custom op (its backward the other two), tested against F.conv2d per replica
 in float64 under TRITON_INTERPRET=1.
 """
+import inspect
+import os
+
 import torch
 import triton
 import triton.language as tl
+
+
+def mend_interpreter_scalars():
+    """Triton 3.6's interpreter reads a scalar argument used as a loop bound (`range(0, K, BK)`) as
+    int() of a one-element array, which numpy 2.4 refuses ("only 0-dimensional arrays can be converted
+    to Python scalars"); Triton 3.9 squeezes the array first. Under TRITON_INTERPRET=1 (kernels run on
+    a CPU) with an interpreter that does not, its tensors' __index__ does so too; compiled kernels are
+    untouched."""
+    from triton.runtime import interpreter
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or "squeeze" in inspect.getsource(original):
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+    interpreter._patch_lang_tensor = patched
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    mend_interpreter_scalars()
 
 BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 32
 WARPS = 8  # with 4, ptxas spilled on sm_80 and sm_90 (benchmarks/compile_kernels.py; docs/performance.md)

@@ -84,3 +84,17 @@ def test_language_model_benchmark_emits_its_json(model):
     assert set(summary["tokens_per_s"]) == {"plain loop", "fastvar loop", "fastvar vmap"}
     assert summary["ratio_to_plain"]["plain loop"] == 1 and all(v > 0 for v in summary["tokens_per_s"].values())
     assert "| fastvar vmap |" in result.stdout
+
+
+def test_small_models_benchmark_emits_its_json():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "small_models.py"), "--runs", "2", "16",
+                             "--repeats", "1", "--rows", "256", "--images", "64"],
+                            capture_output=True, text=True, check=True)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [(r["model"], r["runs"]) for r in summary["results"]] == [("mlp", 2), ("mlp", 16), ("cnn", 2), ("cnn", 16)]
+    for r in summary["results"]:
+        assert set(r["examples_per_s"]) == {"plain loop", "fastvar loop", "fastvar vmap"}
+        assert r["ratio_to_plain"]["plain loop"] == 1 and all(v > 0 for v in r["examples_per_s"].values())
+    cnn = summary["results"][3]
+    assert cnn["goal"] == 3.0 and cnn["goal_met"] == (cnn["ratio_to_plain"]["fastvar vmap"] >= 3.0)
+    assert "| cnn | 16 | fastvar vmap |" in result.stdout

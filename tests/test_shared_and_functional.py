@@ -155,8 +155,8 @@ def test_every_functional_dropout_draws_from_the_runs_dropout_seed(tmp_path):
     for name, strategy, m in (("loop", "loop", 3), ("vmap", "vmap", 3), ("alone", "loop", 1)):
         study = fastvar.Study(experiment="vary-dropout", model=FunctionalDropouts, runs=3, epochs=2,
                               precision="float64", overrides={"batch_size": 8})
-        rows[name] = study.run(tmp_path / name, data=data, execution=fastvar.Execution(batch_models=m, strategy=strategy),
-                               progress=False).runs()
+        execution = fastvar.Execution(batch_models=m, strategy=strategy)
+        rows[name] = study.run(tmp_path / name, data=data, execution=execution, progress=False).runs()
     assert torch.equal(state, torch.get_rng_state())
     assert [r["test_loss"] for r in rows["vmap"]] == pytest.approx([r["test_loss"] for r in rows["loop"]], abs=1e-10)
     assert [r["train_loss_curve"] for r in rows["alone"]] == [r["train_loss_curve"] for r in rows["loop"]]
@@ -241,7 +241,8 @@ class TupleOutput(TiedGPT):
 def test_a_forward_that_returns_an_object_or_a_tuple_is_read_as_its_logits(factory, tmp_path):
     data = text_data()
     for strategy in ("loop", "vmap"):
-        study = fastvar.Study(model=factory, runs=2, epochs=EPOCHS, precision="float64", overrides={"batch_size": BATCH})
+        study = fastvar.Study(model=factory, runs=2, epochs=EPOCHS, precision="float64",
+                              overrides={"batch_size": BATCH})
         rows = study.run(tmp_path / strategy, data=data, execution=fastvar.Execution(strategy=strategy),
                          progress=False).runs()
         for row in rows:

@@ -64,7 +64,9 @@ def documented_entries():
     """The entries of the installed torch's own list of ops that throw under deterministic algorithms."""
     doc = torch.use_deterministic_algorithms.__doc__ or ""
     start, end = doc.find("operations will throw a"), doc.find("In addition")
-    return set(re.findall(r":(?:class|func):`([^`]+)`", doc[start:end])) - {"RuntimeError"} if 0 <= start < end else set()
+    if not 0 <= start < end:
+        return set()
+    return set(re.findall(r":(?:class|func):`([^`]+)`", doc[start:end])) - {"RuntimeError"}
 
 
 @functools.cache

@@ -173,7 +173,8 @@ def check_same_as_model(replicas, model, name, x, y, masks, logits, first, num_c
     for r in range(replicas.size):
         reference = seeded_model(model, r, num_classes, dropout)
         with torch.no_grad():
-            expected = call(set_training(reference, False), x[0].to(replicas.master.dtype) if x.is_floating_point() else x[0], pad_id)
+            x0 = x[0].to(replicas.master.dtype) if x.is_floating_point() else x[0]
+            expected = call(set_training(reference, False), x0, pad_id)
             differs = not close(logits[r], expected, tolerance)
             if not differs:
                 if dropout:

@@ -263,7 +263,7 @@ def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_class
 def memory_orders(template):
     """{parameter name: memory order} for the layers that declare the order of their weight's
     dimensions in memory (WEIGHT_MEMORY_ORDER, outermost first) in which they use it without copying."""
-    tied = tied_names(template)  # a shared weight is read as its first name's layer reads it
+    tied = tied_names(template)  # a shared weight keeps the plain layout: its layers may read it in other orders
     return {f"{name}.weight": module.WEIGHT_MEMORY_ORDER for name, module in template.named_modules()
             if hasattr(module, "WEIGHT_MEMORY_ORDER") and getattr(module, "live_taps", None) is None
             and f"{name}.weight" not in tied and f"{name}.weight" not in tied.values()}

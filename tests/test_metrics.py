@@ -115,3 +115,15 @@ def test_snapshot_ensembles():
     mixed = metrics.snapshot_ensembles(np.stack([other, logits], axis=1), labels)
     ensemble = (metrics.softmax(np.stack([other, logits], axis=1)).mean(1).argmax(-1) == labels).mean(1)
     assert mixed["gain"] == pytest.approx((ensemble - single).mean())
+
+
+def test_the_single_model_row_of_the_ensembles_is_the_runs_own_accuracy():
+    """From float16 logits a tie or a rounding can flip a prediction; the stored accuracies are the runs'
+    own (float32 logits), and the one-model row takes them, so it equals the spread table's SD."""
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal((6, 50, 3)).astype(np.float16)
+    labels = rng.integers(0, 3, 50)
+    stored = (logits.argmax(-1) == labels).mean(1) + np.array([0.02, 0, 0, 0, 0, -0.02])  # as if float32 differed
+    m = metrics.summarize(stored, np.ones(6), logits, labels, seed=0)
+    assert m["ensembles"]["1"] == {"groups": 6, "acc": pytest.approx(stored.mean()), "sd": m["acc_sd"]}
+    assert m["ensembles"]["2"]["groups"] == 3

@@ -211,3 +211,11 @@ def test_compare_pairs_run_k_with_run_k_even_where_only_the_perturbation_differs
     capsys.readouterr()
     assert cli.main(["compare", str(out), str(out)]) == 0
     assert "paired t-test over 3 runs" in capsys.readouterr().out
+
+
+def test_the_accuracy_histogram_gives_its_sd_in_percentage_points():
+    from fastvar.analysis.plots import histogram_figure
+    figure = histogram_figure([46.0, 47.0, 48.0], "test accuracy (%)", "Test accuracy", " %", " pp")
+    ax = figure.axes[0]
+    assert ax.get_title() == "Test accuracy (SD 1 pp, 3 runs)"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["mean 47 %", "±1 SD (1 pp)"]

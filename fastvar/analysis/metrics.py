@@ -153,7 +153,7 @@ def summarize(acc, loss, logits, labels, seed=0):
         nan = float("nan")
         return {**out, "disagreement": nan, "spearman": nan, "ensemble_gain": nan, "pairs": 0,
                 "distribution_sd": nan, "distribution_sd_low": nan, "distribution_sd_high": nan,
-                "ensembles": ensembles_by_size(probs, labels, seed)}
+                "ensembles": ensembles_by_size(probs, labels, seed, acc)}
     pairs = run_pairs(runs, seed=seed)
     out["disagreement"] = disagreement(logits.argmax(-1), logits.shape[-1])
     out["spearman"] = spearman(logits)
@@ -161,18 +161,26 @@ def summarize(acc, loss, logits, labels, seed=0):
     out["pairs"] = len(pairs)
     out["distribution_sd"], out["distribution_sd_low"], out["distribution_sd_high"] = \
         distribution_sd(acc, correct, counts)
-    out["ensembles"] = ensembles_by_size(probs, labels, seed)
+    out["ensembles"] = ensembles_by_size(probs, labels, seed, acc)
     return out
 
 
-def ensembles_by_size(probs, labels, seed=0):
-    """For each size up to the number of runs: mean and SD of the accuracy of disjoint ensembles."""
-    table = {}
-    for size in (s for s in ENSEMBLE_SIZES if s <= len(probs)):
+def ensembles_by_size(probs, labels, seed=0, single=None):
+    """For each size up to the number of runs: mean and SD of the accuracy of disjoint ensembles. A
+    single model's row is the runs' own accuracies where given (`single`, as stored: from float32
+    logits, where the stored float16 logits may tie or round otherwise), so it equals the spread's."""
+    table = {} if single is None else {"1": single_model_row(single)}
+    for size in (s for s in ENSEMBLE_SIZES if s <= len(probs) and str(s) not in table):
         accs = ensembles(probs, labels, size, seed)
         table[str(size)] = {"groups": len(accs), "acc": float(accs.mean()),
                             "sd": float(accs.std(ddof=1)) if len(accs) > 1 else float("nan")}
     return table
+
+
+def single_model_row(acc):
+    """The ensembles table's row of one model: each run alone, its accuracy's mean and SD."""
+    acc = np.asarray(acc, float)
+    return {"groups": len(acc), "acc": float(acc.mean()), "sd": float(acc.std(ddof=1)) if len(acc) > 1 else float("nan")}
 
 
 def snapshot_ensembles(snapshot_logits, labels, seed=0):
@@ -200,7 +208,7 @@ def summarize_tokens(acc, loss, target_logprob, predictions, targets, vocabulary
     correct = predictions == targets
     counts = resample_counts(runs, seed=seed)
     out = {"n": runs, "tokens": int(len(targets)), "acc_mean": float(acc.mean()), "ce_mean": float(loss.mean()),
-           "ensemble_acc": nan, "ece": nan, "spearman": nan, "ensembles": {}}
+           "ensemble_acc": nan, "ece": nan, "spearman": nan, "ensembles": {"1": single_model_row(acc)}}
     out["acc_sd"], out["acc_sd_err"] = sd_with_error(acc, counts)
     out["ce_sd"], out["ce_sd_err"] = sd_with_error(loss, counts)
     out["ppl_mean"] = float(np.exp(loss).mean())

@@ -37,17 +37,19 @@ def curves_figure(curves, ylabel, title):
     return fig
 
 
-def histogram_figure(values, xlabel, title, unit=""):
-    """Histogram of one value per run, with the mean and ±1 SD marked (in `unit`)."""
+def histogram_figure(values, xlabel, title, unit="", sd_unit=None):
+    """Histogram of one value per run, with the mean (in `unit`) and ±1 SD (in `sd_unit`, default
+    `unit`: a spread of percentages is in percentage points) marked."""
+    sd_unit = unit if sd_unit is None else sd_unit
     values = np.asarray(values, dtype=float)
     fig, ax = new_figure(figsize=(6, 4))
     ax.hist(values, bins=min(30, max(5, len(values) // 5)), color="tab:blue", alpha=0.8)
     mean, sd = values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
     ax.axvline(mean, color="black", label=f"mean {mean:.4g}{unit}")
     for k, edge in enumerate((mean - sd, mean + sd)):
-        ax.axvline(edge, color="black", linestyle="--", label=None if k else f"±1 SD ({sd:.3g}{unit})")
+        ax.axvline(edge, color="black", linestyle="--", label=None if k else f"±1 SD ({sd:.3g}{sd_unit})")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel=xlabel, ylabel="runs", title=f"{title} (SD {sd:.3g}{unit}, {len(values)} runs)")
+    ax.set(xlabel=xlabel, ylabel="runs", title=f"{title} (SD {sd:.3g}{sd_unit}, {len(values)} runs)")
     legend_beside(ax)
     return fig
 
@@ -60,7 +62,8 @@ def plot_study(rows, out_dir, study="results"):
         "train_loss": curves_figure([r["train_loss_curve"] for r in rows], "training loss (cross-entropy)",
                                     f"Training loss, {study}"),
         "train_acc": curves_figure(percent("train_acc_curve"), "training accuracy (%)", f"Training accuracy, {study}"),
-        "test_acc": histogram_figure(percent("test_acc"), "test accuracy (%)", f"Test accuracy, {study}", " %"),
+        "test_acc": histogram_figure(percent("test_acc"), "test accuracy (%)", f"Test accuracy, {study}", " %",
+                                     " pp"),
         "test_loss": histogram_figure([r["test_loss"] for r in rows], "test loss (cross-entropy)",
                                       f"Test loss, {study}"),
     }

@@ -9,6 +9,8 @@ models are the ones its authors trained.
 import functools
 import hashlib
 import importlib
+import inspect
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -316,9 +318,14 @@ def architecture_digest(model):
 
 def has_own_dropout(model):
     """Whether `model` (as model_spec takes it) drops out anywhere (built on the meta device): a dropout
-    layer of any kind with p > 0, nn.MultiheadAttention's dropout, or a Hugging Face config's dropout
-    setting above 0 (its attention dropout is functional: no layer shows it)."""
+    layer of any kind with p > 0, nn.MultiheadAttention's dropout, a Hugging Face config's dropout
+    setting above 0 (its attention dropout is functional: no layer shows it), or a forward of the
+    user's own that calls a functional dropout (read from its source: no input shape is known here)."""
     return any(drops_out(m) for m in built_on_meta(model).modules())
+
+
+FUNCTIONAL_DROPOUT_CALL = re.compile(r"\b(?:F|functional)\.(?:dropout[123]?d?|alpha_dropout|feature_alpha_dropout)\("
+                                     r"|\bdropout_p\s*=")
 
 
 def drops_out(module):
@@ -328,8 +335,20 @@ def drops_out(module):
         return module.dropout > 0
     config = getattr(module, "config", None)
     settings = vars(config) if hasattr(config, "__dict__") else {}
-    return any(("dropout" in name or "pdrop" in name) and isinstance(value, float) and value > 0
-               for name, value in settings.items())
+    if any(("dropout" in name or "pdrop" in name) and isinstance(value, float) and value > 0
+           for name, value in settings.items()):
+        return True
+    return type(module).__module__.split(".")[0] not in ("torch", "transformers") and calls_dropout(type(module))
+
+
+@functools.cache
+def calls_dropout(cls):
+    """Whether a module class's own forward calls a functional dropout (F.dropout and its forms, or
+    attention with a dropout_p), by its source; False where no source can be read."""
+    try:
+        return bool(FUNCTIONAL_DROPOUT_CALL.search(inspect.getsource(cls.forward)))
+    except (OSError, TypeError):
+        return False
 
 
 def built_on_meta(model):

@@ -371,3 +371,24 @@ def test_the_loop_replicas_compute_the_models_logits_bit_for_bit():
     for r, seed in enumerate((5, 6)):
         torch.manual_seed(seed)
         assert torch.equal(logits[r], TiedGPT().eval()(x).detach())
+
+
+class OnlyFunctionalDropout(nn.Module):
+    """No dropout layer at all: F.dropout in its forward is its one source of dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = nn.Linear(24, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(F.dropout(torch.tanh(self.body(x)), 0.3, self.training))
+
+
+def test_a_model_whose_only_dropout_is_functional_has_the_dropout_source(tmp_path):
+    """vary-dropout is not refused, each run records its own dropout seed, and the seed alone moves it."""
+    from fastvar.models import has_own_dropout
+    assert has_own_dropout(OnlyFunctionalDropout) and not has_own_dropout(TiedGPT)
+    rows = fastvar.Study(experiment="vary-dropout", model=OnlyFunctionalDropout, runs=2, epochs=1,
+                         overrides={"batch_size": 8}).run(tmp_path / "s", data=feature_sequences(), progress=False).runs()
+    assert len({r["dropout_seed"] for r in rows}) == 2 and None not in {r["dropout_seed"] for r in rows}
+    assert rows[0]["init_seed"] == rows[1]["init_seed"] and rows[0]["train_loss_curve"] != rows[1]["train_loss_curve"]

@@ -392,3 +392,4 @@ def test_a_model_whose_only_dropout_is_functional_has_the_dropout_source(tmp_pat
                          overrides={"batch_size": 8}).run(tmp_path / "s", data=feature_sequences(), progress=False).runs()
     assert len({r["dropout_seed"] for r in rows}) == 2 and None not in {r["dropout_seed"] for r in rows}
     assert rows[0]["init_seed"] == rows[1]["init_seed"] and rows[0]["train_loss_curve"] != rows[1]["train_loss_curve"]
+

@@ -12,6 +12,8 @@ run's masks depend on nothing else: not on the strategy, not on the other replic
   own, numbered in call order after FUNCTIONAL_LAYERS. A model that calls none runs without the mode.
 """
 import math
+from contextlib import nullcontext
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +42,7 @@ class SeededDropout(nn.Module):
     def forward(self, x):
         if not self.training:
             return x
-        elements = torch.arange(x.numel(), device=x.device).view(x.shape)
-        keep = draw(self.seed, self.step, elements, self.layer) >= round(self.p * 2 ** THRESHOLD_BITS)
+        keep = keep_mask(self.seed, self.step, x.shape, self.p, self.layer, x.device)
         return x * keep.to(x.dtype) / (1 - self.p)
 
     def extra_repr(self):
@@ -77,8 +78,9 @@ def dropout_buffers(model):
 
 
 class FunctionalDropout(TorchFunctionMode):
-    """Around one forward of `model` (seed_dropout's, functional): every functional dropout drawn from its
-    seed and step buffers, read at each call (so under functional_call and vmap, each replica's own)."""
+    """Around one forward of `model` (seed_dropout's, functional; or anything holding SEEDS and STEP):
+    every functional dropout drawn from its seed and step, read at each call (so under functional_call
+    and vmap, each replica's own). `calls`: the masks drawn so far."""
 
     def __init__(self, model):
         super().__init__()
@@ -98,16 +100,26 @@ class FunctionalDropout(TorchFunctionMode):
         zeroed with probability p, the rest scaled by 1 / (1 - p)."""
         if p >= 1:
             return x * 0
-        shape = x.shape if channels is None else (*x.shape[:channels], *[1] * (x.dim() - channels))
-        return x * self.keep(shape, p, x.device).to(x.dtype) / (1 - p)
+        return x * self.keep(mask_shape(x, channels), p, x.device).to(x.dtype) / (1 - p)
 
     def alpha_dropped(self, x, p, channels=None):
         """Alpha dropout as torch computes it: a dropped element set to SELU's negative saturation, then
         an affine map that keeps the mean and variance."""
-        shape = x.shape if channels is None else (*x.shape[:channels], *[1] * (x.dim() - channels))
-        keep = self.keep(shape, p, x.device).to(x.dtype)
+        keep = self.keep(mask_shape(x, channels), p, x.device).to(x.dtype)
         a = 1 / math.sqrt((ALPHA * ALPHA * p + 1) * (1 - p))
         return x * keep * a + (keep - 1) * (ALPHA * a) + ALPHA * a * p
+
+
+def functional_dropout(model):
+    """The context one forward of `model` runs in: FunctionalDropout where seed_dropout gave it the
+    buffers its functional dropout draws from, else nothing."""
+    return FunctionalDropout(model) if hasattr(model, SEEDS) else nullcontext()
+
+
+def mask_shape(x, channels=None):
+    """The shape of x's mask: one entry an element, or with `channels`, one per entry of its first
+    `channels` dimensions (broadcast over the rest)."""
+    return x.shape if channels is None else (*x.shape[:channels], *[1] * (x.dim() - channels))
 
 
 def channel_dims(x, batched_dim):
@@ -177,49 +189,22 @@ HANDLERS = {F.dropout: on_dropout, F.dropout1d: on_channel_dropout(3), F.dropout
             F.dropout3d: on_channel_dropout(5), F.alpha_dropout: on_alpha_dropout,
             F.feature_alpha_dropout: on_feature_alpha_dropout, F.scaled_dot_product_attention: on_attention,
             F.multi_head_attention_forward: on_multi_head_attention}
-FUNCTIONAL_DROPOUT = frozenset(HANDLERS)
-
-
-class DropoutCalls(TorchFunctionMode):
-    """Records the functional dropout a forward calls with p > 0 (in training), by function name."""
-
-    def __init__(self):
-        super().__init__()
-        self.found = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in FUNCTIONAL_DROPOUT and drops(func, args, kwargs):
-            self.found.append(func.__name__)
-        return func(*args, **kwargs)
-
-
-def drops(func, args, kwargs):
-    """Whether this call of a functional dropout drops anything (p > 0, in training)."""
-    if func is F.scaled_dot_product_attention:
-        return (args[4] if len(args) > 4 else kwargs.get("dropout_p", 0.0)) > 0
-    if func is F.multi_head_attention_forward:  # as nn.MultiheadAttention calls it
-        return (args[10] if len(args) > 10 else kwargs.get("dropout_p", 0.0)) > 0 and kwargs.get("training", True)
-    p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
-    default = func not in (F.alpha_dropout, F.feature_alpha_dropout)
-    training = args[2] if len(args) > 2 else kwargs.get("training", default)
-    return p > 0 and training
-
-
 def calls_functional_dropout(model, input_shape):
-    """Whether `model` calls any functional dropout in a training forward of two examples of
-    `input_shape` (zeros, as floats or, failing that, as tokens). A forward that fails either way
-    counts as calling one (the mode then seeds whatever it meets)."""
+    """Whether `model` calls any functional dropout that drops (p > 0) in a training forward of two
+    examples of `input_shape` (zeros, as floats or, failing that, as tokens): whether FunctionalDropout,
+    around it, draws a mask. A forward that fails either way counts as calling one (the mode then seeds
+    whatever it meets)."""
     training = model.training
     set_training(model)
+    seeds = SimpleNamespace(**{name: torch.zeros((), dtype=torch.int64) for name in (SEEDS, STEP)})
     try:
         floats = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         for dtype in (floats, torch.int64):
-            recorder = DropoutCalls()
+            mode = FunctionalDropout(seeds)
             try:
-                with torch.no_grad(), torch.random.fork_rng(devices=[]), recorder:
+                with torch.no_grad(), torch.random.fork_rng(devices=[]), mode:
                     model(torch.zeros(2, *input_shape, dtype=dtype))
-                return bool(recorder.found)
+                return mode.calls > 0
             except Exception:
                 continue
         return True

@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ..errors import ConfigError, Param, first_line
 from ..models import build_model, model_name, set_training
 from .determinism import ThrowingOps, describe
-from .dropout import SEEDS, FunctionalDropout, seed_dropout
+from .dropout import functional_dropout, seed_dropout
 from .replicas import Replicas, forward_options, logits_of, loss_of
 from .tied import tied_names
 
@@ -95,11 +95,8 @@ def seeded_model(model, init_seed, num_classes, dropout):
 
 def call(module, x, pad_id=None):
     """The module's logits for x, called as the replicas call it, its functional dropout seeded as theirs is."""
-    options = forward_options(module, x, pad_id)
-    if not hasattr(module, SEEDS):
-        return logits_of(module(x, **options))
-    with FunctionalDropout(module):
-        return logits_of(module(x, **options))
+    with functional_dropout(module):
+        return logits_of(module(x, **forward_options(module, x, pad_id)))
 
 
 def own_randomness(model, name, x, num_classes, dropout, pad_id):
@@ -170,17 +167,16 @@ def check_same_as_model(replicas, model, name, x, y, masks, logits, first, num_c
     """Each replica's eval logits and first training loss against the model the factory builds from its
     init seed, in the same order (eval, then a training forward)."""
     tolerance = TOLERANCE[compute_dtype or replicas.master.dtype]
+    x = x.to(replicas.master.dtype) if x.is_floating_point() else x  # the model's own precision
     for r in range(replicas.size):
         reference = seeded_model(model, r, num_classes, dropout)
         with torch.no_grad():
-            x0 = x[0].to(replicas.master.dtype) if x.is_floating_point() else x[0]
-            expected = call(set_training(reference, False), x0, pad_id)
+            expected = call(set_training(reference, False), x[0], pad_id)
             differs = not close(logits[r], expected, tolerance)
             if not differs:
                 if dropout:
                     next(m for m in reference.modules() if hasattr(m, "dropout_mask")).dropout_mask = masks[r]
-                xr = x[r].to(replicas.master.dtype) if x.is_floating_point() else x[r]
-                loss = loss_of(call(set_training(reference), xr, pad_id), y[r])
+                loss = loss_of(call(set_training(reference), x[r], pad_id), y[r])
                 differs = not close(first[r], loss, tolerance)
         if differs:
             raise ConfigError(f"{name}'s replicas do not compute what the model computes: replica {r} "
@@ -197,7 +193,7 @@ def close(actual, expected, tolerance):
 
 def first_difference(replicas, r, reference):
     """What the replicas got wrong, in words: the first parameter or buffer they never filled or hold
-    otherwise than the model, else the size of the logits' difference."""
+    otherwise than the model, else that the logits differ though every one of them is the model's."""
     state, wanted = replicas.state_dict(r), reference.state_dict()
     filled = set(replicas.layout.names) | set(replicas.buffers) | set(replicas.dead_layout.names)
     aliases = tied_names(replicas.template)

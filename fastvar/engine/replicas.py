@@ -22,7 +22,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from ..data import IGNORE
 from ..errors import ConfigError
 from ..models import BUILTIN_MODELS, build_model, classifier_name, model_name, set_training
-from .dropout import SEEDS, FunctionalDropout, calls_functional_dropout, dropout_buffers, seed_dropout
+from .dropout import SEEDS, calls_functional_dropout, dropout_buffers, functional_dropout, seed_dropout
 from .flat import FlatLayout
 from .live import live_taps
 from .tied import retie, tied_names
@@ -304,9 +304,7 @@ def compiled(fn, mode):
 def forward(template, params, buffers, x):
     """The model's logits for x, as `params` and `buffers` set it; its functional dropout seeded."""
     options = forward_options(template, x, getattr(template, PAD_ID, None))
-    if not hasattr(template, SEEDS):
-        return logits_of(functional_call(template, (params, buffers), (x,), options))
-    with FunctionalDropout(template):
+    with functional_dropout(template):
         return logits_of(functional_call(template, (params, buffers), (x,), options))
 
 

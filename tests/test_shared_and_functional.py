@@ -393,3 +393,9 @@ def test_a_model_whose_only_dropout_is_functional_has_the_dropout_source(tmp_pat
     assert len({r["dropout_seed"] for r in rows}) == 2 and None not in {r["dropout_seed"] for r in rows}
     assert rows[0]["init_seed"] == rows[1]["init_seed"] and rows[0]["train_loss_curve"] != rows[1]["train_loss_curve"]
 
+
+def test_a_model_with_nn_dropout_alone_runs_without_the_functional_mode():
+    """nn.Dropout calls F.dropout itself; swapped for SeededDropout first, it is no functional dropout."""
+    from test_sequences import DropoutTransformer
+    structure = replicas_module.template(DropoutTransformer, None, torch.float32, None, False, "small", VOCAB, (T,))
+    assert not hasattr(structure, dropout_module.SEEDS)

@@ -242,8 +242,9 @@ def template(model, width, dtype, dropout, elementary_norm, gemm_rule, num_class
     the layers of fastvar.engine.vmap_layers to swap in; `live_only`: the GEMM ones read their live taps only;
     `pad_id`: what the forward's attention mask is made from (PAD_ID, a plain attribute)."""
     structure = build_model(model, init_seed=0, width=width, dtype=dtype, dropout=dropout, num_classes=num_classes)
-    own = model_name(model) not in BUILTIN_MODELS  # a user's: its forward may call dropout functionally
-    seed_dropout(structure, functional=own and calls_functional_dropout(structure, input_shape))
+    seed_dropout(structure)  # first: an nn.Dropout calls F.dropout, which is not functional dropout of its own
+    if model_name(model) not in BUILTIN_MODELS and calls_functional_dropout(structure, input_shape):
+        seed_dropout(structure, functional=True)  # a user's forward calls dropout itself
     aliases = tied_names(structure)
     structure = retie(structure.to("meta"), aliases)  # .to gives each module a tensor of its own
     tied = set(aliases) | set(aliases.values())

@@ -7,9 +7,7 @@ set_openmp_wait()  # before torch loads (the imports below): the runtime reads i
 import argparse  # noqa: E402
 import os  # noqa: E402
 import shlex  # noqa: E402
-import sqlite3  # noqa: E402
 import sys  # noqa: E402
-from contextlib import closing  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -31,7 +29,7 @@ from .precisions import PRECISIONS  # noqa: E402
 from .progress import ProgressBar, duration, per_hour  # noqa: E402
 from .recipes import RECIPES, SETTABLE  # noqa: E402
 from .sources import EPOCH_ORDERS, EXPERIMENTS, SOURCES  # noqa: E402
-from .store import merge  # noqa: E402
+from .store import merge, stored_run_count  # noqa: E402
 from .study import Study  # noqa: E402
 from .sweep import SETTINGS, Sweep, parse_setting  # noqa: E402
 
@@ -288,17 +286,8 @@ def train(args):
 
 def stored_runs(out):
     """What an interrupted study or sweep left in `out`, in words: how many finished runs it holds."""
-    count = sum(stored_in(path) for path in Path(out).glob("**/runs*.sqlite")) if Path(out).is_dir() else 0
+    count = stored_run_count(out)
     return "no finished run is stored" if not count else f"{count} finished run{'s' * (count != 1)} stored"
-
-
-def stored_in(path):
-    """How many runs a results file (a folder's, or a shard's) holds, read-only; 0 if none can be read."""
-    try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            return db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
-    except sqlite3.Error:
-        return 0
 
 
 def run_with_progress(target, lead, execution, total, out, args, small=None):

@@ -263,6 +263,20 @@ def holds_runs(folder):
     return (Path(folder) / DB_NAME).is_file() or any(Path(folder).glob(SHARD_PATTERN))
 
 
+def stored_run_count(folder):
+    """How many finished runs `folder` holds, a sweep's points included: each results file's (its
+    runs.sqlite, and shard files not merged yet), read-only; a file that cannot be read counts none."""
+    count = 0
+    for path in [*Path(folder).glob(f"**/{DB_NAME}"), *Path(folder).glob(f"**/{SHARD_PATTERN}")]:
+        try:
+            store = Store(path.parent, shard=None if path.name == DB_NAME else shard_of(path))
+        except (StoreError, sqlite3.Error):
+            continue
+        count += len(store.finished_indices())
+        store.close()
+    return count
+
+
 def shard_stores(folder):
     return [Store(folder, shard=shard_of(path)) for path in sorted(Path(folder).glob(SHARD_PATTERN))]
 
